@@ -1,0 +1,1 @@
+"""Primitive backends (profiles): neural, shapes, scene-graph."""

@@ -1,0 +1,107 @@
+"""The task contract: examples from an annotated dataset, and the reward of a result.
+
+A task is one class registered in `TASKS` with `@TASKS.register("name")`. It yields
+`Example`s for a split, loads an example's pixels, turns an `ExecutionResult` into a
+coarse reward in [0, 1], aggregates metrics, names its default primitive profile, and
+carries its few-shot seed programs (never taken from its own test split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from viprog.executor.result import ExecutionResult
+from viprog.registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task", group="viprog.tasks")
+
+
+class DataError(Exception):
+    """Bad input data: the message is one line naming the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One annotated question about one image.
+
+    box: target box as [x0, y0, x1, y1] pixels, origin top-left (grounding tasks).
+    choices: candidate answers/captions (retrieval tasks).
+    meta: annotations the `scene-graph` profile may read (e.g. the image's scene graph).
+    reference_program: a known-good program (generated worlds), never shown to a policy
+        unless a user asks for it.
+    """
+
+    id: str
+    image: str  # path to the image file (or an id the task's `load_image` understands)
+    query: str
+    answer: str | None = None
+    box: tuple[float, float, float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    question_type: str = "all"
+    image_id: str | None = None  # shared by examples on the same image (cache key)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    reference_program: str | None = None
+
+    @property
+    def image_key(self) -> str:
+        return self.image_id or str(self.image)
+
+
+class Task:
+    """Base class of tasks. Subclasses set the class variables and implement `examples`."""
+
+    name: ClassVar[str] = "base"
+    #: the primitive profile used when the user names none
+    default_profile: ClassVar[str] = "neural"
+    #: primitive names shown in this task's API section (None: all)
+    primitives: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.options = options
+
+    def splits(self) -> list[str]:
+        return ["train", "val", "test"]
+
+    def examples(self, split: str, limit: int | None = None) -> list[Example]:
+        raise NotImplementedError
+
+    def load_image(self, example: Example) -> np.ndarray:
+        """The example's pixels as H x W x 3 uint8 RGB; DataError when unreadable."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(example.image) as img:
+                return np.asarray(img.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError(f"{example.image}: cannot read image ({exc.__class__.__name__})") from None
+
+    def reward(self, example: Example, result: ExecutionResult) -> float:
+        """Coarse reward in [0, 1] for `result` on `example` (0 for any failure)."""
+        raise NotImplementedError
+
+    def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
+                rewards: Sequence[float]) -> dict[str, Any]:
+        """Aggregate metrics: `accuracy` overall and per question type, error counts."""
+        from collections import Counter, defaultdict
+
+        per_type: dict[str, list[float]] = defaultdict(list)
+        for ex, r in zip(examples, rewards):
+            per_type[ex.question_type].append(float(r))
+        errors = Counter(res.error_kind for res in results if res.error_kind)
+        n = max(len(rewards), 1)
+        return {
+            "accuracy": sum(map(float, rewards)) / n,
+            "n": len(rewards),
+            "accuracy_by_type": {k: sum(v) / len(v) for k, v in sorted(per_type.items())},
+            "errors": dict(sorted(errors.items())),
+        }
+
+    def seed_programs(self) -> list[tuple[str, str]]:
+        """Few-shot (query, program) pairs, written for this task (≤ 8)."""
+        return []

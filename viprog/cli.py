@@ -1,0 +1,85 @@
+"""The `viprog` command: one subcommand per job, each parsed from a typed config.
+
+Each subcommand names a dataclass config (fields documented with docstrings) and a
+`main(config) -> int`; `tyro` generates the parser from the dataclass. Both are imported
+only when their subcommand runs, so `viprog --help` imports no torch and no model.
+Bad input (unknown names, missing files, unreadable data) ends with one line on stderr
+and exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Sequence
+
+#: subcommand -> (config target, main target, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("viprog.executor.cli:RunConfig", "viprog.executor.cli:main",
+            "run one program on one image in the sandbox and print its ExecutionResult as JSON"),
+    "eval": ("viprog.evaluate:EvalConfig", "viprog.evaluate:main",
+             "score programs (a JSONL file, or a policy's) on a task split; print a JSON metrics report"),
+    "selftrain": ("viprog.selftrain:SelfTrainConfig", "viprog.selftrain:main",
+                  "reinforced self-training: sample, execute, filter, LoRA fine-tune, evaluate, in rounds"),
+    "reinforce": ("viprog.reinforce.cli:ReinforceConfig", "viprog.reinforce.cli:main",
+                  "REINFORCE tuning of pixel-output vision models with task rewards (demos)"),
+    "primitives": ("viprog.listing:PrimitivesConfig", "viprog.listing:primitives_main",
+                   "list primitives and the profiles that implement them (--api: the prompt's API section)"),
+    "tasks": ("viprog.listing:TasksConfig", "viprog.listing:tasks_main",
+              "list tasks (with a task name and --stats: its splits and answer distributions)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: viprog <command> [options]   (viprog <command> --help for its options)", "",
+             "Visual program synthesis with reinforced self-training.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def fail(command: str, message: str) -> int:
+    print(f"viprog {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
+    """Entry point of the `viprog` console script; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    if args[0] == "--version":
+        from importlib.metadata import version
+
+        print(version("viprog"))
+        return 0
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=2)
+        hint = f"; did you mean {' or '.join(close)}?" if close else f"; commands: {', '.join(COMMANDS)}"
+        return fail(command, f"unknown command {command!r}{hint}")
+    return run_command(command, rest, prog=f"{prog} {command}" if prog == "viprog" else prog)
+
+
+def run_command(command: str, rest: list[str], prog: str) -> int:
+    import tyro
+
+    from viprog.errors import UsageError
+    from viprog.registry import RegistryError, resolve
+    from viprog.tasks.base import DataError
+
+    config_target, main_target, help_ = COMMANDS[command]
+    config_cls = resolve(config_target)
+    config = tyro.cli(config_cls, args=rest, prog=prog, description=help_)
+    try:
+        return int(resolve(main_target)(config) or 0)
+    except (UsageError, RegistryError, DataError) as exc:
+        return fail(command, str(exc))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
