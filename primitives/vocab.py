@@ -1,0 +1,87 @@
+"""The shared words of the shapes world: shape names, synonyms, colours, sizes.
+
+One module so that the world generator (`viprog.tasks.shapes`), the pixel-perceiving
+`shapes` profile and the annotation-reading `scene-graph` profile parse a noun phrase such
+as "small red ball" the same way. Colours here are the world's palette; the `shapes`
+profile judges colours on images it did not generate against a broader named-colour table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange")
+SIZES: tuple[str, ...] = ("small", "large")
+
+#: the world's palette (RGB), before per-object jitter
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 190),
+    "orange": (245, 140, 30),
+}
+
+SYNONYMS: dict[str, str] = {
+    "circle": "circle", "circles": "circle", "sphere": "circle", "spheres": "circle", "ball": "circle",
+    "balls": "circle", "disk": "circle", "disc": "circle", "dot": "circle", "round": "circle",
+    "square": "square", "squares": "square", "cube": "square", "cubes": "square", "box": "square",
+    "boxes": "square", "block": "square", "blocks": "square",
+    "triangle": "triangle", "triangles": "triangle", "pyramid": "triangle", "pyramids": "triangle",
+    "star": "star", "stars": "star",
+}
+GENERIC: frozenset[str] = frozenset({"object", "objects", "shape", "shapes", "thing", "things", "item", "items"})
+SIZE_SYNONYMS: dict[str, str] = {"small": "small", "little": "small", "tiny": "small",
+                                 "large": "large", "big": "large", "huge": "large"}
+COLOR_SYNONYMS: dict[str, str] = {c: c for c in COLORS} | {"violet": "purple", "grey": "gray"}
+_FILLER = frozenset({"a", "an", "the", "of", "colored", "coloured", "shaped"})
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A parsed noun phrase: each field None when the phrase does not constrain it."""
+
+    shape: str | None = None
+    color: str | None = None
+    size: str | None = None
+    unknown: tuple[str, ...] = ()  # words that are none of the above
+
+    def matches(self, shape: str, color: str, size: str) -> bool:
+        return ((self.shape is None or self.shape == shape) and (self.color is None or self.color == color)
+                and (self.size is None or self.size == size))
+
+
+def parse(phrase: str) -> Phrase:
+    """Parse "[size] [colour] noun" (any order, generic nouns allowed): "small red ball"."""
+    shape = color = size = None
+    unknown = []
+    for word in phrase.lower().replace("-", " ").split():
+        if word in SYNONYMS:
+            shape = SYNONYMS[word]
+        elif word in COLOR_SYNONYMS:
+            color = COLOR_SYNONYMS[word]
+        elif word in SIZE_SYNONYMS:
+            size = SIZE_SYNONYMS[word]
+        elif word not in GENERIC and word not in _FILLER:
+            unknown.append(word)
+    return Phrase(shape, color, size, tuple(unknown))
+
+
+def attribute_kind(word: str) -> str | None:
+    """'color', 'size' or 'shape' for a property word, None when it is none of them."""
+    w = word.lower().strip()
+    if w in COLOR_SYNONYMS:
+        return "color"
+    if w in SIZE_SYNONYMS:
+        return "size"
+    if w in SYNONYMS:
+        return "shape"
+    return None
+
+
+def canonical(word: str) -> str:
+    """The world's word for a property or noun word ("ball" → "circle", "big" → "large")."""
+    w = word.lower().strip()
+    return SYNONYMS.get(w) or COLOR_SYNONYMS.get(w) or SIZE_SYNONYMS.get(w) or w
