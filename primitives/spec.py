@@ -147,7 +147,26 @@ def on_register(listener: Callable[[PrimitiveSpec], None]) -> None:
         listener(spec)
 
 
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the modules that third-party distributions list in the `viprog.primitives`
+    entry-point group (their `@primitive` declarations register on import). Runs once, on
+    the first enumeration or the first lookup of an unknown name."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib import metadata
+
+    for ep in metadata.entry_points(group="viprog.primitives"):
+        ep.load()
+
+
 def get_spec(name: str) -> PrimitiveSpec:
+    if name not in SPECS:
+        load_plugins()
     try:
         return SPECS[name][0]
     except KeyError:
@@ -159,6 +178,7 @@ def get_spec(name: str) -> PrimitiveSpec:
 
 
 def all_specs() -> list[PrimitiveSpec]:
+    load_plugins()
     return [spec for spec, _ in SPECS.values()]
 
 
