@@ -96,10 +96,25 @@ def compute_depth(self) -> float:
 
 @primitive(owner="function")
 def best_image_match(list_patches: list[ImagePatch], content: list[str], return_index: bool = False) -> ImagePatch:
-    """Returns the patch most likely to contain the content.
+    """Returns the patch most likely to contain the content (its index in list_patches
+    with return_index=True).
 
     >>> # the patch most likely to show a bar
     >>> def execute_command(image) -> ImagePatch:
     >>>     image_patch = ImagePatch(image)
     >>>     return best_image_match(image_patch.find("thing"), ["bar"])
+    """
+
+
+@primitive
+def llm_query(self, question: str, long_answer: bool = True) -> str:
+    """Answers a text question with a language model, for knowledge the image cannot
+    show (the image is not seen). The question is usually a formatted string with a
+    variable in it; with long_answer=False the answer is a few words.
+
+    >>> # What is the food made of?
+    >>> def execute_command(image) -> str:
+    >>>     image_patch = ImagePatch(image)
+    >>>     food_name = image_patch.find("food")[0].simple_query("What is this food?")
+    >>>     return image_patch.llm_query(f"What is {food_name} made of?", long_answer=False)
     """

@@ -55,10 +55,15 @@ def _call(name: str, patches: Sequence[ImagePatch], args: tuple[Any, ...], kwarg
 
 
 class ImagePatch:
-    """A crop of an image, with its position in the original image.
+    """A crop of an image centered around a particular object, with its position.
 
-    Attributes: left, lower, right, upper (pixels, origin at the bottom-left corner of
-    the original image), width, height, horizontal_center, vertical_center.
+    Attributes
+    ----------
+    left, lower, right, upper : int
+        The patch's borders in pixels of the original image, origin at the bottom-left
+        corner: `upper > lower`, and a larger vertical_center is higher in the image.
+    width, height : int
+    horizontal_center, vertical_center : float
     """
 
     def __init__(self, image: ImageRef | ImagePatch, left: float | None = None, lower: float | None = None,
@@ -96,6 +101,34 @@ class ImagePatch:
     def area(self) -> int:
         """Area of the patch in pixels (width * height)."""
         return self.width * self.height
+
+    @classmethod
+    def from_bounding_box(cls, image: ImageRef | ImagePatch, bounding_box: dict[str, float] | Sequence[float]) -> ImagePatch:
+        """Returns the ImagePatch of `image` inside an annotation box, given as a dict
+        {"x", "y", "w", "h"} or a list [x, y, w, h] in pixels with the origin at the
+        top-left (the COCO / GQA annotation convention)."""
+        ref = image.image if isinstance(image, ImagePatch) else image
+        if isinstance(bounding_box, dict):
+            x, y, w, h = (bounding_box[k] for k in ("x", "y", "w", "h"))
+        else:
+            x, y, w, h = bounding_box
+        return cls(ref, x, ref.height - (y + h), x + w, ref.height - y)
+
+    def crop_left_of_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
+        """Returns the part of this patch to the left of the given (absolute) box."""
+        return ImagePatch(self.image, self.left, self.lower, max(self.left, min(left, self.right)), self.upper)
+
+    def crop_right_of_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
+        """Returns the part of this patch to the right of the given (absolute) box."""
+        return ImagePatch(self.image, min(self.right, max(right, self.left)), self.lower, self.right, self.upper)
+
+    def crop_above_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
+        """Returns the part of this patch above the given (absolute) box."""
+        return ImagePatch(self.image, self.left, min(self.upper, max(upper, self.lower)), self.right, self.upper)
+
+    def crop_below_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
+        """Returns the part of this patch below the given (absolute) box."""
+        return ImagePatch(self.image, self.left, self.lower, self.right, max(self.lower, min(lower, self.upper)))
 
     def handle(self) -> tuple[Any, ...]:
         """The plain-data handle sent to the PrimitiveServer: (image id, left, lower, right, upper)."""
@@ -170,7 +203,7 @@ def _bind(spec: PrimitiveSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 def _convert(spec: PrimitiveSpec, image: ImageRef, result: Any) -> Any:
     if spec.returns == "patches":
         return [ImagePatch(image, *box) for box in result]
-    if spec.returns == "patch":
+    if spec.returns == "patch" and isinstance(result, (list, tuple)):  # else e.g. an index (return_index=True)
         return ImagePatch(image, *result)
     return result
 

@@ -1,0 +1,94 @@
+"""The prompt's API section, generated from the `ImagePatch` class and the primitive specs.
+
+Why generated: the text the LLM reads must be exactly the API the sandbox runs. A
+hand-copied API (ViperGPT's habit) drifts from the code; here every signature and
+docstring comes from the objects themselves, so registering a primitive adds it to the
+prompt, and a task that names its primitives (`Task.primitives`) gets an API section
+that lists only those. The output is a ViperGPT-style Python stub: the `ImagePatch` class
+with its attributes, geometry and model-backed methods, then the module-level helpers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+from viprog.errors import UsageError
+from viprog.primitives import patch as _patch
+from viprog.primitives.spec import PrimitiveSpec, all_specs
+
+#: ImagePatch members that need no model: shown in every API section (every profile has them)
+GEOMETRY: tuple[str, ...] = ("area", "crop", "overlaps_with", "crop_left_of_bbox", "crop_right_of_bbox",
+                             "crop_above_bbox", "crop_below_bbox", "from_bounding_box")
+#: module-level helpers that need no model
+HELPERS: tuple[str, ...] = ("distance", "bool_to_yesno", "coerce_to_numeric")
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line if line.strip() else "" for line in text.splitlines())
+
+
+def _docstring(doc: str, prefix: str) -> str:
+    return _indent(f'"""{doc.strip()}\n"""' if "\n" in doc.strip() else f'"""{doc.strip()}"""', prefix)
+
+
+def _signature(fn: Callable[..., object]) -> str:
+    return str(inspect.signature(fn)).replace("'", "")
+
+
+def _method_stub(name: str, signature: str, doc: str, decorator: str | None = None) -> str:
+    head = f"    @{decorator}\n" if decorator else ""
+    return f"{head}    def {name}{signature}:\n{_docstring(doc, '        ')}\n"
+
+
+def _function_stub(name: str, signature: str, doc: str) -> str:
+    return f"def {name}{signature}:\n{_docstring(doc, '    ')}\n"
+
+
+def selected_specs(names: Sequence[str] | None) -> list[PrimitiveSpec]:
+    """The API-visible specs, restricted to `names` (geometry and helper names are accepted
+    and always shown); an unknown name is a `UsageError` naming the known ones."""
+    specs = [s for s in all_specs() if s.api]
+    if names is None:
+        return specs
+    known = {s.name for s in specs} | set(GEOMETRY) | set(HELPERS)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UsageError(f"unknown primitive {unknown[0]!r} in the API selection{hint}; "
+                         f"see `viprog primitives` for the registered ones")
+    wanted = set(names)
+    return [s for s in specs if s.name in wanted]
+
+
+def api_section(task: str | None = None, names: Sequence[str] | None = None) -> str:
+    """The prompt's API section as Python source: the `ImagePatch` class stub and the helpers.
+
+    task: a registered task whose `primitives` restricts the model-backed primitives shown.
+    names: an explicit restriction (wins over the task's). Geometry (crop, area, ...) and
+    helpers (distance, bool_to_yesno, coerce_to_numeric) are always shown.
+    """
+    if names is None and task is not None:
+        from viprog.tasks import TASKS
+
+        names = TASKS.get(task).primitives
+    specs = selected_specs(names)
+    cls = _patch.ImagePatch
+    parts = [f"class ImagePatch:\n{_docstring(inspect.getdoc(cls) or '', '    ')}\n",
+             _method_stub("__init__", _signature(cls.__init__), inspect.getdoc(cls.__init__) or "")]
+    for name in GEOMETRY:
+        member = inspect.getattr_static(cls, name)
+        if isinstance(member, property):
+            parts.append(_method_stub(name, _signature(member.fget), inspect.getdoc(member) or "", "property"))
+        elif isinstance(member, classmethod):
+            parts.append(_method_stub(name, _signature(member.__func__), inspect.getdoc(member.__func__) or "",
+                                      "classmethod"))
+        else:
+            parts.append(_method_stub(name, _signature(member), inspect.getdoc(member) or ""))
+    parts += [_method_stub(s.name, s.signature, s.doc) for s in specs if s.owner == "patch"]
+    functions = [_function_stub(s.name, s.signature, s.doc) for s in specs if s.owner == "function"]
+    functions += [_function_stub(n, _signature(getattr(_patch, n)), inspect.getdoc(getattr(_patch, n)) or "") for n in HELPERS]
+    return "\n".join(parts) + "\n\n" + "\n\n".join(functions)
