@@ -24,6 +24,14 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "orange": (245, 140, 30),
 }
 
+#: shape words beyond the world's, for flat-shape images the world did not generate
+EXTRA_SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "pentagon", "hexagon")
+#: colour words beyond the world's palette (the `shapes` profile names colours among all of them)
+EXTRA_COLORS: tuple[str, ...] = ("pink", "brown", "cyan", "black", "white", "gray")
+#: a shape word that also covers other shapes ("find rectangles" includes squares)
+COVERS: dict[str, frozenset[str]] = {"rectangle": frozenset({"rectangle", "square"}),
+                                     "ellipse": frozenset({"ellipse", "circle"})}
+
 SYNONYMS: dict[str, str] = {
     "circle": "circle", "circles": "circle", "sphere": "circle", "spheres": "circle", "ball": "circle",
     "balls": "circle", "disk": "circle", "disc": "circle", "dot": "circle", "round": "circle",
@@ -31,11 +39,16 @@ SYNONYMS: dict[str, str] = {
     "boxes": "square", "block": "square", "blocks": "square",
     "triangle": "triangle", "triangles": "triangle", "pyramid": "triangle", "pyramids": "triangle",
     "star": "star", "stars": "star",
+    "ellipse": "ellipse", "ellipses": "ellipse", "oval": "ellipse", "ovals": "ellipse",
+    "rectangle": "rectangle", "rectangles": "rectangle", "pentagon": "pentagon", "pentagons": "pentagon",
+    "hexagon": "hexagon", "hexagons": "hexagon",
 }
 GENERIC: frozenset[str] = frozenset({"object", "objects", "shape", "shapes", "thing", "things", "item", "items"})
 SIZE_SYNONYMS: dict[str, str] = {"small": "small", "little": "small", "tiny": "small",
                                  "large": "large", "big": "large", "huge": "large"}
-COLOR_SYNONYMS: dict[str, str] = {c: c for c in COLORS} | {"violet": "purple", "grey": "gray"}
+COLOR_SYNONYMS: dict[str, str] = {c: c for c in COLORS + EXTRA_COLORS} | {
+    "violet": "purple", "magenta": "pink", "grey": "gray", "crimson": "red", "scarlet": "red", "navy": "blue",
+    "teal": "cyan", "turquoise": "cyan", "gold": "yellow", "golden": "yellow", "lime": "green", "tan": "brown"}
 _FILLER = frozenset({"a", "an", "the", "of", "colored", "coloured", "shaped"})
 
 
@@ -49,8 +62,9 @@ class Phrase:
     unknown: tuple[str, ...] = ()  # words that are none of the above
 
     def matches(self, shape: str, color: str, size: str) -> bool:
-        return ((self.shape is None or self.shape == shape) and (self.color is None or self.color == color)
-                and (self.size is None or self.size == size))
+        """True when an object of this shape, colour and size fits every constraint."""
+        return ((self.shape is None or shape in COVERS.get(self.shape, (self.shape,)))
+                and (self.color is None or self.color == color) and (self.size is None or self.size == size))
 
 
 def parse(phrase: str) -> Phrase:
