@@ -1,0 +1,163 @@
+"""LoRA fine-tuning of the policy on kept programs: TRL's `SFTTrainer` + a PEFT `LoraConfig`.
+
+Why its own module and why this shape: the trainer is TRL's (it is what users know, and it
+runs unchanged under `accelerate launch` with DDP / FSDP / DeepSpeed on many GPUs); this
+module only turns kept (prompt, program) pairs into a prompt-completion dataset — so the
+loss falls on the program tokens only (`completion_only_loss`) — and publishes the
+adapter atomically. Training uses its own copy of the base weights, loaded from the
+folder the policy was loaded from, so the policy's sampling model is never modified in
+place and can switch to the new adapter with `Policy.load_adapter` afterwards.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from viprog.runs import publish_dir, tmp_dir_for, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """PEFT LoRA hyper-parameters (ViReP: r=16, alpha=32 on q/k/v/o projections)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings for one round of supervised fine-tuning."""
+
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    batch_size: int = 2
+    grad_accum: int = 1
+    max_length: int = 512
+    seed: int = 0
+    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",): the trainer's report_to
+
+
+def completion_for(prompt: str, program: str) -> str:
+    """The text the model must write after `prompt` to produce `program`.
+
+    A completion-style prompt already ends with the program's first line(s) (e.g.
+    `def execute_command(image):`); those are not repeated in the completion.
+    """
+    lines = program.splitlines(keepends=True)
+    tail = prompt.splitlines(keepends=True)
+    for k in range(min(len(lines), len(tail)), 0, -1):
+        if [line.rstrip() for line in tail[-k:]] == [line.rstrip() for line in lines[:k]]:
+            rest = "".join(lines[k:])
+            return rest if prompt.endswith("\n") else "\n" + rest
+    return program
+
+
+def base_model_path(policy: Any) -> str:
+    """Where the policy's base weights live (a local folder or a hub name)."""
+    for attr in ("model_path", "model_name"):
+        value = getattr(policy, attr, None)
+        if isinstance(value, (str, Path)) and str(value):
+            return str(value)
+    model = getattr(policy, "model", None)
+    path = getattr(model, "name_or_path", None)
+    if not path:
+        from viprog.errors import UsageError
+
+        raise UsageError(f"policy {getattr(policy, 'name', policy)!r} exposes no model weights to fine-tune; "
+                         "self-training needs a transformers policy (hf, vllm or the embedded default)")
+    return str(path)
+
+
+def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
+             lora: LoraSettings = LoraSettings(), train: TrainSettings = TrainSettings(),
+             init_adapter: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Train a LoRA adapter on (prompt, completion) `pairs` and publish it at `out_dir`.
+
+    init_adapter: continue training this adapter (rounds that continue from the last
+        adapter) instead of starting a fresh one on the base model.
+    Returns `train/*` metrics (loss, steps, examples, tokens, seconds); they are also saved
+    beside the adapter as `train_stats.json`. Nothing exists at `out_dir` until the adapter
+    is complete.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    if not pairs:
+        raise ValueError("no training pairs")
+    out_dir = Path(out_dir)
+    work = tmp_dir_for(out_dir)
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if cuda:
+        model = model.to(device)
+    peft_config = None
+    if init_adapter is not None:
+        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
+    else:
+        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
+    args = SFTConfig(
+        output_dir=str(work / "trainer"),
+        completion_only_loss=True,
+        max_length=train.max_length,
+        learning_rate=train.learning_rate,
+        num_train_epochs=train.epochs,
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=list(train.report_to) or "none",
+        seed=train.seed,
+        bf16=bf16,
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        shuffle_dataset=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"]))
+    stats = {
+        "train/examples": len(pairs),
+        "train/steps": int(output.global_step),
+        "train/loss_first": float(losses[0]) if losses else None,
+        "train/loss_last": float(losses[-1]) if losses else None,
+        "train/loss_mean": float(output.training_loss),
+        "train/tokens": tokens,
+        "train/seconds": round(seconds, 3),
+        "train/tokens_per_s": tokens * float(train.epochs) / max(seconds, 1e-9),
+    }
+    adapter = work / "adapter"
+    trainer.model.save_pretrained(str(adapter))
+    write_json_atomic(adapter / "train_stats.json", stats)
+    del trainer, model
+    gc.collect()
+    publish_dir(adapter, out_dir)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("adapter written to %s (%d steps, loss %.3f → %.3f)", out_dir, stats["train/steps"],
+             stats["train/loss_first"] or float("nan"), stats["train/loss_last"] or float("nan"))
+    return stats

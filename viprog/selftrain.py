@@ -1,0 +1,407 @@
+"""Reinforced self-training (ViReP): sample programs, run them, keep the rewarded ones,
+LoRA fine-tune the policy on them, evaluate — in rounds.
+
+    round 0      evaluate the base policy with few-shot prompts (the baseline)
+    round k ≥ 1  sample n programs for each of this round's train questions
+                 → execute them in the sandbox → task reward
+                 → keep reward ≥ τ (dedup, cap per question)
+                 → LoRA fine-tune on (short prompt, program) pairs (TRL SFTTrainer + PEFT)
+                 → evaluate greedily on the held-out split → update the library
+
+Each step writes its artifact atomically under `runs/<name>/round_<k>/` and then its
+metrics (`<step>.metrics.json`); a step is finished when its metrics file exists, so
+`--resume` after any kill redoes only the unfinished step, and sampling resumes
+question by question (`viprog.runs`). `python selftrain.py` with no argument runs the
+embedded default: the shapes world, the packaged Qwen2.5-Coder-0.5B, sizes that fit two
+rounds in about half an hour on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from viprog.errors import UsageError
+from viprog.filtering import filter_samples, filter_stats
+from viprog.library import Library
+from viprog.metrics import (
+    PhaseTimer,
+    exec_metrics,
+    peak_memory_mb,
+    reward_metrics,
+    sampling_metrics,
+    summary_line,
+    task_metrics,
+)
+from viprog.runs import Run, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger("viprog.selftrain")
+
+
+@dataclass
+class SelfTrainConfig:
+    """Reinforced self-training of a program-writing policy on a task's rewards."""
+
+    task: str = "shapes"
+    """Task to train on (`viprog tasks` lists them)."""
+    data_dir: str | None = None
+    """The task's data folder (None: the task's default; the shapes world is generated)."""
+    policy: str = "qwen2.5-coder-0.5b"
+    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
+    model: str | None = None
+    """Model for the policy backend: a hub name or a local folder."""
+    device: str = "cpu"
+    """Device for the policy and the fine-tuning (cpu, cuda, cuda:1)."""
+    profile: str | None = None
+    """Primitive profile (None: the task's default)."""
+    rounds: int = 2
+    """Self-training rounds after the round-0 baseline."""
+    questions_per_round: int = 12
+    """Train questions sampled per round (a new slice of the shuffled train split each round)."""
+    samples_per_question: int = 4
+    """Programs sampled per question."""
+    temperature: float = 1.0
+    """Sampling temperature for the train rollouts (evaluation is greedy)."""
+    top_p: float = 0.9
+    """Nucleus sampling top-p."""
+    max_new_tokens: int = 96
+    """Longest completion, in tokens."""
+    batch_questions: int = 4
+    """Questions per call to the policy (each with all its samples)."""
+    tau: float = 1.0
+    """Reward threshold: keep programs with reward ≥ tau."""
+    dedup: bool = True
+    """Drop programs identical (up to layout and comments) to one kept for the same question."""
+    cap_per_question: int | None = 2
+    """Keep at most this many programs per question (None: no cap)."""
+    restart_from_base: bool = False
+    """Fine-tune each round from the base model on the whole library, instead of continuing
+    the last adapter on this round's programs."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA alpha (scale = alpha / r)."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Modules that get LoRA adapters."""
+    learning_rate: float = 2e-4
+    """Fine-tuning learning rate (constant)."""
+    epochs: float = 2.0
+    """Fine-tuning epochs per round."""
+    batch_size: int = 2
+    """Fine-tuning batch size per device."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    max_length: int = 512
+    """Longest training sequence (prompt + program), in tokens."""
+    prompt_style: str = "completion"
+    """Prompt format of the Prompter: completion (ViperGPT-style code) or chat."""
+    base_prompt: Literal["few-shot", "short"] = "few-shot"
+    """Prompt for the base policy (round 0, and sampling in round 1)."""
+    tuned_prompt: Literal["few-shot", "short"] = "few-shot"
+    """Prompt for the tuned policy (sampling from round 2, evaluation from round 1)."""
+    train_prompt: Literal["short", "few-shot"] = "short"
+    """Prompt the programs are trained under (ViReP: the short prompt, query only)."""
+    library_shots: int = 2
+    """Few-shot prompts also show this many stored programs of similar train questions."""
+    train_split: str = "train"
+    """Split the rollouts sample questions from."""
+    eval_split: str = "test"
+    """Held-out split for evaluation."""
+    eval_size: int | None = 30
+    """Questions evaluated per round (None: the whole split)."""
+    workers: int = 2
+    """Sandbox worker processes."""
+    timeout: float = 10.0
+    """Seconds per program before it is killed."""
+    seed: int = 0
+    """Seed for question order, sampling and training."""
+    run_name: str | None = None
+    """Name of the run folder under runs_dir (None: <task>-<policy>)."""
+    runs_dir: str = "runs"
+    """Where run folders live."""
+    resume: bool = False
+    """Continue the run with this name from its last finished step."""
+    overwrite: bool = False
+    """Delete the run with this name and start again."""
+    report_to: tuple[str, ...] = ()
+    """Trainer loggers (tensorboard, wandb); metrics.jsonl is always written."""
+    report: bool = True
+    """Write runs/<name>/report.html at the end."""
+    preset: Literal["embedded", "virep-gpu"] | None = None
+    """Start from a preset and apply the options given on the command line on top."""
+
+
+# -- presets: config as code ---------------------------------------------------------------
+def embedded() -> SelfTrainConfig:
+    """The embedded default: shapes world, Qwen2.5-Coder-0.5B on CPU, two frugal rounds."""
+    return SelfTrainConfig()
+
+
+def virep_gpu() -> SelfTrainConfig:
+    """ViReP's settings on one GPU: a 7B code model, r=16, alpha=32 on q/k/v/o, lr 2e-4,
+    temperature 1.0, top-p 0.9, 10 rounds, all correct programs kept."""
+    return SelfTrainConfig(task="gqa", policy="vllm", model="Qwen/Qwen2.5-Coder-7B", device="cuda", rounds=10,
+                           questions_per_round=2000, samples_per_question=8, max_new_tokens=256, batch_questions=64,
+                           cap_per_question=None, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=1.0,
+                           batch_size=8, grad_accum=2, max_length=1024, eval_size=2000, workers=8,
+                           tuned_prompt="short", library_shots=0)
+
+
+PRESETS: dict[str, Callable[[], SelfTrainConfig]] = {"embedded": embedded, "virep-gpu": virep_gpu}
+
+
+def _explicit(cfg: SelfTrainConfig) -> dict[str, Any]:
+    """Fields set to something other than the dataclass default (what the user asked for)."""
+    default = SelfTrainConfig()
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+def resolve_config(cfg: SelfTrainConfig) -> SelfTrainConfig:
+    """Apply the preset, then the explicit options; on --resume the saved config is the base."""
+    base = PRESETS[cfg.preset]() if cfg.preset else SelfTrainConfig()
+    cfg = dataclasses.replace(base, **_explicit(cfg))
+    if cfg.run_name is None:
+        cfg = dataclasses.replace(cfg, run_name=f"{cfg.task}-{cfg.policy}".replace("/", "_"))
+    if cfg.resume:
+        saved_path = Run(f"{cfg.runs_dir}/{cfg.run_name}").config_path
+        if saved_path.exists():
+            saved = read_json(saved_path)
+            saved["target_modules"] = tuple(saved.get("target_modules", ()))
+            saved["report_to"] = tuple(saved.get("report_to", ()))
+            known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
+            changed = {k: v for k, v in _explicit(cfg).items() if k not in ("resume", "preset", "run_name")}
+            for key, value in changed.items():
+                if saved.get(key) != value:
+                    log.info("resume: %s changed from %r to %r", key, saved.get(key), value)
+            cfg = dataclasses.replace(SelfTrainConfig(**{k: v for k, v in saved.items() if k in known}), **changed,
+                                      resume=True, overwrite=False)
+    if cfg.rounds < 0 or cfg.questions_per_round < 1 or cfg.samples_per_question < 1:
+        raise UsageError("rounds must be ≥ 0, questions-per-round and samples-per-question ≥ 1")
+    if not 0.0 <= cfg.tau <= 1.0:
+        raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
+    return cfg
+
+
+# -- the pieces a round is made of ---------------------------------------------------------
+def build_policy_and_prompter(config: dict[str, Any] | SelfTrainConfig) -> tuple[Any, Any]:
+    """The policy (base weights, no adapter) and the Prompter for the config's task."""
+    from viprog.policy import Prompter, load_policy
+    from viprog.primitives.apidoc import api_section
+    from viprog.tasks import TASKS
+
+    c = dataclasses.asdict(config) if isinstance(config, SelfTrainConfig) else config
+    task = TASKS.get(c["task"])(data_dir=c.get("data_dir"))
+    policy = load_policy(c["policy"], model=c.get("model"), device=c.get("device", "cpu"))
+    prompter = Prompter(api_section(task=c["task"]), task.seed_programs(), style=c.get("prompt_style", "completion"),
+                        tokenizer=getattr(policy, "tokenizer", None))
+    return policy, prompter
+
+
+def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]:
+    """Round k's train questions: the k-th slice of a seeded shuffle (wrapping around)."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    start = ((k - 1) * n) % max(len(order), 1)
+    return [pool[order[(start + i) % len(order)]] for i in range(min(n, len(order)))]
+
+
+def make_prompt_fn(prompter: Any, style: str, library: Library | None, shots: int) -> Callable[[Any], str]:
+    """example → prompt: the short prompt, or few-shot with similar stored programs."""
+    if style == "short":
+        return lambda ex: prompter.short(ex.query)
+    if library is None or not len(library) or shots <= 0:
+        return lambda ex: prompter.few_shot(ex.query)
+    return lambda ex: prompter.few_shot(ex.query, extra=library.examples(ex.query, shots, exclude=[ex.id]))
+
+
+def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any], str], params: Any,
+            name: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Sample (resumably), extract, execute and reward; returns rows and `sample/` metrics."""
+    from viprog.policy import extract_program
+    from viprog.rollout import execute_programs, load_images, sample_completions
+
+    completions, stats = sample_completions(ctx.policy, examples, prompt, params,
+                                            partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
+                                            batch_questions=ctx.cfg.batch_questions, desc=f"round {k} {name}")
+    programs = {qid: [(c, extract_program(c, ctx.cfg.prompt_style)) for c in outs] for qid, outs in completions.items()}
+    start = time.perf_counter()
+    rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
+                            workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute")
+    prefix = "sample" if name == "samples" else "eval_sample"
+    return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
+                  f"{prefix}/execute_seconds": round(time.perf_counter() - start, 3),
+                  f"{prefix}/execute_programs_per_s": len(rows) / max(time.perf_counter() - start, 1e-9)}
+
+
+@dataclass
+class Context:
+    """What every step of a round needs."""
+
+    cfg: SelfTrainConfig
+    run: Run
+    task: Any
+    profile: str
+    policy: Any
+    prompter: Any
+    train_pool: list[Any]
+    eval_set: list[Any]
+
+
+def step(ctx: Context, k: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a step unless its metrics file says it finished; time it; record its metrics."""
+    done = ctx.run.artifact(k, f"{name}.metrics.json")
+    if done.exists():
+        log.info("round %d: %s already done (resume)", k, name)
+        return read_json(done)
+    timer = PhaseTimer()
+    with timer(name):
+        metrics = fn()
+    metrics = {**metrics, **timer.metrics()}
+    write_json_atomic(done, metrics)
+    return metrics
+
+
+#: the steps of a round, in order (round 0 has only the evaluation)
+STEPS = ("sample", "filter", "train", "eval")
+
+
+# -- one round, top to bottom --------------------------------------------------------------
+def run_round(ctx: Context, k: int) -> dict[str, Any]:
+    from viprog.policy import SamplingParams
+
+    cfg, run = ctx.cfg, ctx.run
+    run.round_dir(k).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    metrics: dict[str, Any] = {"round": k}
+    library = Library.load(run.root)
+    adapter_in = run.latest_adapter(before=k)
+    stop = tuple(ctx.prompter.stop())
+
+    if k >= 1:
+        ctx.policy.load_adapter(adapter_in)
+        style = cfg.base_prompt if adapter_in is None else cfg.tuned_prompt
+        examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
+        params = SamplingParams(n=cfg.samples_per_question, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed + 1000 * k)
+
+        def sample() -> dict[str, Any]:  # sample → execute → reward
+            rows, sample_metrics = rollout(ctx, k, examples, make_prompt_fn(ctx.prompter, style, library,
+                                                                             cfg.library_shots), params, "samples")
+            write_jsonl_atomic(run.artifact(k, "samples.jsonl"), rows)
+            return {**sample_metrics, **reward_metrics(rows), **exec_metrics(rows),
+                    "sample/questions": len(examples)}
+
+        metrics |= step(ctx, k, "sample", sample)
+
+        def keep() -> dict[str, Any]:  # filter: reward ≥ τ, dedup, cap
+            samples = read_jsonl(run.artifact(k, "samples.jsonl"))
+            kept = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+            write_jsonl_atomic(run.artifact(k, "kept.jsonl"), kept)
+            return filter_stats(samples, kept)
+
+        metrics |= step(ctx, k, "filter", keep)
+
+        def train() -> dict[str, Any]:  # LoRA SFT on (prompt, program) pairs
+            from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
+
+            if cfg.restart_from_base:
+                rows, init = Library.collect(run, range(1, k + 1)), None
+            else:
+                rows, init = read_jsonl(run.artifact(k, "kept.jsonl")), adapter_in
+            if not rows:
+                log.warning("round %d: no program was kept; the policy stays as it is", k)
+                return {"train/examples": 0, "train/skipped": 1}
+            prompt = (ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot)
+            pairs = [(prompt(r["query"]), r["program"]) for r in rows]
+            return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
+                            lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules)),
+                            train=TrainSettings(cfg.learning_rate, cfg.epochs, cfg.batch_size, cfg.grad_accum,
+                                                cfg.max_length, cfg.seed + k, tuple(cfg.report_to)),
+                            init_adapter=init, device=cfg.device)
+
+        metrics |= step(ctx, k, "train", train)
+        library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
+
+    adapter = run.latest_adapter(before=k + 1)
+    ctx.policy.load_adapter(adapter)
+    eval_style = cfg.base_prompt if adapter is None else cfg.tuned_prompt
+    greedy = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed)
+
+    def evaluate() -> dict[str, Any]:  # greedy decoding on the held-out split
+        rows, sample_metrics = rollout(ctx, k, ctx.eval_set, make_prompt_fn(ctx.prompter, eval_style, library,
+                                                                             cfg.library_shots), greedy, "eval")
+        write_jsonl_atomic(run.artifact(k, "eval.jsonl"), rows)
+        from viprog.rollout import rows_to_results
+
+        by_id = {ex.id: ex for ex in ctx.eval_set}
+        examples = [by_id[r["question_id"]] for r in rows]
+        report = ctx.task.metrics(examples, rows_to_results(rows), [r["reward"] for r in rows])
+        return {**task_metrics(report), **exec_metrics(rows, prefix="eval_exec"), **sample_metrics,
+                "eval/errors": report.get("errors", {}), "eval/adapter": str(adapter) if adapter else None}
+
+    metrics |= step(ctx, k, "eval", evaluate)
+    metrics["time/round_s"] = round(sum(metrics.get(f"time/{name}_s", 0.0) for name in STEPS), 3)
+    metrics["time/this_process_s"] = round(time.perf_counter() - start, 3)
+    metrics |= peak_memory_mb()
+    write_json_atomic(run.artifact(k, "metrics.json"), metrics)
+    run.rebuild_metrics_log()
+    log.info(summary_line(k, metrics))
+    return metrics
+
+
+def main(cfg: SelfTrainConfig) -> int:
+    """Run (or resume) the rounds; returns the exit status."""
+    from viprog.tasks import TASKS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = resolve_config(cfg)
+    task = TASKS.get(cfg.task)(data_dir=cfg.data_dir)
+    profile = cfg.profile or task.default_profile
+    if cfg.train_split not in task.splits() or cfg.eval_split not in task.splits():
+        raise UsageError(f"task {cfg.task!r} has splits {', '.join(task.splits())}; "
+                         f"got --train-split {cfg.train_split} --eval-split {cfg.eval_split}")
+    if cfg.train_split == cfg.eval_split:
+        raise UsageError("--train-split and --eval-split must differ (evaluation is on held-out questions)")
+    train_pool = task.examples(cfg.train_split)
+    eval_set = task.examples(cfg.eval_split, limit=cfg.eval_size)
+    if not train_pool or not eval_set:
+        raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
+    run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
+    write_json_atomic(run.config_path, dataclasses.asdict(cfg))
+    log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, profile, cfg.policy,
+             cfg.rounds)
+    policy, prompter = build_policy_and_prompter(cfg)
+    ctx = Context(cfg, run, task, profile, policy, prompter, train_pool, eval_set)
+    done = set(run.rounds_done())
+    durations: list[float] = []
+    try:
+        for k in range(cfg.rounds + 1):
+            if k in done:
+                log.info("round %d already finished (resume)", k)
+                continue
+            started = time.perf_counter()
+            run_round(ctx, k)
+            if k >= 1:
+                durations.append(time.perf_counter() - started)
+                left = cfg.rounds - k
+                if left:
+                    log.info("ETA: about %.0f min for the %d round(s) left", left * sum(durations) / len(durations) / 60,
+                             left)
+    finally:
+        policy.close()
+    if cfg.report:
+        from viprog.report import write_report
+
+        log.info("report written to %s", write_report(run.root))
+    print(json.dumps({f"round_{m['round']}": m.get("eval/accuracy") for m in run.round_metrics()}))
+    log.info("run written to %s (metrics.jsonl, library.jsonl, round_*/)", run.root)
+    return 0
