@@ -8,15 +8,18 @@ carries its few-shot seed programs (never taken from its own test split).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from viprog.executor.result import ExecutionResult
 from viprog.registry import Registry
+
+if TYPE_CHECKING:  # the executor imports tasks (DataError): no import cycle at run time
+    from viprog.executor.result import ExecutionResult
 
 TASKS: Registry[type[Task]] = Registry("task", group="viprog.tasks")
 
@@ -64,6 +67,26 @@ class Task:
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.options = options
+        #: a bad item inside a dataset (a missing or corrupt image) is fatal when strict
+        self.strict = bool(options.get("strict", False))
+        #: what was skipped and how often (reported beside the metrics)
+        self.skipped: Counter[str] = Counter()
+
+    def skip(self, kind: str, message: str) -> None:
+        """One bad item inside a dataset: raise `DataError(message)` when strict, else count
+        it under `kind` (e.g. "corrupt_image") and go on."""
+        if self.strict:
+            raise DataError(message)
+        self.skipped[kind] += 1
+
+    def try_load_image(self, example: Example) -> np.ndarray | None:
+        """`load_image`, except that an unreadable image is skipped and counted (None)
+        unless the task is strict."""
+        try:
+            return self.load_image(example)
+        except DataError as exc:
+            self.skip("corrupt_image", str(exc))
+            return None
 
     def splits(self) -> list[str]:
         return ["train", "val", "test"]
@@ -88,7 +111,7 @@ class Task:
     def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
                 rewards: Sequence[float]) -> dict[str, Any]:
         """Aggregate metrics: `accuracy` overall and per question type, error counts."""
-        from collections import Counter, defaultdict
+        from collections import defaultdict
 
         per_type: dict[str, list[float]] = defaultdict(list)
         for ex, r in zip(examples, rewards):
@@ -100,6 +123,45 @@ class Task:
             "n": len(rewards),
             "accuracy_by_type": {k: sum(v) / len(v) for k, v in sorted(per_type.items())},
             "errors": dict(sorted(errors.items())),
+            "skipped": dict(sorted(self.skipped.items())),
+        }
+
+    def majority_baseline(self, train: Sequence[Example], test: Sequence[Example]) -> dict[str, Any]:
+        """The program-free baseline: answer every test question with the most frequent
+        train answer (for choice tasks: always pick the first choice). Scored with this
+        task's own `reward`; `accuracy_by_type` also gives each type's own majority answer
+        (a stronger, per-type prior). Box-only tasks have no answer prior: accuracy None."""
+        from collections import defaultdict
+
+        from viprog.tasks.answers import normalize_answer
+
+        from viprog.executor.result import ExecutionResult
+
+        if test and all(ex.answer is None for ex in test):
+            return {"answer": None, "accuracy": None, "n": len(test)}
+        if test and all(ex.choices for ex in test):
+            rewards = [self.reward(ex, ExecutionResult(answer=ex.choices[0])) for ex in test]  # type: ignore[index]
+            return {"answer": "<first choice>", "accuracy": sum(rewards) / len(rewards), "n": len(test)}
+        overall = Counter(normalize_answer(ex.answer) for ex in train if ex.answer is not None)
+        by_type: dict[str, Counter[str]] = defaultdict(Counter)
+        for ex in train:
+            if ex.answer is not None:
+                by_type[ex.question_type][normalize_answer(ex.answer)] += 1
+        majority = overall.most_common(1)[0][0] if overall else ""
+        scores: dict[str, list[float]] = defaultdict(list)
+        own: dict[str, list[float]] = defaultdict(list)
+        for ex in test:
+            scores[ex.question_type].append(self.reward(ex, ExecutionResult(answer=majority)))
+            typed = by_type[ex.question_type].most_common(1)
+            own[ex.question_type].append(self.reward(ex, ExecutionResult(answer=typed[0][0] if typed else majority)))
+        n = max(len(test), 1)
+        return {
+            "answer": majority,
+            "accuracy": sum(sum(v) for v in scores.values()) / n,
+            "per_type_prior_accuracy": sum(sum(v) for v in own.values()) / n,
+            "n": len(test),
+            "accuracy_by_type": {k: sum(v) / len(v) for k, v in sorted(scores.items())},
+            "per_type_prior_by_type": {k: sum(v) / len(v) for k, v in sorted(own.items())},
         }
 
     def seed_programs(self) -> list[tuple[str, str]]:
