@@ -1,0 +1,64 @@
+"""LoRA fine-tuning with TRL's SFTTrainer + PEFT (viprog.finetune), on a tiny Qwen2."""
+
+import json
+
+import pytest
+
+from selftrain_fixtures import SHAPES, build_tiny_policy, query_for, right_program
+from viprog.finetune import LoraSettings, TrainSettings, completion_for, finetune
+
+PROMPT = "# Query: {}\ndef execute_command(image):\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    path = build_tiny_policy(tmp_path_factory.mktemp("tiny"), PROMPT.format, dict.fromkeys(SHAPES, 0.5), steps=0)
+    return str(path), AutoTokenizer.from_pretrained(path)
+
+
+def pairs():
+    return [(PROMPT.format(query_for(s)), right_program(s)) for s in SHAPES] * 2
+
+
+def test_completion_does_not_repeat_the_lines_the_prompt_ends_with():
+    assert completion_for(PROMPT.format("q"), right_program("star")) == right_program("star").split("\n", 1)[1]
+    assert completion_for("# Query: q\n", right_program("star")) == right_program("star")
+
+
+def test_finetune_publishes_an_adapter_and_lowers_the_loss(tiny, tmp_path):
+    path, tokenizer = tiny
+    stats = finetune(path, tokenizer, pairs(), tmp_path / "adapter", lora=LoraSettings(r=8, alpha=16),
+                     train=TrainSettings(learning_rate=1e-2, epochs=4, batch_size=4))
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "adapter" / "train_stats.json").read_text())["train/steps"] == stats["train/steps"] == 8
+    assert stats["train/loss_last"] < stats["train/loss_first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporaries left
+
+
+def test_continuing_an_adapter_starts_where_it_stopped(tiny, tmp_path):
+    path, tokenizer = tiny
+    train = TrainSettings(learning_rate=1e-2, epochs=2, batch_size=4)
+    first = finetune(path, tokenizer, pairs(), tmp_path / "a1", train=train)
+    second = finetune(path, tokenizer, pairs(), tmp_path / "a2", train=train, init_adapter=tmp_path / "a1")
+    assert second["train/loss_first"] < first["train/loss_first"] - 0.1
+
+
+def test_loss_falls_on_the_completion_only(tiny, tmp_path):
+    """A long prompt must not change the number of trained tokens' loss terms: the labels
+    of prompt tokens are masked (TRL's completion_only_loss on a prompt-completion dataset)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM
+
+    path, tokenizer = tiny
+    data = Dataset.from_list([{"prompt": PROMPT.format(query_for("star")) * 3,
+                               "completion": completion_for(PROMPT.format(""), right_program("star"))}])
+    args = SFTConfig(output_dir=str(tmp_path), completion_only_loss=True, report_to="none", use_cpu=True)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(path), args=args, train_dataset=data,
+                         processing_class=tokenizer)
+    row = trainer.train_dataset[0]
+    n_completion = len(tokenizer(data[0]["completion"] + tokenizer.eos_token)["input_ids"])
+    trained = [label for label in row["labels"] if label != -100]
+    assert len(trained) == n_completion < len(row["input_ids"])
