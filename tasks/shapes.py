@@ -192,7 +192,7 @@ class ShapesTask(_ShapesWorld, GQATask):
 
 @TASKS.register("shapes-hard")
 class ShapesHardTask(ShapesTask):
-    """The harder shapes world: 6–9 objects on 160×160 images, relation chains of depth 2."""
+    """The harder shapes world: 6–9 objects per image and relation chains of depth 2."""
 
     name: ClassVar[str] = "shapes-hard"
     world_preset: ClassVar[Callable[..., WorldConfig]] = WorldConfig.hard

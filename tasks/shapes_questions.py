@@ -238,9 +238,14 @@ def t_choose_attr(rng: random.Random, scene: Scene, margin: float, level: int) -
 
 
 def _two_refs(rng: random.Random, scene: Scene, margin: float, omit: str | None = None) -> tuple[Ref, Ref] | None:
+    """References to two objects; with `omit`, half the time two that share that attribute
+    (so "same colour?" is not almost always "no")."""
     if len(scene.objects) < 2:
         return None
     a, b = rng.sample(scene.objects, 2)
+    if omit is not None and rng.random() < 0.5:
+        alike = [o for o in scene.objects if o is not a and getattr(o, omit) == getattr(a, omit)]
+        b = rng.choice(alike) if alike else b
     ra, rb = make_ref(rng, scene, a, 0, margin, omit), make_ref(rng, scene, b, 0, margin, omit)
     return (ra, rb) if ra is not None and rb is not None else None
 

@@ -5,7 +5,8 @@ scene graphs are exact (so the `scene-graph` profile separates program errors fr
 perception errors), and its pixels are simple enough for the classic-vision `shapes`
 profile to perceive. Everything follows the lead's pinned vocabulary
 (`viprog.primitives.vocab`): flat filled shapes on a plain light background, no
-overlaps and ≥ 4 px gaps, sizes `small` (14–18 px across) and `large` (26–34 px).
+overlaps and ≥ 4 px gaps, sizes `small` (14–18 px across) and `large` (26–34 px) on the
+default 128 px canvas (scaled with the canvas on other sizes).
 
 Determinism: a scene is a pure function of `(seed, split, index)` through
 `random.Random`, and rendering uses no anti-aliasing and no randomness, so the same
@@ -26,7 +27,7 @@ import numpy as np
 from viprog.primitives.vocab import COLORS, PALETTE, SHAPES
 
 #: bump when the generator's output changes for the same settings (it is in the cache key)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SIZE_RANGES: dict[str, tuple[int, int]] = {"small": (14, 18), "large": (26, 34)}
 GAP = 4  # minimum free pixels between two objects' boxes
 BORDER = 2  # minimum free pixels between an object and the image edge
@@ -57,8 +58,9 @@ class WorldConfig:
 
     @classmethod
     def hard(cls, seed: int = 0) -> WorldConfig:
-        """A harder world: more objects on a larger canvas and relation chains of depth 2."""
-        return cls(seed=seed, image_size=160, min_objects=6, max_objects=9, level=2)
+        """A harder world: 6–9 objects (more distractors, more duplicates) and relation
+        chains of depth 2 ("the star above the circle to the left of the red square")."""
+        return cls(seed=seed, min_objects=6, max_objects=9, level=2)
 
     def digest(self) -> str:
         data = asdict(self) | {"version": GENERATOR_VERSION}
@@ -146,6 +148,7 @@ def sample_scene(cfg: WorldConfig, split: str, index: int) -> Scene:
     without overlap by rejection sampling."""
     rng = random.Random(f"{cfg.seed}/{split}/{index}")
     size = cfg.image_size
+    scale = size / 128  # object sizes are pinned at 128 px and scale with the canvas
     shapes = rng.sample(SHAPES, rng.randint(2, len(SHAPES)))
     colors = rng.sample(COLORS, rng.randint(2, 5))
     target = rng.randint(cfg.min_objects, cfg.max_objects)
@@ -154,7 +157,8 @@ def sample_scene(cfg: WorldConfig, split: str, index: int) -> Scene:
         if len(placed) == target:
             break
         shape, color, sz = rng.choice(shapes), rng.choice(colors), rng.choice(("small", "large"))
-        diameter = rng.randint(*SIZE_RANGES[sz])
+        lo, hi = SIZE_RANGES[sz]
+        diameter = rng.randint(round(lo * scale), round(hi * scale))
         mask = shape_mask(shape, diameter)
         h, w = mask.shape
         if w + 2 * BORDER > size or h + 2 * BORDER > size:
