@@ -9,6 +9,7 @@ Importing this module registers the task `toy-count` and the profile `toy`.
 from __future__ import annotations
 
 import random
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from viprog.executor.result import ExecutionResult
+from viprog.finetune import completion_for
 from viprog.primitives.profile import PROFILES, Call, Profile
 from viprog.tasks.answers import normalize_answer
 from viprog.tasks.base import TASKS, Example, Task
@@ -46,7 +48,7 @@ class ToyProfile(Profile):
         for call in calls:
             counts = call.patch.meta.get("counts", {})
             name = str(call.args[0]).rstrip("s")
-            out.append([[4 + 20 * i, 4, 16 + 20 * i, 16] for i in range(int(counts.get(name, 0)))])
+            out.append([[1 + 8 * i, 2, 7 + 8 * i, 8] for i in range(int(counts.get(name, 0)))])
         return out
 
 
@@ -59,7 +61,7 @@ class ToyCountTask(Task):
 
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         super().__init__(data_dir, **options)
-        self.root = Path(data_dir) if data_dir is not None else Path(".toy-count")
+        self.root = Path(data_dir) if data_dir is not None else Path(tempfile.gettempdir()) / "viprog-toy-count"
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
         rng = random.Random({"train": 0, "val": 1, "test": 2}[split])
@@ -68,11 +70,11 @@ class ToyCountTask(Task):
         (self.root / "images").mkdir(parents=True, exist_ok=True)
         for i in range(n):
             counts = dict(zip(SHAPES, rng.sample(range(1, 5), 4)))
-            image = self.root / "images" / f"{split}-{i // 4}.png"
+            image = self.root / "images" / f"{split}-{i}.png"
             if not image.exists():
                 from PIL import Image
 
-                Image.fromarray(np.full((32, 32, 3), 200 + i % 4, np.uint8)).save(image)
+                Image.fromarray(np.full((32, 32, 3), 200 + i % 40, np.uint8)).save(image)
             shape = SHAPES[i % 4]
             out.append(Example(id=f"{split}-{i}", image=str(image), query=query_for(shape), answer=str(counts[shape]),
                                question_type=shape, image_id=f"{split}-{i}", meta={"counts": counts},
@@ -119,7 +121,7 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
     torch.manual_seed(seed)
     rng = random.Random(seed)
     prompts = {s: prompt_of(query_for(s)) for s in SHAPES}
-    texts = [prompts[s] + right_program(s) for s in SHAPES] * 4
+    texts = [prompts[s] + completion_for(prompts[s], right_program(s)) for s in SHAPES] * 4
     tokenizer = train_tokenizer(texts)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -133,7 +135,7 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
             shape = rng.choice(SHAPES)
             program = right_program(shape) if rng.random() < right_frac[shape] else wrong_program(shape)
             prompt_ids = tokenizer(prompts[shape])["input_ids"]
-            ids = prompt_ids + tokenizer(program)["input_ids"] + [tokenizer.eos_token_id]
+            ids = prompt_ids + tokenizer(completion_for(prompts[shape], program))["input_ids"] + [tokenizer.eos_token_id]
             batch.append((ids, len(prompt_ids)))
         width = max(len(ids) for ids, _ in batch)
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
