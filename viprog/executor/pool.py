@@ -55,6 +55,20 @@ _POLL = 0.05  # seconds between watchdog checks
 _GRACE = 0.2  # seconds past a program's deadline before its worker is killed
 
 
+def _start_forkserver(ctx: Any) -> None:
+    """Start the fork server (once per process) with an empty environment, so that the
+    parent's environment variables (tokens, keys) are not in any worker's memory."""
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(["viprog.executor.worker"])
+    saved = dict(os.environ)
+    os.environ.clear()
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.update(saved)
+
+
 @dataclass(frozen=True)
 class Job:
     """One program to run on one image."""
@@ -114,7 +128,7 @@ class Executor:
                          "max_primitive_calls": max_primitive_calls, "max_output_bytes": max_output_bytes,
                          "max_message_bytes": self.max_message - 1024}
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["viprog.executor.worker"])
+        _start_forkserver(self._ctx)
         self._keys = itertools.count()
         self._states: dict[int, _State] = {}
         self._queue: deque[_State] = deque()

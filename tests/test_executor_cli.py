@@ -1,0 +1,53 @@
+"""`viprog run`: one ExecutionResult as JSON; exit 0 answer, 1 failure, 2 bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from viprog.cli import main
+
+
+@pytest.fixture()
+def image(tmp_path: Path) -> Path:
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((24, 32, 3), 255, np.uint8)).save(path)
+    return path
+
+
+def write(tmp_path: Path, source: str) -> Path:
+    path = tmp_path / "prog.py"
+    path.write_text(source)
+    return path
+
+
+def test_answer_exits_zero_and_prints_the_result(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture) -> None:
+    prog = write(tmp_path, "def execute_command(image, query):\n    p = ImagePatch(image)\n    return [query, p.width]\n")
+    code = main(["run", "--program", str(prog), "--image", str(image), "--query", "size?", "--profile", "scene-graph"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["answer"] == ["size?", 32] and out["error_kind"] is None
+
+
+def test_failed_program_exits_one(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture) -> None:
+    prog = write(tmp_path, "def execute_command(image):\n    return 1 / 0\n")
+    code = main(["run", "--program", str(prog), "--image", str(image), "--profile", "scene-graph"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["error_kind"] == "runtime" and "ZeroDivisionError" in out["error"]
+
+
+@pytest.mark.parametrize("what", ["program", "image", "profile"])
+def test_bad_input_is_one_line_and_exit_two(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture,
+                                            what: str) -> None:
+    prog = write(tmp_path, "def execute_command(image):\n    return 1\n")
+    bad_image = tmp_path / "broken.png"
+    bad_image.write_text("not an image")
+    args = {"program": str(tmp_path / "missing.py") if what == "program" else str(prog),
+            "image": str(bad_image) if what == "image" else str(image),
+            "profile": "shapez" if what == "profile" else "scene-graph"}
+    code = main(["run", *[f"--{k}={v}" for k, v in args.items()]])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and ("shapes" in err if what == "profile" else what in err)
