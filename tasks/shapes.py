@@ -80,10 +80,12 @@ def balance(rng: random.Random, items: Sequence[T], n: int, kind: Callable[[T], 
 def generate(cfg: WorldConfig, out: Path, progress: bool = True) -> None:
     """Write the world for `cfg` into the new folder `out` (see the module docstring)."""
     from tqdm import tqdm
+    from viprog.tasks.seeds import SHAPES_REFER_SEEDS, SHAPES_SEEDS
     from viprog.tasks.shapes_captions import caption_candidates, refexps
     from viprog.tasks.shapes_questions import candidates
     from viprog.tasks.shapes_world import render, sample_scene, scene_graph
 
+    seed_queries = {query for query, _ in SHAPES_SEEDS + SHAPES_REFER_SEEDS}  # seeds stay out of val and test
     (out / "images").mkdir(parents=True)
     counts: dict[str, dict[str, int]] = {}
     total = sum(cfg.images_in(s) for s in cfg.questions)
@@ -95,8 +97,10 @@ def generate(cfg: WorldConfig, out: Path, progress: bool = True) -> None:
             scene = sample_scene(cfg, split, index)
             render(scene).save(out / "images" / f"{scene.image_id}.png", optimize=False)
             graphs[scene.image_id] = scene_graph(scene, cfg.margin)
-            questions += [(scene.image_id, x) for x in candidates(rng, scene, cfg.margin, cfg.level)]
-            refs += [(scene.image_id, x) for x in refexps(rng, scene, cfg.margin, cfg.level)]
+            questions += [(scene.image_id, x) for x in candidates(rng, scene, cfg.margin, cfg.level)
+                          if split == "train" or x.text not in seed_queries]
+            refs += [(scene.image_id, x) for x in refexps(rng, scene, cfg.margin, cfg.level)
+                     if split == "train" or x.text not in seed_queries]
             pairs += [(scene.image_id, x) for x in caption_candidates(rng, scene, cfg.margin)]
             bar.update()
         n_images = cfg.images_in(split)
@@ -185,7 +189,7 @@ class ShapesTask(_ShapesWorld, GQATask):
         return self.world()
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SHAPES_SEEDS
+        from viprog.tasks.seeds import SHAPES_REFER_SEEDS, SHAPES_SEEDS
 
         return list(SHAPES_SEEDS)
 

@@ -44,8 +44,8 @@ def task_stats(task: Task) -> dict[str, Any]:
             out["splits"][split] = {"error": str(exc)}
             continue
         out["splits"][split] = split_stats(loaded[split])
-    if not loaded:
-        raise DataError(f"task {task.name!r}: no split could be read ({out['splits']})")
+    if not loaded:  # nothing readable: the first split's error says why
+        raise DataError(next(iter(out["splits"].values()))["error"])
     names = list(loaded)
     train = "train" if "train" in loaded else names[0]
     test = next((s for s in ("test", "testdev") if s in loaded), names[-1])
