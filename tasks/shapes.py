@@ -189,7 +189,7 @@ class ShapesTask(_ShapesWorld, GQATask):
         return self.world()
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SHAPES_REFER_SEEDS, SHAPES_SEEDS
+        from viprog.tasks.seeds import SHAPES_SEEDS
 
         return list(SHAPES_SEEDS)
 
