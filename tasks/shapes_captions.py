@@ -30,12 +30,12 @@ class Refexp:
 
 
 def refexps(rng: random.Random, scene: Scene, margin: float, level: int) -> list[Refexp]:
-    """One candidate referring expression per depth the level allows (0 .. level)."""
-    out = []
-    for depth in range(level + 1):
+    """Candidate referring expressions, two tries per depth the level allows (0 .. level)."""
+    out: list[Refexp] = []
+    for depth in [d for d in range(level + 1) for _ in range(2)]:
         target = rng.choice(scene.objects)
         ref = make_ref(rng, scene, target, depth, margin)
-        if ref is None:
+        if ref is None or any(r.text == ref.text() or r.text == ref.text()[len("the "):] for r in out):
             continue
         lines: list[str] = []
         ref.locate(f"{ref.phrase.noun}_patch", lines)

@@ -61,8 +61,8 @@ class Phrase:
     noun: str
 
     def matches(self, o: Obj) -> bool:
-        return all(v is None or v == getattr(o, k) for k, v in (("size", self.size), ("color", self.color),
-                                                                 ("shape", self.shape)))
+        return ((self.size is None or self.size == o.size) and (self.color is None or self.color == o.color)
+                and (self.shape is None or self.shape == o.shape))
 
     def text(self, plural_noun: bool = False) -> str:
         return " ".join(w for w in (self.size, self.color, plural(self.noun) if plural_noun else self.noun) if w)
@@ -131,12 +131,13 @@ def make_ref(rng: random.Random, scene: Scene, target: Obj, depth: int, margin: 
         pick = rng.choice([c for c in unique if sum(v is not None for v in c.values()) <= shortest + 1])
         return Ref(say(rng, pick["size"], pick["color"], pick["shape"]), target)
     options = []
+    matched = [(c, matching(scene, Phrase(c["size"], c["color"], c["shape"], "x"))) for c in sets]
     for anchor in scene.objects:
         if anchor is target:
             continue
         for rel in sorted(relation(target, anchor, margin)):
-            for c in sets:
-                cands = [o for o in matching(scene, Phrase(c["size"], c["color"], c["shape"], "x")) if o is not anchor]
+            for c, found in matched:
+                cands = [o for o in found if o is not anchor]
                 if len(cands) < 2 or any(ambiguous(o, anchor, rel, margin) for o in cands):
                     continue  # a unique phrase needs no relation; a borderline one is unfair
                 if [o for o in cands if rel in relation(o, anchor, margin)] == [target]:
