@@ -84,7 +84,7 @@ class GQATask(Task):
 
     def questions_file(self, root: Path, split: str) -> Path:
         if not root.is_dir():
-            raise DataError(f"{root}: no such folder (pass --data-dir with GQA's *_balanced_questions.json and images/)")
+            raise DataError(f"{root}: no such folder (pass --data-dir: GQA's *_balanced_questions.json and images/)")
         path = root / f"{split}_balanced_questions.json"
         if split == "test" and not path.exists():
             path = root / "testdev_balanced_questions.json"

@@ -113,7 +113,8 @@ def generate(cfg: WorldConfig, out: Path, progress: bool = True) -> None:
         (out / f"{split}_sceneGraphs.json").write_text(json.dumps(graphs))
         picked_refs = balance(rng, refs, n_images * cfg.refexps_per_image, lambda x: x[1].qtype, lambda x: "")
         with open(out / f"{split}_refexps.jsonl", "w") as fh:
-            fh.writelines(json.dumps({"id": f"{split}_ref_{k:05d}", "image": f"images/{image_id}.png", "image_id": image_id,
+            fh.writelines(json.dumps({"id": f"{split}_ref_{k:05d}", "image": f"images/{image_id}.png",
+                                     "image_id": image_id,
                                      "question": x.text, "box": list(x.box), "question_type": x.qtype,
                                      "program": x.program}) + "\n" for k, (image_id, x) in enumerate(picked_refs))
         picked_pairs = balance(rng, pairs, n_images * cfg.captions_per_image, lambda x: x[1].qtype, lambda x: "")

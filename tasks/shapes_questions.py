@@ -34,7 +34,8 @@ CONDITIONS = {
     "above": "{p}.vertical_center > {a}.vertical_center",
     "below": "{p}.vertical_center < {a}.vertical_center",
 }
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
+            "above": "below", "below": "above"}
 ATTRS = ("size", "color", "shape")
 
 
@@ -298,7 +299,8 @@ def _logic(op: str) -> Callable[..., Question | None]:
     return template
 
 
-def _relational_set(rng: random.Random, scene: Scene, margin: float, level: int) -> tuple[Phrase, str, Ref, list[Obj]] | None:
+def _relational_set(rng: random.Random, scene: Scene, margin: float,
+                    level: int) -> tuple[Phrase, str, Ref, list[Obj]] | None:
     """A phrase, a relation and an anchor reference, with the objects that stand in it."""
     anchor = rng.choice(scene.objects)
     ref = make_ref(rng, scene, anchor, rng.randint(0, level - 1), margin)

@@ -96,8 +96,9 @@ class SugarCrepeTask(Task):
         files = sorted(self.data_dir.glob("*.json"))
         if not files:
             raise DataError(f"{self.data_dir}: no SugarCrepe *.json files (e.g. replace_att.json)")
-        image_dir = Path(self.options["image_dir"]) if self.options.get("image_dir") else next(
-            (self.data_dir / d for d in ("val2017", "images") if (self.data_dir / d).is_dir()), self.data_dir / "images")
+        found = [self.data_dir / d for d in ("val2017", "images") if (self.data_dir / d).is_dir()]
+        image_dir = Path(self.options["image_dir"]) if self.options.get("image_dir") else (
+            found[0] if found else self.data_dir / "images")
         return read_sugarcrepe(self, files, image_dir, self.options.get("mode", "choice"), split, limit)
 
     def reward(self, example: Example, result: ExecutionResult) -> float:

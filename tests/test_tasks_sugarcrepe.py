@@ -15,8 +15,8 @@ from viprog.executor.result import ExecutionResult
 def write_sugarcrepe(root: Path, n: int = 40) -> Path:
     (root / "val2017").mkdir(parents=True)
     for name in ("replace_att", "swap_obj"):
-        items = {str(k): {"filename": f"{k:012d}.jpg", "caption": f"a red bus {k}", "negative_caption": f"a blue bus {k}"}
-                 for k in range(n)}
+        items = {str(k): {"filename": f"{k:012d}.jpg", "caption": f"a red bus {k}",
+                          "negative_caption": f"a blue bus {k}"} for k in range(n)}
         (root / f"{name}.json").write_text(json.dumps(items))
     for k in range(n):
         Image.new("RGB", (4, 4)).save(root / "val2017" / f"{k:012d}.jpg")
