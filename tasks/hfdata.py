@@ -10,6 +10,7 @@ way with no network, which is how the tests exercise this path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,29 @@ def load_saved(path: Path, split: str) -> Any:
     return data
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or `HF_ENDPOINT`) accepts a connection, in seconds
+    rather than the minute `datasets` spends retrying when there is no network."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_hub(name: str, split: str, config: str | None = None) -> Any:
     """`datasets.load_dataset(name, config, split=split)`, or a one-line DataError saying
-    the hub is unreachable and how to use a local copy instead."""
+    the hub is unreachable and how to use a local copy instead. With `HF_HUB_OFFLINE=1`
+    the Hugging Face cache is read without any connection attempt."""
     import datasets
 
+    if os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false") and not hub_reachable():
+        raise DataError(f"cannot load {name!r} ({config or 'default'}, {split}): the Hugging Face hub is "
+                        "unreachable; download it and pass --data-dir (or set HF_HUB_OFFLINE=1 to use a cached copy)")
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as exc:  # noqa: BLE001 — connection errors come in many classes

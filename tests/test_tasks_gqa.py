@@ -133,3 +133,12 @@ def test_cli_stats_bad_folder_exits_2_with_one_line(tmp_path, capsys):
     assert main(["tasks", "--name", "gqa", "--stats", "--data-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such folder" in err and "\n" not in err
+
+
+def test_without_data_dir_an_unreachable_hub_is_a_one_line_error(monkeypatch):
+    from viprog.tasks import hfdata
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hfdata, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(DataError, match="unreachable; download it and pass --data-dir"):
+        TASKS.get("gqa")().examples("val")
