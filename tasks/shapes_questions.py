@@ -239,21 +239,24 @@ def t_choose_attr(rng: random.Random, scene: Scene, margin: float, level: int) -
     return Question(f"Is {ref.text()} {said}?", true, "choose_attr", "choose", "attr", program(lines))
 
 
-def _two_refs(rng: random.Random, scene: Scene, margin: float, omit: str | None = None) -> tuple[Ref, Ref] | None:
+def _two_refs(rng: random.Random, scene: Scene, margin: float, level: int,
+              omit: str | None = None) -> tuple[Ref, Ref] | None:
     """References to two objects; with `omit`, half the time two that share that attribute
-    (so "same colour?" is not almost always "no")."""
+    (so "same colour?" is not almost always "no"). Above level 1 a reference may use a
+    relation when attributes alone cannot single the object out."""
     if len(scene.objects) < 2:
         return None
     a, b = rng.sample(scene.objects, 2)
     if omit is not None and rng.random() < 0.5:
         alike = [o for o in scene.objects if o is not a and getattr(o, omit) == getattr(a, omit)]
         b = rng.choice(alike) if alike else b
-    ra, rb = make_ref(rng, scene, a, 0, margin, omit), make_ref(rng, scene, b, 0, margin, omit)
+    ra, rb = (make_ref(rng, scene, o, 0, margin, omit) or (make_ref(rng, scene, o, 1, margin, omit) if level > 1
+                                                           else None) for o in (a, b))
     return (ra, rb) if ra is not None and rb is not None else None
 
 
 def t_relation(rng: random.Random, scene: Scene, margin: float, level: int) -> Question | None:
-    refs = _two_refs(rng, scene, margin)
+    refs = _two_refs(rng, scene, margin, level)
     rel = rng.choice(RELATIONS)
     if refs is None or ambiguous(refs[0].target, refs[1].target, rel, margin):
         return None
@@ -268,7 +271,7 @@ def t_relation(rng: random.Random, scene: Scene, margin: float, level: int) -> Q
 
 def t_compare_attr(rng: random.Random, scene: Scene, margin: float, level: int) -> Question | None:
     kind = rng.choice(("color", "shape", "size"))
-    refs = _two_refs(rng, scene, margin, omit=kind)
+    refs = _two_refs(rng, scene, margin, level, omit=kind)
     if refs is None:
         return None
     ra, rb = refs

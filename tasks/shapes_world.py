@@ -27,7 +27,7 @@ import numpy as np
 from viprog.primitives.vocab import COLORS, PALETTE, SHAPES
 
 #: bump when the generator's output changes for the same settings (it is in the cache key)
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 SIZE_RANGES: dict[str, tuple[int, int]] = {"small": (14, 18), "large": (26, 34)}
 GAP = 4  # minimum free pixels between two objects' boxes
 BORDER = 2  # minimum free pixels between an object and the image edge
