@@ -93,9 +93,6 @@ class Obj:
     def cy(self) -> float:
         return self.y + self.h / 2
 
-    def words(self) -> tuple[str, str, str]:
-        return (self.shape, self.color, self.size)
-
 
 @dataclass(frozen=True)
 class Scene:
