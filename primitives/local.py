@@ -61,12 +61,14 @@ class LocalServer:
 def run_unsandboxed(program: str, pixels: np.ndarray, profile: str | Profile, meta: Mapping[str, Any] | None = None,
                     query: str | None = None) -> Any:
     """Run a trusted program's `execute_command(image)` in this process (tests only)."""
+    import hashlib
     import math
 
     from viprog import primitives as P
 
     with LocalServer(profile) as server:
-        ref = server.add_image("image", pixels, meta)
+        # a content-derived id: profiles cache per image id, so two images never share one
+        ref = server.add_image(hashlib.sha1(pixels.tobytes()).hexdigest()[:16], pixels, meta)
         namespace: dict[str, Any] = {"ImagePatch": P.ImagePatch, "math": math, "distance": P.distance,
                                      "bool_to_yesno": P.bool_to_yesno, "coerce_to_numeric": P.coerce_to_numeric,
                                      **P.FUNCTIONS}

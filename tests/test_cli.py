@@ -35,7 +35,7 @@ def test_unknown_command_exits_2_with_suggestion(capsys) -> None:
 
 
 def test_unknown_task_name_exits_2_with_one_line() -> None:
-    proc = run("tasks", "--name", "shapse")
+    proc = run("tasks", "shapse")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown task 'shapse'" in proc.stderr and "shapes" in proc.stderr

@@ -130,7 +130,7 @@ def test_a_saved_hf_dataset_loads_with_embedded_images(tmp_path):
 def test_cli_stats_bad_folder_exits_2_with_one_line(tmp_path, capsys):
     from viprog.cli import main
 
-    assert main(["tasks", "--name", "gqa", "--stats", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert main(["tasks", "gqa", "--stats", "--data-dir", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such folder" in err and "\n" not in err
 

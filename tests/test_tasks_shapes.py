@@ -162,7 +162,7 @@ def test_the_hard_world_has_more_objects_and_relation_chains(tmp_path):
 def test_cli_stats_prints_splits_and_the_majority_baseline(world, capsys):
     from viprog.cli import main
 
-    assert main(["tasks", "--name", "shapes", "--stats", "--data-dir", str(world)]) == 0
+    assert main(["tasks", "shapes", "--stats", "--data-dir", str(world)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["splits"]["test"]["examples"] == 70
     assert 0 <= stats["majority_baseline"]["accuracy"] < 0.5

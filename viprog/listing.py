@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+import tyro
 
 from viprog.errors import UsageError
 
@@ -47,7 +50,7 @@ def primitives_main(cfg: PrimitivesConfig) -> int:
 class TasksConfig:
     """List the registered tasks, or describe one."""
 
-    name: str | None = None
+    name: tyro.conf.Positional[Annotated[str | None, tyro.conf.arg(metavar="TASK")]] = None
     """A task to describe (e.g. `shapes`)."""
     stats: bool = False
     """With a task name: print its splits' sizes, question-type and answer distributions
