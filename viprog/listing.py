@@ -65,10 +65,11 @@ def tasks_main(cfg: TasksConfig) -> int:
     if cfg.name is None:
         if cfg.stats:
             raise UsageError("--stats needs a task name, e.g. `viprog tasks shapes --stats`")
+        width = max(map(len, TASKS.names()), default=0)
         for name in TASKS.names():
             cls = TASKS.get(name)
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            print(f"{name:<12} profile={cls.default_profile:<12} {doc}")
+            print(f"{name:<{width}}  profile={cls.default_profile:<12} {doc}")
         return 0
     cls = TASKS.get(cfg.name)
     if not cfg.stats:
