@@ -1,5 +1,49 @@
-"""Policy backends: the LLM that writes programs (`hf`, `vllm`, `scripted`)."""
+"""Policy backends: the LLM that writes programs (`hf`, `vllm`, `scripted`, and the embedded
+default `qwen2.5-coder-0.5b`), the prompts it reads and the extraction of its programs.
 
+Registering a backend imports nothing: `load_policy` resolves the name when asked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from viprog.errors import UsageError
 from viprog.policy.base import POLICIES, Policy, SamplingParams
+from viprog.policy.extract import HEADER, extract_program
+from viprog.policy.prompts import Prompter
 
-__all__ = ["POLICIES", "Policy", "SamplingParams"]
+#: the policy used when none is named: Qwen2.5-Coder-0.5B-Instruct, shipped on PyPI
+DEFAULT_POLICY = "qwen2.5-coder-0.5b"
+
+POLICIES.add("hf", "viprog.policy.hf:HFPolicy", help="transformers on CPU/GPU, shared-prefix KV reuse, PEFT LoRA")
+POLICIES.add("vllm", "viprog.policy.vllm:VLLMPolicy", help="vLLM on GPUs, prefix caching, LoRARequest per round")
+POLICIES.add("scripted", "viprog.policy.scripted:ScriptedPolicy", help="returns given programs (tests, released programs)")
+POLICIES.add(DEFAULT_POLICY, "viprog.policy.embedded:EmbeddedPolicy",
+             help="the embedded default: Qwen2.5-Coder-0.5B-Instruct from PyPI parts, via hf")
+
+#: backends that cannot run without a model name or folder
+NEEDS_MODEL = ("hf", "vllm")
+
+
+def load_policy(name: str = DEFAULT_POLICY, *, model: str | None = None, device: str = "cpu", dtype: str = "auto",
+                **options: Any) -> Policy:
+    """A policy by registered name. model: a hub name or local folder (hf, vllm; for the
+    embedded default it replaces the embedded model); options go to the backend
+    (hf: batch_size, prefix_cache, quantize, adapter; scripted: programs, path, default)."""
+    cls = POLICIES.get(name)
+    if model is None and name in NEEDS_MODEL:
+        raise UsageError(f"the {name} policy needs a model: a hub name or a local folder (e.g. --model Qwen/…); "
+                         f"or use the embedded default {DEFAULT_POLICY!r}")
+    from viprog.policy.scripted import ScriptedPolicy
+
+    try:
+        if isinstance(cls, type) and issubclass(cls, ScriptedPolicy):
+            return cls(**options)
+        return cls(model=model, device=device, dtype=dtype, **options)
+    except TypeError as exc:
+        raise UsageError(f"policy {name!r}: {exc}") from None
+
+
+__all__ = ["DEFAULT_POLICY", "HEADER", "POLICIES", "Policy", "Prompter", "SamplingParams", "extract_program",
+           "load_policy"]

@@ -1,0 +1,143 @@
+"""The `hf` policy on a tiny random Qwen2 with a tokenizer trained in the test."""
+
+from __future__ import annotations
+
+import pytest
+
+from viprog.errors import UsageError
+from viprog.policy import SamplingParams, load_policy
+from viprog.policy.hf import HFPolicy, cut_at_stop
+from viprog.policy.tiny import build_tiny_model
+
+PREFIX = "class ImagePatch:\n    def find(self, object_name: str) -> list[ImagePatch]:\n        pass\n" * 6
+QUERIES = ["How many red circles are there?", "Is there a blue square?", "What color is the large triangle?"]
+PROMPTS = [f"{PREFIX}# Query: {q}\ndef execute_command(image):" for q in QUERIES]
+GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny")))
+
+
+@pytest.fixture(scope="module")
+def policy(tiny):
+    return HFPolicy(tiny, progress=False)
+
+
+def test_n_completions_for_each_prompt(policy):
+    out = policy.sample(PROMPTS, SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=0))
+    assert [len(per) for per in out] == [3, 3, 3] and all(isinstance(c, str) for per in out for c in per)
+
+
+def test_samples_of_one_prompt_differ(policy):
+    out = policy.sample(PROMPTS[:1], SamplingParams(n=4, temperature=1.0, max_new_tokens=12, seed=1))
+    assert len(set(out[0])) > 1
+
+
+def test_same_seed_same_samples(policy):
+    params = SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    assert policy.sample(PROMPTS, params) == policy.sample(PROMPTS, params)
+
+
+def test_other_seed_other_samples(policy):
+    a = policy.sample(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=1))
+    b = policy.sample(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=2))
+    assert a != b
+
+
+def test_shared_prefix_path_matches_plain_generate_greedily(tiny, policy):
+    plain = HFPolicy(tiny, prefix_cache=False, progress=False)
+    assert policy.sample(PROMPTS, GREEDY) == plain.sample(PROMPTS, GREEDY)
+
+
+def test_prefix_is_encoded_once_across_calls(tiny):
+    fresh = HFPolicy(tiny, progress=False)
+    fresh.sample(PROMPTS[:2], GREEDY)
+    first = fresh.stats["prefill_tokens"]
+    fresh.sample(PROMPTS[1:], GREEDY)
+    second = fresh.stats["prefill_tokens"] - first
+    prefix_tokens = len(fresh.tokenizer(PREFIX)["input_ids"])
+    assert first > prefix_tokens and second < prefix_tokens / 2
+
+
+def test_stop_string_ends_the_completion_before_it(policy):
+    free = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24))[0][0]
+    stop = free[len(free) // 2:len(free) // 2 + 3]
+    assert stop.strip(), f"degenerate completion {free!r}"
+    stopped = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24, stop=(stop,)))[0][0]
+    assert stopped == free[:free.find(stop)]
+
+
+def test_cut_at_stop_takes_the_earliest_stop():
+    assert cut_at_stop("a = 1\n# x\ndef f", ("\ndef ", "\n#")) == ("a = 1", True)
+
+
+def test_greedy_n_copies(policy):
+    out = policy.sample(PROMPTS[:1], SamplingParams(n=3, temperature=0.0, max_new_tokens=6))
+    assert len(out[0]) == 3 and len(set(out[0])) == 1
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny, tmp_path_factory):
+    """Two random LoRA adapters for the tiny model (B initialised non-zero so they matter)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(tiny)
+        config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
+        peft = get_peft_model(base, config)
+        path = tmp_path_factory.mktemp(f"adapter{seed}")
+        peft.save_pretrained(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_adapter_switching_changes_outputs_without_reloading_base(tiny, adapters):
+    p = HFPolicy(tiny, progress=False)
+    base_out = p.sample(PROMPTS, GREEDY)
+    base_weights = p.model.get_input_embeddings().weight
+    p.load_adapter(adapters[0])
+    first = p.sample(PROMPTS, GREEDY)
+    p.load_adapter(adapters[1])
+    second = p.sample(PROMPTS, GREEDY)
+    assert first != base_out and second != first
+    assert p.model.get_input_embeddings().weight is base_weights
+
+
+def test_no_adapter_restores_base_outputs(tiny, adapters):
+    p = HFPolicy(tiny, progress=False)
+    base_out = p.sample(PROMPTS, GREEDY)
+    p.load_adapter(adapters[0])
+    p.load_adapter(None)
+    assert p.sample(PROMPTS, GREEDY) == base_out
+
+
+def test_int8_copy_carries_the_merged_adapter(tiny, adapters):
+    fp32 = HFPolicy(tiny, progress=False, adapter=adapters[0])
+    int8 = HFPolicy(tiny, progress=False, quantize="int8", adapter=adapters[0])
+    base = HFPolicy(tiny, progress=False, quantize="int8")
+    merged = int8.sample(PROMPTS, GREEDY)
+    assert merged != base.sample(PROMPTS, GREEDY)
+    agree = sum(a[0][:4] == b[0][:4] for a, b in zip(merged, fp32.sample(PROMPTS, GREEDY)))
+    assert agree >= 2  # int8 rounding may flip a late token, not the start of most outputs
+
+
+def test_missing_adapter_is_a_usage_error(policy, tmp_path):
+    with pytest.raises(UsageError, match="adapter_config.json"):
+        policy.load_adapter(tmp_path)
+
+
+def test_missing_model_is_a_one_line_usage_error(tmp_path):
+    with pytest.raises(UsageError) as err:
+        load_policy("hf", model=str(tmp_path / "nothing-here")).sample(["x"], GREEDY)
+    assert "\n" not in str(err.value)
+
+
+def test_load_policy_hf_exposes_tokenizer_and_model_for_finetuning(tiny):
+    p = load_policy("hf", model=tiny)
+    assert p.model_path == tiny and p.tokenizer("def")["input_ids"] and p.model.config.model_type == "qwen2"
