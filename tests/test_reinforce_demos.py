@@ -1,0 +1,97 @@
+"""The shapes data, the colorization reward's fidelity terms, and `viprog reinforce`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from viprog.errors import UsageError
+from viprog.reinforce.cli import ReinforceConfig, main
+from viprog.reinforce.data import GROUP_OF_COLOUR, PALETTE, generate
+from viprog.reinforce.demos import colorization_reward
+
+
+def test_shapes_are_seeded_and_annotations_are_exact() -> None:
+    a, b = generate(20, 7, noise=20.0), generate(20, 7, noise=20.0)
+    assert np.array_equal(a.images, b.images) and not np.array_equal(a.images, generate(20, 8).images)
+    for i in range(len(a)):
+        assert len(a.boxes[i]) == len(a.labels[i]) == a.instances[i].max() >= 1
+        for k, (box, label) in enumerate(zip(a.boxes[i], a.labels[i])):
+            ys, xs = np.nonzero(a.instances[i] == k + 1)
+            np.testing.assert_array_equal(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert (a.semantic[i][ys, xs] == label + 1).all()
+        assert ((a.semantic[i] > 0) == (a.instances[i] > 0)).all()
+
+
+def test_colorization_world_hides_colour_in_grey() -> None:
+    s = generate(30, 0, colorization=True)
+    luma = PALETTE.astype(float) @ [0.299, 0.587, 0.114]
+    for g in range(3):  # members of a group are indistinguishable in grey (±1 of 255)
+        assert np.ptp(luma[GROUP_OF_COLOUR == g]) < 1.0
+    np.testing.assert_array_equal(PALETTE[s.colours], s.images)
+
+
+def test_colorization_reward_prefers_colour_over_grey_and_grey_over_noise() -> None:
+    s = generate(16, 3, colorization=True)
+    grey = s.grey()
+    truth = colorization_reward(s.colours, grey)
+    dull = colorization_reward(4 * GROUP_OF_COLOUR[s.colours], grey)  # the grey member of each group
+    rng = np.random.default_rng(0)
+    noise = colorization_reward(4 * GROUP_OF_COLOUR[s.colours] + rng.integers(0, 4, s.colours.shape), grey)
+    wrong_luma = colorization_reward((s.colours + 4) % 12, grey)
+    assert (truth >= dull).all() and truth.mean() > dull.mean() + 0.05
+    assert (noise < dull).all() and (wrong_luma < dull).all()
+
+
+def test_cli_runs_a_tiny_demo_and_resumes(tmp_path, capsys) -> None:
+    cfg = ReinforceConfig(demo="segmentation", mle_steps=4, reward_steps=2, out=tmp_path, progress=False, threads=2)
+    assert main(cfg) == 0
+    printed = capsys.readouterr().out
+    assert "segmentation" in printed and "miou" in printed
+    first = json.loads((tmp_path / "results.json").read_text())[0]
+    assert (tmp_path / "seed_0" / "mle.pt").exists() and (tmp_path / "seed_0" / "reward.pt").exists()
+    rows = [json.loads(line) for line in (tmp_path / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["phase"] == "reward" and "reward/mean" in rows[-1]
+    cfg.resume = True
+    assert main(cfg) == 0
+    again = json.loads((tmp_path / "results.json").read_text())[0]
+    assert again["after_reward"] == pytest.approx(first["after_reward"])
+
+
+@pytest.mark.parametrize("change", [{"mle_steps": 0}, {"seeds": ()}, {"resume": True}])
+def test_cli_rejects_bad_input(tmp_path, change) -> None:
+    cfg = ReinforceConfig(out=tmp_path / "absent", progress=False, **change)
+    with pytest.raises(UsageError):
+        main(cfg)
+
+
+def test_viprog_reinforce_bad_input_is_one_line_and_status_2(capsys) -> None:
+    from viprog.cli import main as viprog_main
+
+    assert viprog_main(["reinforce", "--mle-steps", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mle-steps" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("demo", ["segmentation", "colorization"])
+def test_reward_tuning_improves_the_demo_metric(tmp_path, demo) -> None:
+    from viprog.reinforce.demos import run
+
+    result = run(demo, 0, tmp_path, progress=False)
+    assert result.after_reward[result.metric] > result.after_mle[result.metric]
+
+
+def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "reinforce.md").read_text()
+    code = doc.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/reinforce.md", "exec"), namespace)
+    rows = [json.loads(line) for line in (tmp_path / "runs/my_model/metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["phase"] == "reward" and rows[-1]["reward/mean"] > 0.3
+    assert (tmp_path / "runs/my_model/reward.pt").exists()
