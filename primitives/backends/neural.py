@@ -43,7 +43,7 @@ def _chunks(n: int, size: int) -> list[range]:
 
 def _crop(patch: PatchData) -> np.ndarray:
     pixels = patch.pixels
-    return pixels if pixels.size else np.zeros((1, 1, 3), np.uint8)
+    return pixels.copy() if pixels.size else np.zeros((1, 1, 3), np.uint8)  # a writable copy for torch
 
 
 def _local_kind(path: str) -> str | None:
@@ -63,12 +63,13 @@ class NeuralProfile(Profile):
                  clip: str = "ViT-B-32", clip_pretrained: str | None = "openai",
                  vqa: str = "Salesforce/blip-vqa-base", depth: str | None = "depth-anything/Depth-Anything-V2-Small-hf",
                  llm: str | None = None, box_threshold: float = 0.1, nms_iou: float = 0.5, batch_size: int = 32,
-                 max_new_tokens: int = 10, **options: Any) -> None:
+                 max_new_tokens: int = 10, yolo_imgsz: int = 640, **options: Any) -> None:
         super().__init__(device, **options)
         self.detector, self.clip, self.clip_pretrained = detector, clip, clip_pretrained
         self.vqa, self.depth, self.llm = vqa, depth, llm
         self.box_threshold, self.nms_iou = box_threshold, nms_iou
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.yolo_imgsz = yolo_imgsz  # YOLO's input side: crops are letterboxed to it
         self.models: dict[str, Any] = {}
         self._depth_cache: dict[str, np.ndarray] = {}
 
@@ -273,7 +274,7 @@ class NeuralProfile(Profile):
         for chunk in _chunks(len(crops), self.batch_size):
             half = {"quantize": 16} if str(self.device).startswith("cuda") else {}
             results = model.predict([crops[i][..., ::-1] for i in chunk], conf=self.box_threshold, verbose=False,
-                                    device=self.device, **half)  # ultralytics wants BGR arrays
+                                    device=self.device, imgsz=self.yolo_imgsz, **half)  # ultralytics wants BGR arrays
             for i, result in zip(chunk, results):
                 words = phrases[i].lower().split()
                 noun = words[-1] if words else "object"
@@ -307,7 +308,7 @@ class NeuralProfile(Profile):
         if self.depth is None:
             raise PrimitiveError("primitive 'compute_depth' is not available in profile 'neural' "
                                  "(no depth model configured: set depth=<hub name or local folder>)")
-        todo = {c.patch.image_id: c.patch.image for c in calls if c.patch.image_id not in self._depth_cache}
+        todo = {c.patch.image_id: np.array(c.patch.image) for c in calls if c.patch.image_id not in self._depth_cache}
         if todo:
             model, processor = self._depth_model()
             ids = list(todo)
