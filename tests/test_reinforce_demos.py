@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 
 import numpy as np
 import pytest
@@ -90,8 +91,8 @@ def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "reinforce.md").read_text()
     code = doc.split("```python\n")[1].split("```")[0]
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {}
-    exec(compile(code, "docs/reinforce.md", "exec"), namespace)
+    (tmp_path / "example.py").write_text(code)
+    runpy.run_path(str(tmp_path / "example.py"))
     rows = [json.loads(line) for line in (tmp_path / "runs/my_model/metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["phase"] == "reward" and rows[-1]["reward/mean"] > 0.3
     assert (tmp_path / "runs/my_model/reward.pt").exists()

@@ -93,6 +93,8 @@ def test_miou_per_image_and_dataset() -> None:
     pred = np.array([[[0, 1], [1, 1]], [[0, 0], [0, 2]]])
     # image 0: class 0 IoU 1/2, class 1 IoU 2/3; image 1: class 0 IoU 3/4, class 2 IoU 0
     np.testing.assert_allclose(rewards.miou(pred, gt, 3), [(1 / 2 + 2 / 3) / 2, 3 / 8])
+    # over ground-truth classes only: image 1 drops class 2 → 3/4
+    np.testing.assert_allclose(rewards.miou(pred, gt, 3, over="gt"), [(1 / 2 + 2 / 3) / 2, 3 / 4])
     # dataset: class 0: 4 / 6, class 1: 2 / 3, class 2: 0
     assert rewards.miou(pred, gt, 3, reduce="dataset") == pytest.approx((4 / 6 + 2 / 3 + 0) / 3)
 
@@ -243,7 +245,7 @@ def test_cider_matches_pycocoevalcap(seed: int) -> None:
     from pycocoevalcap.cider.cider import Cider
 
     rng = np.random.default_rng(seed)
-    vocab = "a the red blue circle square small big left of right on".split()
+    vocab = ["a", "the", "red", "blue", "circle", "square", "small", "big", "left", "of", "right", "on"]
 
     def sentence() -> str:
         return " ".join(rng.choice(vocab, int(rng.integers(2, 9))))

@@ -81,7 +81,7 @@ def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
         b, n = samples.shape[:2]
         gt = batch["y"].unsqueeze(1).expand_as(samples)
-        return rewards.miou(samples.reshape(b * n, -1).numpy(), gt.reshape(b * n, -1).numpy(), k).reshape(b, n)
+        return rewards.miou(samples.reshape(b * n, -1).numpy(), gt.reshape(b * n, -1).numpy(), k, over="gt").reshape(b, n)
 
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
@@ -143,7 +143,7 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
 
     return Demo("detection", policy, _batches(train_size, 48, seed, make), _batches(train_size, 16, seed + 1, make), reward, evaluate, "map",
                 mle=PhaseConfig(steps=1500, lr=2e-3, schedule="cosine"),
-                reward=PhaseConfig(steps=150, lr=3e-4, num_samples=6))
+                reward=PhaseConfig(steps=250, lr=1e-4, num_samples=6, temperature=0.7))
 
 
 def colorization_terms(colours: np.ndarray, grey: np.ndarray) -> dict[str, np.ndarray]:
