@@ -98,3 +98,24 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
 def test_importing_primitives_and_building_patches_and_profiles_loads_no_model_library() -> None:
     out = subprocess.run([sys.executable, "-c", LAZY], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+SANDBOXED = """
+def execute_command(image):
+    p = ImagePatch(image)
+    box = ImagePatch.from_bounding_box(image, {"x": 10, "y": 5, "w": 20, "h": 10})
+    left = p.crop_left_of_bbox(box.left, box.lower, box.right, box.upper)
+    above = p.crop_above_bbox(box.left, box.lower, box.right, box.upper)
+    return [box.area, left.right, above.lower, p.llm_query is not None]
+"""
+
+
+def test_virep_geometry_runs_inside_the_sandbox() -> None:
+    import numpy as np
+
+    from viprog.executor import Executor, Job
+
+    with Executor("shapes", workers=1) as executor:
+        result = executor.run(Job(SANDBOXED, image_id="img", image=np.zeros((80, 100, 3), np.uint8)))
+    assert result.ok, result.error
+    assert result.answer == [200, 10, 75, True]
