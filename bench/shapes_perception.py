@@ -14,10 +14,9 @@ rotation and anti-aliasing — settings the profile was not written for).
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Iterable, Iterator
-
-import math
 
 import numpy as np
 from tqdm import tqdm

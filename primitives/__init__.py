@@ -26,7 +26,7 @@ __all__ = [
 
 # Built-in profiles, registered lazily: naming them imports nothing (no cv2, no torch).
 PROFILES.add("neural", "viprog.primitives.backends.neural:NeuralProfile",
-             help="ultralytics YOLO / YOLO-World detector, open_clip CLIP, transformers BLIP VQA")
+             help="OWLv2 or ultralytics YOLO detector, open_clip CLIP, BLIP VQA, depth, optional LLM (lazy, batched)")
 PROFILES.add("shapes", "viprog.primitives.backends.shapes:ShapesProfile",
              help="classic computer vision that perceives flat shapes (OpenCV / scikit-image)")
 PROFILES.add("scene-graph", "viprog.primitives.backends.scene_graph:SceneGraphProfile",

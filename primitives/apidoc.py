@@ -67,14 +67,20 @@ def selected_specs(names: Sequence[str] | None) -> list[PrimitiveSpec]:
 def api_section(task: str | None = None, names: Sequence[str] | None = None) -> str:
     """The prompt's API section as Python source: the `ImagePatch` class stub and the helpers.
 
-    task: a registered task whose `primitives` restricts the model-backed primitives shown.
+    task: a registered task; its `primitives` restrict the model-backed primitives shown,
+        and when it names none, those its default profile lacks are left out.
     names: an explicit restriction (wins over the task's). Geometry (crop, area, ...) and
     helpers (distance, bool_to_yesno, coerce_to_numeric) are always shown.
     """
     if names is None and task is not None:
+        from viprog.primitives.profile import get_profile
         from viprog.tasks import TASKS
 
-        names = TASKS.get(task).primitives
+        cls = TASKS.get(task)
+        names = cls.primitives
+        if names is None:
+            profile = get_profile(cls.default_profile)  # constructing a profile loads no model
+            names = [s.name for s in all_specs() if s.api and profile.supports(s.name)]
     specs = selected_specs(names)
     cls = _patch.ImagePatch
     parts = [f"class ImagePatch:\n{_docstring(inspect.getdoc(cls) or '', '    ')}\n",

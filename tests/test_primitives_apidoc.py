@@ -65,6 +65,20 @@ def test_a_task_restricts_the_section_through_its_primitives() -> None:
     assert "exists" in defined and "find" not in defined
 
 
+def test_a_task_without_a_list_gets_what_its_default_profile_supports() -> None:
+    from viprog.tasks import TASKS, Task
+
+    class OnShapes(Task):
+        default_profile = "shapes"
+
+    TASKS.add("test-on-shapes", OnShapes)
+    try:
+        defined = _defined(api_section(task="test-on-shapes"))
+    finally:
+        TASKS.remove("test-on-shapes")
+    assert "find" in defined and "compute_depth" not in defined
+
+
 @pytest.fixture
 def temporary_primitive() -> Iterator[str]:
     @primitive

@@ -24,7 +24,7 @@ PROGRAM = "def execute_command(image):\n    return ImagePatch(image).crop(0, 0, 
 
 def example_source() -> str:
     text = DOC.read_text()
-    match = re.search(r"<!-- example: add-a-primitive -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(r"<!-- example: add-a-primitive -->\s*```python\n(.*?)```", text, re.DOTALL)
     assert match, "docs/primitives.md lost its add-a-primitive example"
     return match.group(1)
 

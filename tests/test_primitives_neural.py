@@ -81,6 +81,6 @@ def test_llm_query_answers_with_text_when_configured(options: dict[str, Any]) ->
 
 def test_a_model_that_cannot_be_loaded_is_a_primitive_error_saying_what_to_do(options: dict[str, Any],
                                                                               tmp_path: Any) -> None:
-    with LocalServer(profile(options, vqa=str(tmp_path / "missing"))) as server:
-        with pytest.raises(PrimitiveError, match="cannot load its VQA model.*local folder"):
-            ImagePatch(server.add_image("i", PIXELS)).simple_query("what is this?")
+    with (LocalServer(profile(options, vqa=str(tmp_path / "missing"))) as server,
+          pytest.raises(PrimitiveError, match="cannot load its VQA model.*local folder")):
+        ImagePatch(server.add_image("i", PIXELS)).simple_query("what is this?")

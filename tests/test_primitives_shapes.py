@@ -28,8 +28,8 @@ def _bench() -> ModuleType:
 BENCH = _bench()
 
 
-def world(index: int, cfg: WorldConfig = WorldConfig()) -> tuple[np.ndarray, object]:
-    scene = sample_scene(cfg, "test", index)
+def world(index: int) -> tuple[np.ndarray, object]:
+    scene = sample_scene(WorldConfig(), "test", index)
     return np.asarray(render(scene)), scene
 
 

@@ -25,6 +25,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,12 +62,17 @@ _PROTO_NAMES = [name for name, protos in COLOR_PROTOTYPES.items() for _ in proto
 _PROTO_RGB = np.array([p for protos in COLOR_PROTOTYPES.values() for p in protos], dtype=np.uint8)
 
 
+@cache
+def _proto_lab() -> np.ndarray:
+    return to_lab(_PROTO_RGB)
+
+
 def color_distances(rgb: Sequence[int]) -> dict[str, float]:
     """CIEDE2000 distance from `rgb` to the nearest prototype of every named colour
     (CIEDE2000 rather than plain CIELAB distance: it keeps blues from reading as purple)."""
     from skimage.color import deltaE_ciede2000
 
-    protos = to_lab(_PROTO_RGB)
+    protos = _proto_lab()
     lab = to_lab(np.array([rgb], dtype=np.uint8))[0]
     dist = deltaE_ciede2000(np.broadcast_to(lab, protos.shape), protos)
     out: dict[str, float] = {}
