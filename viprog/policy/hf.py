@@ -176,15 +176,12 @@ class HFPolicy(Policy):
         copies = params.n if params.temperature <= 0 else 1  # greedy samples are all the same
         params = replace(params, n=params.n // copies)
         start = time.perf_counter()
-        if self.prefix_cache:
-            from viprog.policy.decode import SharedPrefixDecoder
-
-            decoder = SharedPrefixDecoder(self._sampling_model(), self.tokenizer, self.device, self.batch_size,
-                                          self.progress)
-            self._prefix, outputs = decoder.run(ids, params, self._prefix)
-            self.stats["prefill_tokens"] += decoder.prefill_tokens
-        else:
-            outputs = self._generate(ids, params)
+        flushed = self.device == "cpu" and torch.set_flush_denormal(True)  # subnormal floats are slow on CPUs
+        try:
+            outputs = self._sample_ids(ids, params)
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
         self.stats["seconds"] += time.perf_counter() - start
         texts = []
         for per_prompt in outputs:
@@ -192,6 +189,17 @@ class HFPolicy(Policy):
             texts.append([cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), params.stop)[0]
                           for t in per_prompt] * copies)
         return texts
+
+    def _sample_ids(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
+        if self.prefix_cache:
+            from viprog.policy.decode import SharedPrefixDecoder
+
+            decoder = SharedPrefixDecoder(self._sampling_model(), self.tokenizer, self.device, self.batch_size,
+                                          self.progress)
+            self._prefix, outputs = decoder.run(ids, params, self._prefix)
+            self.stats["prefill_tokens"] += decoder.prefill_tokens
+            return outputs
+        return self._generate(ids, params)
 
     def _generate(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
         """Plain `generate`: left-padded batches of whole prompts, n return sequences each."""
