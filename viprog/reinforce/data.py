@@ -31,7 +31,7 @@ class Shapes:
     """A batch of shape scenes. `boxes[i]` is (n_i, 4) `[x0, y0, x1, y1]` pixels (x1, y1
     exclusive), `labels[i]` (n_i,) class ids; `instances` is 0 on background and k+1 on
     the k-th shape; `semantic` is 0 on background and class+1 on shapes; `colours` is the
-    palette index of every pixel (colorization target)."""
+    palette index of every pixel (the colorization target; -1 in the default world)."""
 
     images: np.ndarray  # (B, H, W, 3) uint8
     semantic: np.ndarray  # (B, H, W) int64

@@ -6,7 +6,8 @@ reward, an evaluation; hand them to `tuner.train`). Each demo reports its task m
 a held-out split after MLE and after reward tuning.
 
 - segmentation: per-pixel classes (background + 3 shapes; colour is uninformative),
-  reward = per-image mIoU of the sampled map, metric = dataset mIoU of the argmax map.
+  reward = per-image mIoU (over the classes in the ground truth) of the sampled map,
+  metric = dataset mIoU of the argmax map (PQ of its connected components alongside).
 - detection: pix2seq box sequences, reward = `detection_reward`, metric = COCO mAP of
   greedy decoding (box score = mean token probability).
 - colorization: grey → 12 palette colours whose luma groups the grey cannot tell apart
@@ -23,7 +24,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ from viprog.reinforce.data import CLASSES, PALETTE, Shapes, generate
 from viprog.reinforce.models import BoxTokenizer, PixelPolicy, SeqPolicy
 from viprog.reinforce.tuner import Batch, PhaseConfig, RewardFn, train
 
-DemoName = Literal["segmentation", "detection", "colorization"]
 DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization")
 LUMA = np.array([0.299, 0.587, 0.114])
 
