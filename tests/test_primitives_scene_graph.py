@@ -44,6 +44,11 @@ def test_simple_query_reads_the_colour_attribute_of_the_cropped_object() -> None
     assert run(program) == "white"
 
 
+def test_simple_query_answers_a_multi_word_colour_as_annotated() -> None:
+    program = "def execute_command(image):\n    return ImagePatch(image).find('cars')[1].simple_query('What colour is this?')"
+    assert run(program) == "dark blue"
+
+
 def test_verify_property_uses_the_attributes() -> None:
     program = ("def execute_command(image):\n    c = ImagePatch(image).find('red car')[0]\n"
                "    return [c.verify_property('car', 'red'), c.verify_property('car', 'blue')]")

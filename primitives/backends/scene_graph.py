@@ -190,7 +190,7 @@ class SceneGraphProfile(Profile):
         for kind, keys in (("color", ("color", "colour")), ("size", ("size", "big", "large", "small")),
                            ("shape", ("shape",))):
             if any(k in words for k in keys):
-                found = [a for a in main.raw_attributes if vocab.attribute_kind(a) == kind
+                found = [a for a in main.raw_attributes if a.split() and vocab.attribute_kind(a.split()[-1]) == kind
                          or (kind == "shape" and a in _SHAPE_WORDS)]
                 if found:
                     return found[0]
