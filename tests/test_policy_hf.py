@@ -141,3 +141,18 @@ def test_missing_model_is_a_one_line_usage_error(tmp_path):
 def test_load_policy_hf_exposes_tokenizer_and_model_for_finetuning(tiny):
     p = load_policy("hf", model=tiny)
     assert p.model_path == tiny and p.tokenizer("def")["input_ids"] and p.model.config.model_type == "qwen2"
+
+
+def test_grouped_attention_equals_sdpa_with_repeated_heads():
+    import torch
+
+    from viprog.policy.decode import grouped_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 6, 4, 8), torch.randn(3, 2, 10, 8), torch.randn(3, 2, 10, 8)
+    mask = torch.rand(3, 1, 4, 10) > 0.3
+    mask[..., 0] = True
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1), attn_mask=mask).transpose(1, 2)
+    got, _ = grouped_attention(None, q, k, v, mask)
+    assert torch.allclose(got, expected, atol=1e-5)
