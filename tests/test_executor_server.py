@@ -61,7 +61,7 @@ def executor() -> Iterator[Executor]:
 @pytest.fixture()
 def profile(executor: Executor) -> Recording:
     executor.profile.batches.clear()  # type: ignore[attr-defined]
-    executor.server.cache.clear()
+    executor.server.clear_cache()
     return executor.profile  # type: ignore[return-value]
 
 

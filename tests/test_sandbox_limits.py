@@ -36,7 +36,7 @@ def program(*body: str) -> str:
 
 @pytest.fixture(scope="module")
 def executor() -> Iterator[Executor]:
-    with Executor(Fake(), workers=2, timeout=TIMEOUT, memory_mb=256, max_primitive_calls=500) as ex:
+    with Executor(Fake(), workers=2, timeout=TIMEOUT, memory_mb=128, max_primitive_calls=500) as ex:
         yield ex
 
 
@@ -57,7 +57,7 @@ def test_runaway_program_is_killed_within_timeout(executor: Executor, body: tupl
 
 
 @pytest.mark.parametrize("body", [("return len([0] * 10**10)",),
-                                  ("a = []", "while True:", "    a.append('x' * 10**6)")])
+                                  ("a = []", "while True:", "    a.append('x' * 10**7)")])
 def test_memory_bomb_is_a_memory_error(executor: Executor, body: tuple) -> None:
     result, _ = run(executor, program(*body))
     assert result.error_kind == "memory"

@@ -37,7 +37,8 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -67,6 +68,27 @@ def _start_forkserver(ctx: Any) -> None:
         forkserver.ensure_running()
     finally:
         os.environ.update(saved)
+
+
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Start processes that do not re-import the parent's `__main__`: a worker must not
+    run the user's script (its heavy imports, or its unguarded top-level code)."""
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def preparation(name: str) -> dict[str, Any]:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = preparation
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 @dataclass(frozen=True)
@@ -108,17 +130,20 @@ class Executor:
     timeout: seconds of a program's own run time (waiting for primitives excluded).
     memory_mb: address space a worker's programs may use beyond the worker's footprint.
     slots: programs in flight per worker (the more, the fuller the model batches).
+    batch_size, batch_wait: a primitive's batch runs when it holds batch_size calls, when
+        every program in flight waits for a result, or after batch_wait seconds.
     """
 
     def __init__(self, profile: str | Profile = "shapes", *, workers: int = 2, timeout: float = 10.0,
-                 profile_options: dict[str, Any] | None = None, batch_size: int = 32, batch_wait: float = 0.002,
+                 profile_options: dict[str, Any] | None = None, batch_size: int = 32, batch_wait: float = 0.05,
                  cache: bool = True, max_primitive_calls: int = 1000, memory_mb: int = 1024, slots: int = 64,
-                 recursion_limit: int = 200, max_output_bytes: int = 1_000_000, max_retries: int = 1) -> None:
+                 recursion_limit: int = 200, max_output_bytes: int = 1_000_000, max_argument_bytes: int = 16384,
+                 max_retries: int = 1) -> None:
         if workers < 1 or slots < 1 or timeout <= 0:
             raise ValueError("workers and slots must be >= 1 and timeout > 0")
         self.profile = get_profile(profile, **(profile_options or {})) if isinstance(profile, str) else profile
         self.timeout, self.slots, self.max_retries = float(timeout), slots, max_retries
-        self.max_message = max_output_bytes + 65536
+        self.max_message = 2 * max_output_bytes + 65536  # an answer, and a trace of up to the same size
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self.server = PrimitiveServer(self.profile, batch_size=batch_size, batch_wait=batch_wait, cache=cache,
@@ -126,7 +151,8 @@ class Executor:
         self.settings = {"specs": [s.to_json() for s in all_specs()], "timeout": self.timeout, "slots": slots,
                          "memory_mb": memory_mb, "recursion_limit": recursion_limit, "stack_kb": 4096,
                          "max_primitive_calls": max_primitive_calls, "max_output_bytes": max_output_bytes,
-                         "max_message_bytes": self.max_message - 1024}
+                         "max_message_bytes": self.max_message - 1024, "cache": cache,
+                         "max_argument_bytes": max_argument_bytes}
         self._ctx = mp.get_context("forkserver")
         _start_forkserver(self._ctx)
         self._keys = itertools.count()
@@ -153,6 +179,7 @@ class Executor:
         try:
             while left:
                 self._dispatch()
+                self.server.set_running(sum(1 for state in self._states.values() if state.call is None))
                 self._step()
                 for state, result in self._finished:
                     results[state.index] = result
@@ -199,7 +226,8 @@ class Executor:
         shared = self._ctx.RawArray("d", [-1.0, 0.0])
         proc = self._ctx.Process(target=worker_main, args=(child, shared, self.settings), daemon=True,
                                  name="viprog-sandbox")
-        proc.start()
+        with _without_main():
+            proc.start()
         child.close()
         return _Worker(proc, parent, shared)
 
@@ -301,6 +329,7 @@ class Executor:
         for pending, ok, value in self.server.completed():
             for key in pending.waiters:
                 self._answer(key, ok, value, replies)
+        self.server.set_running(sum(1 for state in self._states.values() if state.call is None))
         for w in list(self._workers):
             keys = replies.pop(id(w), None)
             if keys:
@@ -312,35 +341,37 @@ class Executor:
         self._watchdog()
 
     def _drain(self, w: _Worker, replies: dict[int, list[Any]]) -> None:
-        while True:
+        while w in self._workers:
             try:
                 if not w.conn.poll():
                     return
-                message = json.loads(w.conn.recv_bytes(self.max_message))
-            except (EOFError, OSError, ValueError):
-                self._died(w)
-                return
-            key = message.get("key")
-            state = self._states.get(key) if key in w.keys else None
-            if state is None:
-                continue
-            if message["op"] == "done":
-                del self._states[key]
-                w.keys.discard(key)
-                if "answer" in message:
-                    result = ExecutionResult(answer=message["answer"])
-                else:
-                    result = ExecutionResult.failure(message["kind"], message["error"])
-                self._finish(state, result)
-            elif message["op"] == "call":
-                patches, args = message.get("patches"), message.get("args")
-                state.call = {"primitive": message.get("name"), "box": patches[0][1:] if patches else None,
-                              "args": args}
-                if isinstance(patches, list) and len(patches) > 1:
-                    state.call["boxes"] = [p[1:] for p in patches if isinstance(p, list)]
-                answer = self.server.request(message.get("name"), patches, args, state.image[0], key)
-                if answer is not None:
-                    self._answer(key, *answer, replies)
+                self._handle(w, json.loads(w.conn.recv_bytes(self.max_message)), replies)
+            except (EOFError, OSError, ValueError, TypeError, KeyError, IndexError):
+                self._died(w)  # dead, or sent what our worker code never sends: replace it
+
+    def _handle(self, w: _Worker, message: dict[str, Any], replies: dict[int, list[Any]]) -> None:
+        key = message["key"]
+        state = self._states.get(key) if key in w.keys else None
+        if state is None:
+            return
+        if message["op"] == "done":
+            if "answer" in message:
+                result = ExecutionResult(answer=message["answer"])
+            else:
+                result = ExecutionResult.failure(message["kind"], str(message["error"]))
+            if isinstance(message.get("trace"), list):
+                state.trace = message["trace"]
+            del self._states[key]
+            w.keys.discard(key)
+            self._finish(state, result)
+        elif message["op"] == "call":
+            name, patches, args = message["call"]
+            state.call = {"primitive": name, "box": patches[0][1:] if patches else None, "args": args}
+            if isinstance(patches, list) and len(patches) > 1:
+                state.call["boxes"] = [p[1:] for p in patches if isinstance(p, list)]
+            answer = self.server.request(name, patches, args, state.image[0], key)
+            if answer is not None:
+                self._answer(key, *answer, replies)
 
     def _answer(self, key: int, ok: bool, value: Any, replies: dict[int, list[Any]]) -> None:
         state = self._states.get(key)

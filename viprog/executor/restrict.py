@@ -82,49 +82,88 @@ def take_violation() -> str | None:
 
 
 # -- static checks --------------------------------------------------------------------
-def _bound_names(tree: ast.AST) -> set[str]:
-    bound: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            bound.add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-        elif isinstance(node, ast.alias):
-            bound.add((node.asname or node.name).split(".")[0])
-    return bound
+_POLICY: type | None = None
 
 
-def _policy_errors(tree: ast.Module) -> list[str]:
-    errors: list[str] = []
-    bound = _bound_names(tree)
-    for node in ast.walk(tree):
-        line = getattr(node, "lineno", "?")
-        if isinstance(node, ast.Import):
+def _policy() -> type:
+    """RestrictedPython's transformer plus our checks, in the same single pass over the AST."""
+    global _POLICY
+    if _POLICY is not None:
+        return _POLICY
+    from RestrictedPython.transformer import INSPECT_ATTRIBUTES, RestrictingNodeTransformer
+
+    extra_attributes = FORBIDDEN_ATTRIBUTES - INSPECT_ATTRIBUTES
+    allowed = ", ".join(ALLOWED_IMPORTS)
+
+    class Policy(RestrictingNodeTransformer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.bound: set[str] = set()
+            self.loads: list[ast.Name] = []
+
+        def visit_Import(self, node: ast.Import) -> Any:
             for alias in node.names:
                 if alias.name not in ALLOWED_IMPORTS:
-                    errors.append(f"line {line}: import of {alias.name!r} is not allowed "
-                                  f"(allowed: {', '.join(ALLOWED_IMPORTS)})")
-        elif isinstance(node, ast.ImportFrom):
+                    self.error(node, f"import of {alias.name!r} is not allowed (allowed: {allowed})")
+                self.bound.add((alias.asname or alias.name).split(".")[0])
+            return super().visit_Import(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
             if node.module not in ALLOWED_IMPORTS or node.level:
-                errors.append(f"line {line}: import from {node.module!r} is not allowed "
-                              f"(allowed: {', '.join(ALLOWED_IMPORTS)})")
-        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id in FORBIDDEN_NAMES and node.id not in bound:
-                errors.append(f"line {line}: {node.id!r} is not available to programs")
-        elif isinstance(node, ast.Attribute) and node.attr in FORBIDDEN_ATTRIBUTES:
-            errors.append(f"line {line}: attribute {node.attr!r} is not allowed")
-    return errors
+                self.error(node, f"import from {node.module!r} is not allowed (allowed: {allowed})")
+            self.bound.update(alias.asname or alias.name for alias in node.names)
+            return super().visit_ImportFrom(node)
+
+        def visit_Name(self, node: ast.Name) -> Any:
+            if not isinstance(node.ctx, ast.Load):
+                self.bound.add(node.id)
+            elif node.id in FORBIDDEN_NAMES:
+                self.loads.append(node)
+            return super().visit_Name(node)
+
+        def visit_Attribute(self, node: ast.Attribute) -> Any:
+            if node.attr in extra_attributes:
+                self.error(node, f"attribute {node.attr!r} is not allowed")
+            return super().visit_Attribute(node)
+
+        def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+            self.bound.add(node.name)
+            return super().visit_FunctionDef(node)
+
+        def visit_ClassDef(self, node: ast.ClassDef) -> Any:
+            self.bound.add(node.name)
+            return super().visit_ClassDef(node)
+
+        def visit_arg(self, node: ast.arg) -> Any:
+            self.bound.add(node.arg)
+            return super().visit_arg(node)
+
+        def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
+            if node.name:
+                self.bound.add(node.name)
+            return super().visit_ExceptHandler(node)
+
+        def visit_Module(self, node: ast.Module) -> Any:
+            node = super().visit_Module(node)
+            for name in self.loads:
+                if name.id not in self.bound:
+                    self.error(name, f"{name.id!r} is not available to programs")
+            return node
+
+    _POLICY = Policy
+    return Policy
+
+
+def _line(error: str) -> int:
+    head = error.split(":", 1)[0].split()
+    return int(head[1]) if len(head) == 2 and head[1].isdigit() else 0
 
 
 def _restricted(tree: ast.Module) -> tuple[CodeType | None, list[str]]:
     from RestrictedPython import compile_restricted_exec
 
-    result = compile_restricted_exec(tree, filename=FILENAME)
-    errors = [e[0].lower() + e[1:] if e.startswith("Line ") else e for e in result.errors]
+    result = compile_restricted_exec(tree, filename=FILENAME, policy=_policy())
+    errors = sorted({e[0].lower() + e[1:] if e.startswith("Line ") else e for e in result.errors}, key=_line)
     return result.code, errors
 
 
@@ -138,14 +177,12 @@ def compile_program(source: str) -> CodeType | ExecutionResult:
         return ExecutionResult.failure("syntax", f"line {exc.lineno}: SyntaxError: {exc.msg}")
     except ValueError as exc:  # e.g. null bytes in the source
         return ExecutionResult.failure("syntax", f"line 1: {exc}")
-    errors = _policy_errors(tree)
-    if not errors:
-        has_entry = any(isinstance(n, ast.FunctionDef) and n.name == ENTRY_POINT for n in tree.body)
-        code, errors = _restricted(tree)
-        if code is not None and not errors:
-            if not has_entry:
-                return ExecutionResult.failure("syntax", f"line 1: the program must define {ENTRY_POINT}(image)")
-            return code
+    has_entry = any(isinstance(n, ast.FunctionDef) and n.name == ENTRY_POINT for n in tree.body)
+    code, errors = _restricted(tree)
+    if code is not None and not errors:
+        if not has_entry:
+            return ExecutionResult.failure("syntax", f"line 1: the program must define {ENTRY_POINT}(image)")
+        return code
     return ExecutionResult.failure("policy", "; ".join(errors[:3]))
 
 
@@ -188,7 +225,7 @@ def _check_format(fmt: str) -> None:
 def _safe_format(fmt: str) -> Callable[..., str]:
     def format(*args: Any, **kwargs: Any) -> str:  # noqa: A001 — stands in for str.format
         _check_format(fmt)
-        return fmt.format(*args, **kwargs)
+        return str.format(fmt, *args, **kwargs)
 
     return format
 
@@ -199,10 +236,11 @@ def guarded_getattr(obj: Any, name: str, default: Any = _RAISE) -> Any:
         raise TypeError("attribute name must be a str")
     if name[:1] == "_" or name in FORBIDDEN_ATTRIBUTES:
         raise _violate(f"attribute {name!r} is not allowed")
-    if name == "format" and (isinstance(obj, str) or obj is str):
-        if obj is str:
+    if name == "format":
+        if isinstance(obj, str):
+            return _safe_format(obj)
+        if isinstance(obj, type) and issubclass(obj, str):
             raise _violate("str.format unbound is not allowed; use 'text'.format(...)")
-        return _safe_format(obj)
     if default is _RAISE:
         return getattr(obj, name)
     return getattr(obj, name, default)

@@ -5,9 +5,12 @@ next to the pixels; sandbox workers hold only handles (image id + box). Each pri
 call from a program is a request. Requests for the same (primitive, image, boxes,
 arguments) are answered from the cache, or join the identical request already in flight;
 the rest wait in one queue per primitive. A server thread takes the primitive whose
-oldest request has waited longest, waits up to `batch_wait` for its queue to fill to
-`batch_size`, and runs the whole batch as one `Profile.run` call, while the executor's
-loop goes on routing messages, so requests that arrive during a batch fill the next one.
+oldest request has waited longest and lets its queue fill while more requests can come:
+it runs the batch as soon as the queue holds `batch_size` requests, or no program is
+left running (every program in flight is waiting for a result, so nothing more will
+arrive), or the oldest request has waited `batch_wait` seconds. The batch is one
+`Profile.run` call, made while the executor's loop goes on routing messages, so
+requests that arrive during a batch fill the next one.
 
 A failing batch is retried call by call, so one bad call fails only itself. A failure is
 a one-line message that the program sees as `PrimitiveError` (error kind `primitive`).
@@ -134,19 +137,21 @@ def _plain(value: Any) -> Any:
 class PrimitiveServer:
     """Answers primitive requests with `profile`, batched per primitive and cached."""
 
-    def __init__(self, profile: Profile, *, batch_size: int = 32, batch_wait: float = 0.002, cache: bool = True,
-                 cache_size: int = 200_000, on_done: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, profile: Profile, *, batch_size: int = 32, batch_wait: float = 0.05, cache: bool = True,
+                 cache_size: int = 200_000, cache_max_mb: int = 256, on_done: Callable[[], None] = lambda: None) -> None:
         self.profile = profile
         self.batch_size, self.batch_wait, self.cache_size = max(1, batch_size), max(0.0, batch_wait), cache_size
         self.use_cache = cache
         self.images = ImageStore()
-        self.cache: OrderedDict[Key, Any] = OrderedDict()
+        self.cache: OrderedDict[Key, tuple[Any, int]] = OrderedDict()  # key → (result, bytes)
+        self.cache_bytes, self.cache_max_bytes = 0, cache_max_mb * 2**20
         self.inflight: dict[Key, Pending] = {}
         self.queues: dict[str, deque[Pending]] = {}
         self.done: deque[tuple[Pending, bool, Any]] = deque()
         self.on_done = on_done
         self.cond = threading.Condition()
         self.stats = {"requests": 0, "cache_hits": 0, "joined": 0, "batches": 0, "batched_calls": 0, "model_seconds": 0.0}
+        self.running = 0  # programs in flight that may still send requests
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -164,7 +169,7 @@ class PrimitiveServer:
             if key in self.cache:
                 self.stats["cache_hits"] += 1
                 self.cache.move_to_end(key)
-                return True, self.cache[key]
+                return True, self.cache[key][0]
             pending = self.inflight.get(key)
             if pending is not None:
                 self.stats["joined"] += 1
@@ -195,6 +200,19 @@ class PrimitiveServer:
                 return f"{name}: invalid patch handle {p!r} (a patch must come from the image given to the program)"
         return None
 
+    def clear_cache(self) -> None:
+        """Forget cached results (the workers keep theirs until they are replaced)."""
+        self.cache.clear()
+        self.cache_bytes = 0
+
+    def set_running(self, running: int) -> None:
+        """How many programs in flight are computing (not waiting for a primitive)."""
+        if running != self.running:
+            self.running = running
+            if running == 0:
+                with self.cond:
+                    self.cond.notify()
+
     def completed(self) -> list[tuple[Pending, bool, Any]]:
         """Finished requests since the last call; their results enter the cache."""
         out = []
@@ -202,10 +220,12 @@ class PrimitiveServer:
             pending, ok, value = self.done.popleft()
             if self.use_cache:
                 self.inflight.pop(pending.key, None)
-                if ok:
-                    self.cache[pending.key] = value
-                    if len(self.cache) > self.cache_size:
-                        self.cache.popitem(last=False)
+                if ok and pending.key not in self.cache:
+                    size = len(pending.key[2]) + 40 * len(pending.key[1]) + len(json.dumps(value))
+                    self.cache[pending.key] = (value, size)
+                    self.cache_bytes += size
+                    while len(self.cache) > self.cache_size or self.cache_bytes > self.cache_max_bytes:
+                        self.cache_bytes -= self.cache.popitem(last=False)[1][1]
             out.append((pending, ok, value))
         return out
 
@@ -225,9 +245,8 @@ class PrimitiveServer:
                 return None
             name = min((n for n, q in self.queues.items() if q), key=lambda n: self.queues[n][0].arrived)
             queue = self.queues[name]
-            deadline = queue[0].arrived + self.batch_wait
-            while len(queue) < self.batch_size and not self._stop:
-                left = deadline - time.monotonic()
+            while len(queue) < self.batch_size and self.running > 0 and not self._stop:
+                left = queue[0].arrived + self.batch_wait - time.monotonic()
                 if left <= 0:
                     break
                 self.cond.wait(left)

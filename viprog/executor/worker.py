@@ -19,9 +19,11 @@ both ways: nothing the program produced is ever unpickled by the parent.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
+import queue
 import resource
 import signal
 import sys
@@ -35,12 +37,16 @@ from viprog.executor.restrict import ENTRY_POINT, FILENAME, CodeCache, PolicyVio
 from viprog.primitives import patch as P
 
 
+_CACHE_SIZE = 50_000
+
+
 class _Limit(Exception):
     """A per-program limit was hit; recorded on the job so catching it does not help."""
 
 
 class _Job:
-    __slots__ = ("key", "program", "image", "query", "reply", "event", "remaining", "resumed", "calls", "sticky")
+    __slots__ = ("key", "program", "image", "query", "reply", "event", "remaining", "resumed", "calls", "sticky",
+                 "trace")
 
     def __init__(self, key: int, program: str, image: P.ImageRef, query: str | None, timeout: float) -> None:
         self.key, self.program, self.image, self.query = key, program, image, query
@@ -50,38 +56,56 @@ class _Job:
         self.resumed = 0.0
         self.calls = 0
         self.sticky: tuple[str, str] | None = None  # (error kind, message) that catching cannot undo
+        self.trace: list[dict[str, Any]] = []
+
+
+class _TooLarge(ValueError):
+    """The answer does not fit in max_output_bytes of JSON."""
 
 
 def _fits(value: Any, budget: list[int], depth: int = 0) -> Any:
-    """`value` as plain JSON-able data, spending `budget[0]` bytes; ValueError when it does not fit."""
+    """`value` as plain JSON data (exact types, no subclass), spending `budget[0]` bytes of
+    its JSON encoding; `_TooLarge` when it does not fit, TypeError/ValueError when it is
+    not JSON-able. An ImagePatch becomes its `to_json()`, itself checked the same way."""
     if depth > 64:
         raise ValueError("the answer is nested more than 64 levels deep")
-    if value is None or isinstance(value, (bool, int, float)):
-        budget[0] -= 8
+    if value is None or value is True or value is False:
+        budget[0] -= 5
         out = value
+    elif isinstance(value, int):
+        if value.bit_length() > 13000:
+            raise ValueError("the answer holds an int of more than 3900 digits")
+        out = int.__int__(value)
+        budget[0] -= len(repr(out))
+    elif isinstance(value, float):
+        out = float.__float__(value)
+        budget[0] -= 24
     elif isinstance(value, str):
-        budget[0] -= len(value) + 2
-        out = value
+        if len(value) + 2 > budget[0]:
+            raise _TooLarge()
+        out = str.__str__(value)
+        budget[0] -= len(json.dumps(out))
     elif isinstance(value, P.ImagePatch):
-        budget[0] -= 160
-        out = value.to_json()
+        out = _fits(value.to_json(), budget, depth + 1)
     elif isinstance(value, (list, tuple)):
         budget[0] -= 2 + len(value)
         if budget[0] < 0:
-            raise ValueError("too large")
+            raise _TooLarge()
         out = [_fits(v, budget, depth + 1) for v in value]
     elif isinstance(value, dict):
         budget[0] -= 2 + 2 * len(value)
         if budget[0] < 0:
-            raise ValueError("too large")
-        if not all(isinstance(k, str) for k in value):
-            raise TypeError("a returned dict must have str keys")
-        out = {k: _fits(v, budget, depth + 1) for k, v in value.items()}
+            raise _TooLarge()
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError("a returned dict must have str keys")
+            out[_fits(k, budget, depth + 1)] = _fits(v, budget, depth + 1)
     else:
         raise TypeError(f"returned a {type(value).__name__}, which is not JSON-able data "
                         "(return str, bool, number, ImagePatch, or lists/dicts of them)")
     if budget[0] < 0:
-        raise ValueError("too large")
+        raise _TooLarge()
     return out
 
 
@@ -108,8 +132,8 @@ class Worker:
         self.jobs: dict[int, _Job] = {}
         self.local = threading.local()
         self.codes = CodeCache()
-        self.idle: list[threading.Condition] = []
-        self.idle_lock = threading.Lock()
+        self.cache: dict[str, str] = {}  # primitive results this worker has seen: request → result JSON
+        self.inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         for spec in settings["specs"]:
             P.install(spec)
         writable = (P.ImagePatch, dict, list)
@@ -142,22 +166,35 @@ class Worker:
                                                     "(max_primitive_calls)")
             raise _Limit(job.sticky[1])
         try:
-            message = json.dumps({"op": "call", "key": job.key, "name": name, "patches": patches, "args": args})
+            body = json.dumps([name, patches, args])
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name}(): arguments must be str, numbers, bools or lists of them ({exc})") from None
-        if len(message) > self.s["max_message_bytes"]:
-            raise ValueError(f"{name}(): arguments too large")
-        self.conn.send_bytes(message.encode())
-        self.pause(job)
-        job.event.wait()
-        job.event.clear()
-        self.resume(job)
-        reply, job.reply = job.reply, None
-        assert reply is not None
-        if "error" in reply:
-            job.sticky = job.sticky or ("primitive", reply["error"])
-            raise P.PrimitiveError(reply["error"])
-        return reply["result"]
+        if len(body) > self.s["max_argument_bytes"]:
+            raise ValueError(f"{name}(): arguments larger than {self.s['max_argument_bytes']} bytes as JSON")
+        entry: dict[str, Any] = {"primitive": name, "box": list(patches[0][1:]), "args": list(args)}
+        if len(patches) > 1:
+            entry["boxes"] = [list(p[1:]) for p in patches]
+        job.trace.append(entry)
+        text = self.cache.get(body)
+        if text is None:
+            self.conn.send_bytes(b'{"op": "call", "key": %d, "call": %s}' % (job.key, body.encode()))
+            self.pause(job)
+            job.event.wait()
+            job.event.clear()
+            self.resume(job)
+            reply, job.reply = job.reply, None
+            assert reply is not None
+            if "error" in reply:
+                entry["result"], entry["error"] = None, reply["error"]
+                job.sticky = job.sticky or ("primitive", reply["error"])
+                raise P.PrimitiveError(reply["error"])
+            text = json.dumps(reply["result"])
+            if self.s["cache"]:
+                if len(self.cache) >= _CACHE_SIZE:
+                    self.cache.clear()
+                self.cache[body] = text
+        entry["result"] = json.loads(text)
+        return json.loads(text)  # a fresh copy: what a program mutates is its own
 
     # -- one program ----------------------------------------------------------------------
     def execute(self, job: _Job) -> dict[str, Any]:
@@ -175,23 +212,18 @@ class Worker:
             answer = fn(job.image, job.query) if takes_query else fn(job.image)
         except BaseException as exc:  # noqa: BLE001 — every failure of untrusted code becomes a result
             return self.failure(job, exc)
-        sticky = self.sticky(job)
-        if sticky:
-            return sticky
         try:
-            budget = [self.s["max_output_bytes"]]
-            plain = _fits(answer, budget)
-            encoded = json.dumps({"op": "done", "key": job.key, "answer": plain})
-        except ValueError as exc:
-            if str(exc) == "too large" or isinstance(exc, RecursionError):
-                return {"error": f"the answer is larger than {self.s['max_output_bytes']} bytes (max_output_bytes)",
-                        "kind": "output"}
-            return {"error": _one_line(str(exc)), "kind": "output"}
-        except (TypeError, RecursionError) as exc:
-            return {"error": _one_line(str(exc)), "kind": "output"}
-        except MemoryError:
-            return {"error": "out of memory while encoding the answer", "kind": "memory"}
-        return {"encoded": encoded}
+            out = {"answer": _fits(answer, [self.s["max_output_bytes"]])}
+        except (_TooLarge, RecursionError):
+            out = {"error": f"the answer is larger than {self.s['max_output_bytes']} bytes (max_output_bytes)",
+                   "kind": "output"}
+        except (TypeError, ValueError) as exc:
+            out = {"error": _one_line(str(exc)), "kind": "output"}
+        except BaseException as exc:  # noqa: BLE001 — an ImagePatch.to_json the program overrode
+            out = self.failure(job, exc)
+            if out["kind"] == "runtime":
+                out = {"error": "the answer could not be converted: " + out["error"], "kind": "output"}
+        return self.sticky(job) or out
 
     def sticky(self, job: _Job) -> dict[str, Any] | None:
         violation = take_violation()
@@ -222,38 +254,44 @@ class Worker:
         try:
             try:
                 out = self.execute(job)
+                # the program's garbage cycles (its namespace, suspended generators) are
+                # finalized now, still as this program: a finally block that misbehaves is its own
+                gc.collect(1)
+                out = self.sticky(job) or out
             except MemoryError:
                 out = {"error": "out of memory", "kind": "memory"}
-            message = out.pop("encoded", None) or json.dumps({"op": "done", "key": job.key, **out})
-            self.conn.send_bytes(message.encode())
+            self.conn.send_bytes(self.done_message(job, out))
         finally:
             del self.jobs[job.key]
             self.local.job = None
             self.pause(job)
 
-    # -- threads --------------------------------------------------------------------------
-    def start(self, job: _Job) -> None:
-        self.jobs[job.key] = job
-        with self.idle_lock:
-            slot = self.idle.pop() if self.idle else None
-        if slot is None:
-            threading.Thread(target=self.slot_loop, args=(job,), daemon=True).start()
-        else:
-            with slot:
-                slot.job = job  # type: ignore[attr-defined]
-                slot.notify()
+    def done_message(self, job: _Job, out: dict[str, Any]) -> bytes:
+        """The job's outcome and its trace (as many leading entries as max_output_bytes allows)."""
+        if "error" in out:
+            out = {"error": _one_line(out["error"]), "kind": out["kind"]}
+        trace = job.trace
+        try:
+            while True:
+                message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
+                if len(message) <= self.s["max_message_bytes"] or not trace:
+                    return message
+                trace = trace[:len(trace) // 2]
+        except Exception:  # noqa: BLE001 — never leave the parent waiting for this job
+            return json.dumps({"op": "done", "key": job.key, "kind": "output",
+                               "error": "the result could not be encoded as JSON"}).encode()
 
-    def slot_loop(self, job: _Job) -> None:
-        slot = threading.Condition()
-        slot.job = None  # type: ignore[attr-defined]
+    # -- threads: all created up front, before any program can use up the address space --
+    def start_slots(self) -> None:
+        for _ in range(self.s["slots"]):
+            threading.Thread(target=self.slot_loop, daemon=True).start()
+
+    def slot_loop(self) -> None:
         while True:
-            self.run_job(job)
-            with slot:
-                with self.idle_lock:
-                    self.idle.append(slot)
-                while slot.job is None:  # type: ignore[attr-defined]
-                    slot.wait()
-                job, slot.job = slot.job, None  # type: ignore[attr-defined]
+            try:
+                self.run_job(self.inbox.get())
+            except BaseException:  # noqa: BLE001 — a job left unanswered would hang the parent
+                os._exit(70)
 
     def serve(self) -> None:
         """Read the parent's messages until it closes the pipe."""
@@ -264,7 +302,9 @@ class Worker:
                 os._exit(0)
             if message["op"] == "run":
                 for key, program, image, query in message["jobs"]:
-                    self.start(_Job(key, program, P.ImageRef(*image), query, self.s["timeout"]))
+                    job = _Job(key, program, P.ImageRef(*image), query, self.s["timeout"])
+                    self.jobs[key] = job
+                    self.inbox.put(job)
             elif message["op"] == "reply":
                 for key, reply in message["replies"]:
                     job = self.jobs.get(key)
@@ -282,23 +322,26 @@ def _vm_bytes() -> int:
 
 
 def harden(settings: dict[str, Any]) -> None:
-    """Process-wide limits, set once before any program runs."""
+    """Process-wide settings, before any thread starts."""
     os.environ.clear()
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file write fails with EFBIG instead of killing
     threading.stack_size(settings["stack_kb"] * 1024)
     sys.setrecursionlimit(settings["recursion_limit"] + 40)  # + the worker's own frames
-    stacks = (settings["slots"] + 4) * settings["stack_kb"] * 1024
-    address_space = _vm_bytes() + stacks + settings["memory_mb"] * 2**20
-    limits: list[tuple[int, int]] = [(resource.RLIMIT_AS, address_space), (resource.RLIMIT_FSIZE, 0),
-                                     (resource.RLIMIT_CORE, 0)]
-    for which, value in limits:
+
+
+def limit(settings: dict[str, Any]) -> None:
+    """Resource limits, once the threads (and their stacks) exist."""
+    address_space = _vm_bytes() + settings["memory_mb"] * 2**20
+    for which, value in [(resource.RLIMIT_AS, address_space), (resource.RLIMIT_FSIZE, 0), (resource.RLIMIT_CORE, 0)]:
         resource.setrlimit(which, (value, value))
 
 
 def worker_main(conn: Connection, shared: Any, settings: dict[str, Any]) -> None:
     """Entry point of a worker process (started by the Executor through forkserver)."""
     harden(settings)
-    Worker(conn, shared, settings).serve()
-
+    worker = Worker(conn, shared, settings)
+    worker.start_slots()
+    limit(settings)
+    worker.serve()
