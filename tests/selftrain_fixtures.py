@@ -110,7 +110,7 @@ def train_tokenizer(texts: Sequence[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *, steps: int = 300,
+def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *, steps: int = 400,
                       seed: int = 0) -> Path:
     """Save a tiny Qwen2 at `out` pre-trained so that, for the question about `shape`, it
     writes the right program with probability about `right_frac[shape]` and the wrong one
@@ -119,38 +119,43 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     prompts = {s: prompt_of(query_for(s)) for s in SHAPES}
     texts = [prompts[s] + completion_for(prompts[s], right_program(s)) for s in SHAPES] * 4
-    tokenizer = train_tokenizer(texts)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    train_tokenizer(texts).save_pretrained(out)
+    from transformers import AutoTokenizer
+
+    config = Qwen2Config(vocab_size=len(AutoTokenizer.from_pretrained(out)), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True)
+    config.save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)  # as every user of the folder sees it (a Qwen2 tokenizer)
+    config.eos_token_id = config.bos_token_id = config.pad_token_id = tokenizer.eos_token_id
     model = Qwen2ForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        batch = []
-        for _ in range(16):
-            shape = rng.choice(SHAPES)
-            program = right_program(shape) if rng.random() < right_frac[shape] else wrong_program(shape)
+    # every (shape, program) sequence once per step, its loss weighted by its probability:
+    # the minimum of this weighted likelihood is exactly the wanted mixture
+    rows = []
+    for shape in SHAPES:
+        for program, weight in ((right_program(shape), right_frac[shape]), (wrong_program(shape), 1 - right_frac[shape])):
             prompt_ids = tokenizer(prompts[shape])["input_ids"]
             ids = prompt_ids + tokenizer(completion_for(prompts[shape], program))["input_ids"] + [tokenizer.eos_token_id]
-            batch.append((ids, len(prompt_ids)))
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, (ids, n_prompt) in enumerate(batch):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            labels[i, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-            mask[i, :len(ids)] = 1
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            rows.append((ids, len(prompt_ids), weight))
+    width = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(rows), width))
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, n_prompt, weight) in enumerate(rows):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        attention[i, :len(ids)] = 1
+        mask[i, n_prompt:len(ids)] = weight
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
+        loss = (nll * mask[:, 1:]).sum() / mask[:, 1:].sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
     return out

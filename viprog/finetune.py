@@ -135,7 +135,8 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
     start = time.perf_counter()
-    output = trainer.train()
+    with torch.enable_grad():  # a policy in this process may have turned gradients off globally
+        output = trainer.train()
     seconds = time.perf_counter() - start
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"]))

@@ -57,7 +57,8 @@ def reward_metrics(rows: Sequence[dict[str, Any]], prefix: str = "reward") -> di
 
 def sampling_metrics(seconds: float, programs: int, tokens: int | None, prefix: str = "sample") -> dict[str, float]:
     """Throughput of a sampling phase (tokens/s only when the policy has a tokenizer)."""
-    out = {f"{prefix}/programs": programs, f"{prefix}/programs_per_s": programs / max(seconds, 1e-9)}
+    out = {f"{prefix}/seconds": round(seconds, 3), f"{prefix}/programs": programs,
+           f"{prefix}/programs_per_s": programs / max(seconds, 1e-9)}
     if tokens is not None:
         out[f"{prefix}/tokens"] = tokens
         out[f"{prefix}/tokens_per_s"] = tokens / max(seconds, 1e-9)
