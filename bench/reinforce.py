@@ -24,6 +24,14 @@ from viprog.reinforce.demos import DEMOS, run
 DEFAULT_SEEDS = {"segmentation": [0, 1, 2], "detection": [0, 1], "colorization": [0, 1, 2]}
 
 
+def short(metrics: dict[str, float] | None) -> str:
+    return "-" if metrics is None else ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+
+
+def fmt(deltas: list[float]) -> str:
+    return f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas) if len(deltas) > 1 else 0.0:.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demos", nargs="+", choices=DEMOS, default=list(DEMOS))
@@ -37,6 +45,7 @@ def main() -> None:
             for seed in args.seeds or DEFAULT_SEEDS[demo]:
                 print(f"{demo} seed {seed} …", flush=True)
                 results.append(run(demo, seed, f"{tmp}/{demo}/{seed}", progress=False, control=True))
+                print(format_table(results[-1:]).splitlines()[1], flush=True)
     print()
     print(format_table(results))
     print()
@@ -47,11 +56,10 @@ def main() -> None:
         base = [r.after_mle[m] for r in rs]
         gain = [r.after_reward[m] - r.after_mle[m] for r in rs]
         ctrl = [r.after_mle_control[m] - r.after_mle[m] for r in rs]
-
-        def fmt(xs: list[float]) -> str:
-            return f"{statistics.mean(xs):+.2f} ± {statistics.stdev(xs) if len(xs) > 1 else 0.0:.2f}"
-
         print(f"{demo:<13} {m:<13} {statistics.mean(base):>7.2f} {fmt(gain):>14} {fmt(ctrl):>14}  {len(rs)}")
+    print("\nall held-out metrics (MLE → reward | MLE longer):")
+    for r in results:
+        print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)} | {short(r.after_mle_control)}")
     print(f"\nwall time {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads")
 
 

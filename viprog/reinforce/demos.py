@@ -142,7 +142,7 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
 
     return Demo("detection", policy, _batches(train_size, 48, seed, make), _batches(train_size, 16, seed + 1, make), reward, evaluate, "map",
                 mle=PhaseConfig(steps=1500, lr=2e-3, schedule="cosine"),
-                reward=PhaseConfig(steps=250, lr=1e-4, num_samples=6, temperature=0.7))
+                reward=PhaseConfig(steps=300, lr=1e-4, num_samples=6, temperature=0.7))
 
 
 def colorization_terms(colours: np.ndarray, grey: np.ndarray) -> dict[str, np.ndarray]:
