@@ -8,10 +8,11 @@
    running them one by one without batching or cache, and against the ideal (the model
    time of the minimal set of full batches over the distinct calls).
 3. Soak: 10,000 programs, 10% of them faulty (timeouts, CPU burners, memory bombs, deep
-   recursion, huge answers, call floods, escapes, syntax errors): every result returned,
-   the parent's RSS printed at start and end.
+   recursion, huge answers, call floods, escapes, syntax errors), run 1,000 at a time
+   with the results dropped after each chunk: every result returned, the parent's RSS
+   printed at start, after the first chunk and at the end.
 
-Usage: python bench/executor.py [--quick]   (quick: smaller counts, for a smoke run)
+Usage: python bench/executor.py [--quick] [--soak]   (quick: smaller counts; soak: only part 3)
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from multiprocessing import get_context
 
 import numpy as np
 import psutil
-
-from viprog.executor import Executor, Job
 from viprog.primitives import Profile
 from viprog.primitives.local import run_unsandboxed
+
+from viprog.executor import Executor, Job
 
 TRIVIAL = "def execute_command(image):\n    return 1 + 1\n"
 IMAGE = np.zeros((48, 64, 3), np.uint8)
@@ -164,22 +165,31 @@ def bench_soak(n: int, timeout: float) -> None:
             jobs.append(Job(GOOD.format(name=rng.choice(NAMES), i=i), f"img{i % 100}", IMAGE))
             expected.append(None)
     me = psutil.Process()
+    kinds: Counter[str] = Counter()
+    wrong: list[str] = []
+    chunk = 1000
     with Executor(SlowFind(), workers=2, timeout=timeout, memory_mb=512) as ex:
         ex.run_many(jobs[:50])
-        rss0 = me.memory_info().rss
+        rss = [me.memory_info().rss]
         start = time.perf_counter()
-        results = ex.run_many(jobs, progress="soak")
+        for i in range(0, n, chunk):  # as a self-training round does: results are scored, then dropped
+            results = ex.run_many(jobs[i:i + chunk], progress=f"soak {i // chunk + 1}/{-(-n // chunk)}")
+            kinds.update(r.error_kind or "ok" for r in results)
+            wrong += [f"{r.error_kind}: {r.error}" for r, e in zip(results, expected[i:i + chunk]) if e is None and not r.ok]
+            del results
+            rss.append(me.memory_info().rss)
         seconds = time.perf_counter() - start
-        rss1 = me.memory_info().rss
-    kinds = Counter(r.error_kind or "ok" for r in results)
-    wrong = sum(1 for r, e, j in zip(results, expected, jobs) if e is None and not r.ok)
-    print(f"   {len(results)} results for {n} jobs in {seconds:.1f} s; kinds {dict(sorted(kinds.items()))}")
-    print(f"   healthy programs that failed: {wrong}")
-    print(f"   parent RSS: start {rss0 / 2**20:.1f} MB, end {rss1 / 2**20:.1f} MB")
+    print(f"   {sum(kinds.values())} results for {n} jobs in {seconds:.1f} s; kinds {dict(sorted(kinds.items()))}")
+    print(f"   healthy programs that failed: {len(wrong)} {wrong[:3]}")
+    print(f"   parent RSS: start {rss[0] / 2**20:.1f} MB, after the first {chunk} {rss[1] / 2**20:.1f} MB, "
+          f"end {rss[-1] / 2**20:.1f} MB")
 
 
 def main() -> None:
     quick = "--quick" in sys.argv
+    if "--soak" in sys.argv:
+        bench_soak(1000 if quick else 10000, 0.5)
+        return
     print(f"executor benchmarks ({psutil.cpu_count()} CPUs{', quick' if quick else ''})")
     bench_throughput(2000 if quick else 10000)
     bench_batching(128 if quick else 512, 8 if quick else 32)

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from viprog.primitives import Profile
 
 from viprog.executor import Executor, Job
-from viprog.primitives import Profile
 
 IMAGE = np.zeros((20, 30, 3), np.uint8)
 TIMEOUT = 1.0
@@ -105,7 +105,7 @@ def test_file_read_and_write_attempts_leave_no_trace(executor: Executor, tmp_pat
     target = tmp_path / "pwned"
     attempts = [
         program("f = getattr(ImagePatch, '_' + '_init__')", f"return getattr(f, '_' + '_globals__')['open']('{target}', 'w')"),
-        program(f"return getattr(image, '_' + '_builtins__')['open']('/etc/passwd').read()"),
+        program("return getattr(image, '_' + '_builtins__')['open']('/etc/passwd').read()"),
     ]
     for source in attempts:
         result, _ = run(executor, source)

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -212,7 +212,7 @@ class Executor:
             except OSError:
                 pass
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -231,8 +231,9 @@ class Executor:
         child.close()
         return _Worker(proc, parent, shared)
 
-    def _lose(self, w: _Worker, culprit: int | None, kind: str | None, message: str) -> None:
-        """Kill and replace `w`; fail its culprit (or retry it), rerun the others."""
+    def _lose(self, w: _Worker, culprit: int | None, kind: str | None, message: str, last: str = "runtime") -> None:
+        """Kill and replace `w`; fail its culprit with `kind` (None: retry it, then fail it
+        with `last`), rerun the others."""
         if w.proc.is_alive():
             w.proc.kill()
         w.proc.join()
@@ -247,7 +248,7 @@ class Executor:
             else:
                 state.requeues += 1
             if state.retries > self.max_retries or state.requeues > 8:
-                self._finish(state, ExecutionResult.failure("runtime" if kind is None else kind, message))  # type: ignore[arg-type]
+                self._finish(state, ExecutionResult.failure(last if kind is None else kind, message))  # type: ignore[arg-type]
             else:
                 state.trace, state.call, state.worker = [], None, None
                 self._queue.appendleft(state)
@@ -260,7 +261,7 @@ class Executor:
         if code == -signal.SIGXCPU:
             self._lose(w, holder, "timeout", f"exceeded its CPU time (timeout {self.timeout:g} s)")
         elif code == -signal.SIGKILL:
-            self._lose(w, holder, None, "its worker was killed (SIGKILL; out of memory?) on every attempt")
+            self._lose(w, holder, None, "its worker was killed (SIGKILL; out of memory?) on every attempt", "memory")
         else:
             self._lose(w, holder, None, f"its worker process died (exit code {code}) on every attempt")
 
@@ -290,8 +291,9 @@ class Executor:
                 if not state.image:
                     try:
                         ref = self.server.images.acquire(state.job.image_id, state.job.image, state.job.meta)
-                    except DataError as exc:
-                        self._finished.append((state, ExecutionResult.failure("primitive", str(exc))))
+                    except Exception as exc:  # noqa: BLE001 — an unreadable image fails its jobs only
+                        text = str(exc) if isinstance(exc, DataError) else f"image {state.job.image_id!r}: {exc!r}"
+                        self._finished.append((state, ExecutionResult.failure("primitive", text[:400])))
                         continue
                     state.image = [ref.id, ref.width, ref.height]
                 state.key = next(self._keys)

@@ -223,7 +223,7 @@ def _check_format(fmt: str) -> None:
 
 
 def _safe_format(fmt: str) -> Callable[..., str]:
-    def format(*args: Any, **kwargs: Any) -> str:  # noqa: A001 — stands in for str.format
+    def format(*args: Any, **kwargs: Any) -> str:
         _check_format(fmt)
         return str.format(fmt, *args, **kwargs)
 
@@ -275,9 +275,9 @@ class _Discard:
 
 def _write_guard(writable: tuple[type, ...]) -> Callable[[Any], Any]:
     def guard(ob: Any) -> Any:
-        if isinstance(ob, writable) or getattr(type(ob), "viprog_program_class", False) is True:
-            if not isinstance(ob, type):
-                return ob
+        program_object = isinstance(ob, writable) or getattr(type(ob), "viprog_program_class", False) is True
+        if program_object and not isinstance(ob, type):
+            return ob
         raise _violate(f"cannot assign to attributes or items of {type(ob).__name__} objects")
 
     return guard

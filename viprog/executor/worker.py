@@ -36,7 +36,6 @@ from typing import Any
 from viprog.executor.restrict import ENTRY_POINT, FILENAME, CodeCache, PolicyViolation, base_namespace, take_violation
 from viprog.primitives import patch as P
 
-
 _CACHE_SIZE = 50_000
 
 
@@ -45,8 +44,19 @@ class _Limit(Exception):
 
 
 class _Job:
-    __slots__ = ("key", "program", "image", "query", "reply", "event", "remaining", "resumed", "calls", "sticky",
-                 "trace")
+    __slots__ = (
+        "calls",
+        "event",
+        "image",
+        "key",
+        "program",
+        "query",
+        "remaining",
+        "reply",
+        "resumed",
+        "sticky",
+        "trace",
+    )
 
     def __init__(self, key: int, program: str, image: P.ImageRef, query: str | None, timeout: float) -> None:
         self.key, self.program, self.image, self.query = key, program, image, query
@@ -128,7 +138,8 @@ class Worker:
 
     def __init__(self, conn: Connection, shared: Any, settings: dict[str, Any]) -> None:
         self.conn, self.shared, self.s = conn, shared, settings
-        self.token = threading.Lock()
+        self.token = threading.Lock()  # held by the one program that executes
+        self.send_lock = threading.Lock()  # the pipe to the parent, shared by all programs
         self.jobs: dict[int, _Job] = {}
         self.local = threading.local()
         self.codes = CodeCache()
@@ -162,8 +173,8 @@ class Worker:
         job: _Job = self.local.job
         job.calls += 1
         if job.calls > self.s["max_primitive_calls"]:
-            job.sticky = job.sticky or ("runtime", f"more than {self.s['max_primitive_calls']} primitive calls "
-                                                    "(max_primitive_calls)")
+            limit = f"more than {self.s['max_primitive_calls']} primitive calls (max_primitive_calls)"
+            job.sticky = job.sticky or ("runtime", limit)
             raise _Limit(job.sticky[1])
         try:
             body = json.dumps([name, patches, args])
@@ -177,8 +188,9 @@ class Worker:
         job.trace.append(entry)
         text = self.cache.get(body)
         if text is None:
-            self.conn.send_bytes(b'{"op": "call", "key": %d, "call": %s}' % (job.key, body.encode()))
-            self.pause(job)
+            self.pause(job)  # the program's clock stops before the send, which may wait for the parent
+            with self.send_lock:
+                self.conn.send_bytes(b'{"op": "call", "key": %d, "call": %s}' % (job.key, body.encode()))
             job.event.wait()
             job.event.clear()
             self.resume(job)
@@ -251,6 +263,7 @@ class Worker:
 
     def run_job(self, job: _Job) -> None:
         self.resume(job)
+        message = b""
         try:
             try:
                 out = self.execute(job)
@@ -260,11 +273,13 @@ class Worker:
                 out = self.sticky(job) or out
             except MemoryError:
                 out = {"error": "out of memory", "kind": "memory"}
-            self.conn.send_bytes(self.done_message(job, out))
+            message = self.done_message(job, out)
         finally:
             del self.jobs[job.key]
             self.local.job = None
             self.pause(job)
+        with self.send_lock:
+            self.conn.send_bytes(message)
 
     def done_message(self, job: _Job, out: dict[str, Any]) -> bytes:
         """The job's outcome and its trace (as many leading entries as max_output_bytes allows)."""
