@@ -98,11 +98,12 @@ def read_programs(path: str | Path) -> dict[str, str]:
 
 def policy_programs(cfg: EvalConfig, task: Any, examples: list[Any]) -> dict[str, str]:
     """Greedy programs from a policy, one per example."""
-    from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
+    from viprog.policy import Prompter, SamplingParams, extract_program
     from viprog.primitives.apidoc import api_section
     from viprog.rollout import sample_completions
+    from viprog.selftrain import load_scripted_or
 
-    policy = load_policy(cfg.policy, model=cfg.model, device=cfg.device)
+    policy = load_scripted_or(cfg.policy, cfg.model, cfg.device)
     try:
         if cfg.adapter:
             if not Path(cfg.adapter, "adapter_config.json").exists():

@@ -194,16 +194,25 @@ def resolve_config(cfg: SelfTrainConfig) -> SelfTrainConfig:
 # -- the pieces a round is made of ---------------------------------------------------------
 def build_policy_and_prompter(config: dict[str, Any] | SelfTrainConfig) -> tuple[Any, Any]:
     """The policy (base weights, no adapter) and the Prompter for the config's task."""
-    from viprog.policy import Prompter, load_policy
+    from viprog.policy import Prompter
     from viprog.primitives.apidoc import api_section
     from viprog.tasks import TASKS
 
     c = dataclasses.asdict(config) if isinstance(config, SelfTrainConfig) else config
     task = TASKS.get(c["task"])(data_dir=c.get("data_dir"))
-    policy = load_policy(c["policy"], model=c.get("model"), device=c.get("device", "cpu"))
+    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device", "cpu"))
     prompter = Prompter(api_section(task=c["task"]), task.seed_programs(), style=c.get("prompt_style", "completion"),
                         tokenizer=getattr(policy, "tokenizer", None))
     return policy, prompter
+
+
+def load_scripted_or(name: str, model: str | None, device: str) -> Any:
+    """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
+    from viprog.policy import load_policy
+
+    if name == "scripted":
+        return load_policy(name, **({"path": model} if model else {}))
+    return load_policy(name, model=model, device=device)
 
 
 def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]:
