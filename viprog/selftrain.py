@@ -362,6 +362,8 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
     metrics["time/this_process_s"] = round(time.perf_counter() - start, 3)
     metrics |= peak_memory_mb()
     write_json_atomic(run.artifact(k, "metrics.json"), metrics)
+    for partial in run.round_dir(k).glob("*.partial.jsonl"):  # the final artifacts hold all they had
+        partial.unlink()
     run.rebuild_metrics_log()
     log.info(summary_line(k, metrics))
     return metrics
