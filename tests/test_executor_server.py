@@ -196,3 +196,12 @@ def test_primitive_registered_in_parent_works_in_sandbox(user_primitive: str) ->
     with Executor(Letters(), workers=1) as ex:
         result = ex.run(Job(program("return ImagePatch(image).count_letters(word='abcd')"), "u", IMAGE))
     assert result.answer == 4 and result.trace[0]["primitive"] == "count_letters"
+
+
+def test_batch_runs_at_once_when_every_program_waits() -> None:
+    with Executor(Recording(), workers=1, batch_size=64, batch_wait=30.0) as ex:
+        start = time.monotonic()
+        results = ex.run_many([Job(program("return len(ImagePatch(image).find('ab'))"), f"w{i}", IMAGE)
+                               for i in range(5)])
+        assert [r.answer for r in results] == [2] * 5 and time.monotonic() - start < 5.0
+        assert [len(b) for b in ex.profile.batches] == [5]  # type: ignore[attr-defined]
