@@ -221,9 +221,6 @@ def test_resource_attack_ends_in_its_error_kind(executor: Executor, body: tuple,
 
 
 @pytest.mark.parametrize("body", [("return 10**5000",), ("return [1, 10**5000]",)])
-@pytest.mark.xfail(strict=True, reason="working tree of 18:30 UTC: worker.run_job json.dumps the answer outside "
-                                       "any handler; int > 4300 digits raises ValueError there, the slot thread "
-                                       "dies, the job is never answered and run_many waits forever")
 def test_answer_int_too_long_to_print_is_an_output_error_not_a_hang(body: tuple) -> None:
     import threading
 
@@ -272,9 +269,6 @@ def test_huge_primitive_argument_does_not_break_the_pool(executor: Executor) -> 
     assert result.error_kind in (None, "primitive", "runtime")
 
 
-@pytest.mark.xfail(strict=True, reason="primitive arguments of up to max_message_bytes each are kept in the "
-                                       "parent (server cache key and trace): ~2 MB of parent memory per call, "
-                                       "max_primitive_calls per program, 200k cache entries")
 def test_primitive_arguments_cannot_fill_the_parents_memory(executor: Executor) -> None:
     gc.collect()
     before = executor.server.cache.copy()
@@ -345,10 +339,6 @@ def test_returned_image_patch_subclass_cannot_reach_the_parent_as_an_object(exec
     program("p = ImagePatch(image)", "p.to_json = lambda: 'x' * 3000000", "return p"),  # to_json skips _fits
     "class P(ImagePatch):\n    def to_json(self):\n        return 'x' * 3000000\n" + program("return P(image)"),
 ])
-@pytest.mark.xfail(strict=True, reason="worker._fits counts characters, not JSON bytes, and trusts "
-                                       "ImagePatch.to_json: the message exceeds the parent's max_message, "
-                                       "recv_bytes raises, the worker is killed as if it died and every "
-                                       "program in it is requeued (up to 8 times) instead of one output error")
 def test_answer_larger_than_the_message_limit_is_an_output_error(executor: Executor, source: str) -> None:
     pids = executor.worker_pids()
     result = run(executor, source)
@@ -371,9 +361,6 @@ GEN_FINALIZER = ("def gen(box):\n    try:\n        yield 1\n    finally:\n{paylo
     ("        try:\n            getattr(box, '_x')\n        except Exception:\n            pass", "policy"),
     ("        while True:\n            pass", "timeout"),
 ])
-@pytest.mark.xfail(strict=True, reason="a suspended generator kept in a reference cycle is finalized by the "
-                                       "cyclic GC during a later program in the same worker: its finally block "
-                                       "runs as that program (policy violation / CPU time blamed on it)")
 def test_leftover_generator_finalizer_is_not_blamed_on_the_next_program(payload: str, kind: str) -> None:
     healthy = program("x = [[i] for i in range(3000)]", "return len(ImagePatch(image).find('a'))")
     with Executor(Fake(), workers=1, timeout=TIMEOUT, memory_mb=256) as ex:
@@ -383,9 +370,6 @@ def test_leftover_generator_finalizer_is_not_blamed_on_the_next_program(payload:
     assert hostile.error_kind in (None, kind)
 
 
-@pytest.mark.xfail(strict=True, reason="getattr(S, 'format') on a str subclass S returns the unbound str.format "
-                                       "(guarded_getattr only special-cases `obj is str`), whose fields read "
-                                       "any attribute: repr of __globals__, __subclasses__, frames")
 def test_unbound_format_of_a_str_subclass_is_refused(executor: Executor) -> None:
     result = run(executor, "class S(str):\n    pass\n" + program("return S.format('{0.__class__.__mro__}', 1)"))
     assert result.error_kind == "policy" and result.answer is None
