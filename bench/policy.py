@@ -21,6 +21,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from viprog.policy import SamplingParams
@@ -73,18 +74,18 @@ def throughput(model: str, quick: bool) -> list[dict[str, float]]:
     rows = []
     base = HFPolicy(model, prefix_cache=False, batch_size=4, progress=False)
     prompts = prompts_of(360, base, 8)
-    settings = [("plain generate fp32", dict(prefix_cache=False), 4, 1),
+    settings = [("plain generate fp32", {"prefix_cache": False}, 4, 1),
                 ("shared prefix fp32", {}, 4, 4 if quick else 8),
-                ("shared prefix int8", dict(quantize="int8"), 4, 4 if quick else 8)]
+                ("shared prefix int8", {"quantize": "int8"}, 4, 4 if quick else 8)]
     if not quick:
-        settings.insert(1, ("plain generate int8", dict(prefix_cache=False, quantize="int8"), 4, 1))
+        settings.insert(1, ("plain generate int8", {"prefix_cache": False, "quantize": "int8"}, 4, 1))
     for label, options, questions, samples in settings:
         policy = HFPolicy(model, batch_size=max(4, questions * samples), progress=False, **options)
         policy._model = base.model
         params = SamplingParams(n=samples, temperature=1.0, top_p=0.9, max_new_tokens=64, seed=0)
         policy.sample(prompts[:1], SamplingParams(n=1, max_new_tokens=2))  # warm-up, builds the int8 copy
         policy._prefix = None
-        seconds, tokens = timed(lambda: policy.sample(prompts[:questions], params), policy)
+        seconds, tokens = timed(partial(policy.sample, prompts[:questions], params), policy)
         rows.append({"setting": label, "sequences": questions * samples, "tokens": tokens,
                      "seconds": round(seconds, 1), "tok_s": round(tokens / seconds, 2)})
         print(json.dumps(rows[-1]), flush=True)

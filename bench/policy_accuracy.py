@@ -18,10 +18,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
 from viprog.primitives.apidoc import api_section
-from viprog.rollout import execute_programs, load_images
 from viprog.tasks import TASKS
+
+from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
+from viprog.rollout import execute_programs, load_images
 
 
 def main() -> None:
@@ -59,8 +60,7 @@ def main() -> None:
             tokens = policy.stats["generated_tokens"] - tokens_before
             rows = execute_programs(task, examples, programs, profile=task.default_profile, images=images,
                                     desc=f"execute ({style})")
-            for row in rows:
-                out.write(json.dumps({"style": style, **row}) + "\n")
+            out.writelines(json.dumps({"style": style, **row}) + "\n" for row in rows)
             report[style] = {
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
                 "errors": dict(Counter(r["error_kind"] for r in rows if r["error_kind"])),

@@ -25,7 +25,7 @@ def test_importing_policies_imports_no_torch():
     import subprocess
 
     code = "import sys, viprog.policy; print(any(m.split('.')[0] in ('torch', 'transformers') for m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_unknown_policy_suggests_a_close_name():

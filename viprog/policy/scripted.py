@@ -18,7 +18,7 @@ from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.prompts import normalize_query
 
-_QUERY = re.compile(r"Query:\s*(.+?)\s*$", re.M)
+_QUERY = re.compile(r"Query:\s*(.+?)\s*$", re.MULTILINE)
 
 Programs = Mapping[str, Sequence[str]] | Sequence[str] | Callable[[str], Sequence[str]]
 
