@@ -14,6 +14,7 @@ import dataclasses
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def main() -> int:
@@ -26,14 +27,15 @@ def main() -> int:
     start = time.perf_counter()
     code = selftrain(cfg)
     wall = time.perf_counter() - start
-    rows = [json.loads(line) for line in open(f"{cfg.runs_dir}/{cfg.run_name}/metrics.jsonl")]
+    rows = [json.loads(line) for line in Path(cfg.runs_dir, cfg.run_name, "metrics.jsonl").read_text().splitlines()]
     print("\n| round | held-out accuracy | train reward | kept | sample s | execute s | train s | eval s | round s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for m in rows:
-        cell = lambda key, fmt="{:.0f}": fmt.format(m[key]) if key in m else "–"  # noqa: E731
-        print(f"| {m['round']} | {m['eval/accuracy']:.1%} | {cell('reward/mean', '{:.2f}')} | {cell('filter/kept')} "
-              f"| {cell('sample/seconds')} | {cell('sample/execute_seconds')} | {cell('time/train_s')} "
-              f"| {cell('time/eval_s')} | {cell('time/round_s')} |")
+        cells = [f"{m[key]:{fmt}}" if key in m else "–" for key, fmt in
+                 (("reward/mean", ".2f"), ("filter/kept", ".0f"), ("sample/seconds", ".0f"),
+                  ("sample/execute_seconds", ".0f"), ("time/train_s", ".0f"), ("time/eval_s", ".0f"),
+                  ("time/round_s", ".0f"))]
+        print(f"| {m['round']} | {m['eval/accuracy']:.1%} | " + " | ".join(cells) + " |")
     gain = rows[-1]["eval/accuracy"] - rows[0]["eval/accuracy"]
     mem = peak_memory_mb()
     print(f"\nround {rows[-1]['round']} - round 0: {gain * 100:+.1f} points (target ≥ +10); "

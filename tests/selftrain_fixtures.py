@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from viprog.executor.result import ExecutionResult
-from viprog.finetune import completion_for
 from viprog.primitives.profile import PROFILES, Call, Profile
 from viprog.tasks.answers import normalize_answer
 from viprog.tasks.base import TASKS, Example, Task
+
+from viprog.executor.result import ExecutionResult
+from viprog.finetune import completion_for
 
 SHAPES = ("circle", "square", "triangle", "star")
 
@@ -148,6 +148,17 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
         attention[i, :len(ids)] = 1
         mask[i, n_prompt:len(ids)] = weight
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with torch.enable_grad():  # a policy loaded in this process may have turned gradients off
+        train_steps(model, optimizer, input_ids, attention, mask, steps)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    return out
+
+
+def train_steps(model: Any, optimizer: Any, input_ids: Any, attention: Any, mask: Any, steps: int) -> None:
+    import torch
+
     for _ in range(steps):
         logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1]
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
@@ -155,7 +166,3 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    return out

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 import selftrain_fixtures as F
-from viprog.cli import main
 from viprog.tasks import TASKS
+
+from viprog.cli import main
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_accuracy_per_type_and_error_kinds_are_counted(data_dir, tmp_path, capsy
             return F.right_program("circle")
         return F.wrong_program(ex.question_type) if ex.question_type != "star" else "def execute_command(image):\n  return ("
 
-    code, out, _ = run_eval(capsys, "--data-dir", str(data_dir), "--programs", str(write_programs(tmp_path / "p.jsonl", program)))
+    _, out, _ = run_eval(capsys, "--data-dir", str(data_dir), "--programs", str(write_programs(tmp_path / "p.jsonl", program)))
     report = json.loads(out)
     assert report["accuracy"] == 0.25
     assert report["accuracy_by_type"]["circle"] == 1.0 and report["accuracy_by_type"]["square"] == 0.0

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from selftrain_fixtures import SHAPES, build_tiny_policy, query_for, right_program
+
 from viprog.finetune import LoraSettings, TrainSettings, completion_for, finetune
 
 PROMPT = "# Query: {}\ndef execute_command(image):\n"
@@ -49,8 +49,8 @@ def test_loss_falls_on_the_completion_only(tiny, tmp_path):
     """A long prompt must not change the number of trained tokens' loss terms: the labels
     of prompt tokens are masked (TRL's completion_only_loss on a prompt-completion dataset)."""
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
     from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
 
     path, tokenizer = tiny
     data = Dataset.from_list([{"prompt": PROMPT.format(query_for("star")) * 3,

@@ -9,6 +9,7 @@ import pytest
 pytestmark = pytest.mark.slow  # builds and pre-trains a tiny model, then runs 3 rounds (~2 min)
 
 import selftrain_fixtures as F
+
 from viprog.cli import main
 from viprog.runs import read_jsonl
 from viprog.selftrain import SelfTrainConfig
@@ -38,9 +39,10 @@ def tiny_model(tmp_path_factory):
     """Right for circles (greedy), right 30% of the time for the other shapes."""
     from viprog.policy import Prompter
 
-    short = Prompter("", []).short
-    return F.build_tiny_policy(tmp_path_factory.mktemp("tiny-policy"), short,
-                               {"circle": 0.8, "square": 0.2, "triangle": 0.2, "star": 0.2})
+    out = tmp_path_factory.getbasetemp() / "tiny-policy"  # built once per session, shared by modules
+    if not (out / "model.safetensors").exists():
+        F.build_tiny_policy(out, Prompter("", []).short, {"circle": 0.8, "square": 0.2, "triangle": 0.2, "star": 0.2})
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_selftrain_loop import cli_args, tiny_config, tiny_model  # noqa: F401  (session fixture)
+
 from viprog.runs import read_jsonl, read_partial
 from viprog.selftrain import main as selftrain
 

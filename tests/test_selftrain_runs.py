@@ -1,7 +1,6 @@
 """The run folder: atomic artifacts, torn partial files, refusing to clobber a run."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
