@@ -1,0 +1,38 @@
+"""SelfTrainConfig: presets, explicit options on top, the saved config on --resume."""
+
+import dataclasses
+
+import pytest
+
+from viprog.errors import UsageError
+from viprog.runs import write_json_atomic
+from viprog.selftrain import SelfTrainConfig, embedded, resolve_config, round_questions, virep_gpu
+
+
+def test_the_embedded_preset_is_the_default():
+    assert embedded() == SelfTrainConfig()
+
+
+def test_a_preset_applies_and_explicit_options_win():
+    cfg = resolve_config(SelfTrainConfig(preset="virep-gpu", rounds=3))
+    assert cfg.rounds == 3 and cfg.lora_r == virep_gpu().lora_r == 16 and cfg.lora_alpha == 32
+    assert cfg.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and cfg.temperature == 1.0
+
+
+def test_resume_continues_with_the_saved_config_plus_what_is_given_now(tmp_path):
+    saved = dataclasses.replace(SelfTrainConfig(), samples_per_question=8, run_name="r", runs_dir=str(tmp_path))
+    write_json_atomic(tmp_path / "r" / "config.json", dataclasses.asdict(saved))
+    cfg = resolve_config(SelfTrainConfig(resume=True, rounds=5, run_name="r", runs_dir=str(tmp_path)))
+    assert cfg.samples_per_question == 8 and cfg.rounds == 5 and cfg.resume
+
+
+def test_a_reward_threshold_outside_the_unit_interval_is_refused():
+    with pytest.raises(UsageError, match="tau"):
+        resolve_config(SelfTrainConfig(tau=1.5))
+
+
+def test_each_round_takes_a_new_slice_of_the_train_split():
+    pool = list(range(10))
+    first, second, wrapped = (round_questions(pool, k, 4, seed=0) for k in (1, 2, 3))
+    assert not set(first) & set(second) and len(set(first + second)) == 8
+    assert len(wrapped) == 4 and round_questions(pool, 1, 4, seed=0) == first
