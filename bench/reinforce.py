@@ -59,7 +59,8 @@ def main() -> None:
         print(f"{demo:<13} {m:<13} {statistics.mean(base):>7.2f} {fmt(gain):>14} {fmt(ctrl):>14}  {len(rs)}")
     print("\nall held-out metrics (MLE → reward | MLE longer):")
     for r in results:
-        print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)} | {short(r.after_mle_control)}")
+        print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)}"
+              f" | {short(r.after_mle_control)}")
     print(f"\nwall time {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads")
 
 

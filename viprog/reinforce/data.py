@@ -54,7 +54,8 @@ def _mask(kind: int, size: int, cx: float, cy: float, r: float, angle: float) ->
         return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
     if kind == 1:
         return (np.abs(xx - cx) <= r * 0.85) & (np.abs(yy - cy) <= r * 0.85)
-    corners = [(cx + r * np.cos(angle + k * 2 * np.pi / 3), cy + r * np.sin(angle + k * 2 * np.pi / 3)) for k in range(3)]
+    turns = [angle + k * 2 * np.pi / 3 for k in range(3)]
+    corners = [(cx + r * np.cos(t), cy + r * np.sin(t)) for t in turns]
     inside = np.ones((size, size), dtype=bool)
     for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1]):
         inside &= (bx - ax) * (yy - ay) - (by - ay) * (xx - ax) >= 0
@@ -82,7 +83,7 @@ def generate(n: int, seed: int, size: int = 32, max_shapes: int = 3, min_radius:
         images[i] = PALETTE[bg] if colorization else rng.integers(190, 256, size=3)
         colours[i] = bg
         occupied = np.zeros((size, size), bool)
-        b, l = [], []
+        boxes_i, labels_i = [], []
         for _ in range(int(rng.integers(1, max_shapes + 1))):
             for _attempt in range(20):
                 kind = int(rng.integers(3))
@@ -101,12 +102,12 @@ def generate(n: int, seed: int, size: int = 32, max_shapes: int = 3, min_radius:
             else:
                 images[i][m] = rng.integers(0, 160, size=3)
             semantic[i][m] = kind + 1
-            instances[i][m] = len(b) + 1
+            instances[i][m] = len(boxes_i) + 1
             ys, xs = np.nonzero(m)
-            b.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-            l.append(kind)
-        boxes.append(np.array(b, np.float64).reshape(-1, 4))
-        labels.append(np.array(l, np.int64))
+            boxes_i.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            labels_i.append(kind)
+        boxes.append(np.array(boxes_i, np.float64).reshape(-1, 4))
+        labels.append(np.array(labels_i, np.int64))
     if noise > 0:
         images = np.clip(images + rng.normal(0, noise, images.shape), 0, 255).astype(np.uint8)
     return Shapes(images, semantic, instances, colours, boxes, labels)

@@ -68,6 +68,7 @@ def _batches(n: int, batch_size: int, seed: int, make: Callable[[np.ndarray, np.
 
 
 def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) -> Demo:
+    """Noisy scenes of up to 4 small shapes; a `PixelPolicy` over background + 3 classes."""
     train_set = generate(train_size, seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     test = generate(test_size, 10_000 + seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     k = len(CLASSES) + 1
@@ -80,7 +81,8 @@ def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
         b, n = samples.shape[:2]
         gt = batch["y"].unsqueeze(1).expand_as(samples)
-        return rewards.miou(samples.reshape(b * n, -1).numpy(), gt.reshape(b * n, -1).numpy(), k, over="gt").reshape(b, n)
+        flat = samples.reshape(b * n, -1).numpy(), gt.reshape(b * n, -1).numpy()
+        return rewards.miou(*flat, k, over="gt").reshape(b, n)
 
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
@@ -89,7 +91,8 @@ def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
         pq = rewards.panoptic_quality([_components(m) for m in pred], [_components(m) for m in test.semantic])
         return {"miou": 100 * rewards.miou(pred, test.semantic, k, reduce="dataset"), "pq": 100 * pq["pq"]}
 
-    return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make), reward, evaluate, "miou",
+    return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make),
+                reward, evaluate, "miou",
                 mle=PhaseConfig(steps=1200, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=200, lr=1e-4, num_samples=6))
 
@@ -110,6 +113,7 @@ def _components(semantic: np.ndarray) -> dict:
 
 
 def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_objects: int = 5) -> Demo:
+    """Noisy scenes of up to 5 small shapes; a `SeqPolicy` emitting pix2seq box tokens."""
     world = {"max_shapes": max_objects, "noise": 30.0, "min_radius": 3.0, "max_radius": 6.5}
     train_set, test = generate(train_size, seed, **world), generate(test_size, 10_000 + seed, **world)
     tok = BoxTokenizer(32, len(CLASSES), max_objects)
@@ -135,12 +139,13 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
             seqs = p.sample(x, 1, temperature=0)
             logp = p.token_log_probs(x, seqs)
             preds += [tok.decode(s, lp) for s, lp in zip(seqs[:, 0].numpy(), logp[:, 0].numpy())]
-        gts = [{"boxes": b, "labels": l} for b, l in zip(test.boxes, test.labels)]
+        gts = [{"boxes": bx, "labels": lb} for bx, lb in zip(test.boxes, test.labels)]
         n_pred = sum(len(q["labels"]) for q in preds)
         return {"map": 100 * rewards.coco_map(preds, gts), "boxes_per_object": n_pred / sum(map(len, test.labels)),
                 "reward": float(rewards.detection_reward(preds, gts).mean())}
 
-    return Demo("detection", policy, _batches(train_size, 48, seed, make), _batches(train_size, 16, seed + 1, make), reward, evaluate, "map",
+    return Demo("detection", policy, _batches(train_size, 48, seed, make), _batches(train_size, 16, seed + 1, make),
+                reward, evaluate, "map",
                 mle=PhaseConfig(steps=1500, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=300, lr=1e-4, num_samples=6, temperature=0.7))
 
@@ -166,6 +171,7 @@ def colorization_reward(colours: np.ndarray, grey: np.ndarray, luma_weight: floa
 
 
 def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300) -> Demo:
+    """Palette scenes shown in grey; a `PixelPolicy` over the 12 palette colours."""
     train_set, test = generate(train_size, seed, colorization=True), generate(test_size, 10_000 + seed,
                                                                             colorization=True)
     train_grey, test_grey = train_set.grey(), test.grey()
@@ -188,7 +194,8 @@ def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
                 "gt_colorfulness": float(rewards.colorfulness(test.images).mean()),
                 "pixel_acc": float((out == test.colours).mean())}
 
-    return Demo("colorization", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make), reward, evaluate, "colorfulness",
+    return Demo("colorization", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make),
+                reward, evaluate, "colorfulness",
                 mle=PhaseConfig(steps=600, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=150, lr=3e-4, num_samples=6))
 

@@ -42,7 +42,8 @@ class PixelPolicy(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, stride=2, padding=1), nn.GELU()]
         for dilation in (1, 2, 4, 8, 1):
-            layers += [nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation), nn.GroupNorm(4, width), nn.GELU()]
+            conv = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation)
+            layers += [conv, nn.GroupNorm(4, width), nn.GELU()]
         self.low = nn.Sequential(*layers, nn.Conv2d(width, num_classes, 1))
         self.high = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, num_classes, 1))
 

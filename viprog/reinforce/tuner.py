@@ -166,8 +166,9 @@ def train(policy: nn.Module, phase: Literal["mle", "reward"], batch_fn: Callable
             acc.setdefault(k, []).append(v)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
+            seconds = (time.perf_counter() - tick) / len(acc["train/grad_norm"])
             row = {"phase": phase, "step": done, **{k: float(np.mean(v)) for k, v in acc.items()},
-                   "train/lr": sched.get_last_lr()[0], "time/step_s": (time.perf_counter() - tick) / len(acc["train/grad_norm"])}
+                   "train/lr": sched.get_last_lr()[0], "time/step_s": seconds}
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3f}" for k in ("loss/mle", "reward/mean") if k in row})
