@@ -156,3 +156,10 @@ def test_grouped_attention_equals_sdpa_with_repeated_heads():
         q, k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1), attn_mask=mask).transpose(1, 2)
     got, _ = grouped_attention(None, q, k, v, mask)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_a_stop_before_any_code_is_ignored():
+    """A restated header or a leading comment must not end the completion with an empty body."""
+    text = "\n# Query: q\ndef execute_command(image):\n    return 1\n# Query: next"
+    assert cut_at_stop(text, ("\n#", "\ndef ")) == ("\n# Query: q\ndef execute_command(image):\n    return 1", True)
+    assert cut_at_stop("\ndef execute_command(image):", ("\ndef ",)) == ("\ndef execute_command(image):", False)

@@ -230,5 +230,6 @@ class SharedPrefixDecoder:
         return out
 
     def _stopped(self, tokens: list[int], stops: Sequence[str]) -> bool:
-        tail = self.tokenizer.decode(tokens[-24:], skip_special_tokens=True)
-        return any(s in tail for s in stops)
+        from viprog.policy.hf import cut_at_stop
+
+        return cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]

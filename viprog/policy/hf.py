@@ -19,6 +19,7 @@ so the self-training loop fine-tunes the same weights (`model_path` names the ba
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -30,9 +31,26 @@ from viprog.policy.base import Policy, SamplingParams
 
 log = logging.getLogger(__name__)
 
+_PREAMBLE_LINE = re.compile(r"^\s*$|^\s*#|^def\s+execute_command\s*\(")
+
+
+def body_start(text: str) -> int:
+    """Where the completion's code starts: the first line that is not blank, not a
+    comment and not a (repeated) `def execute_command(...)` header; len(text) if none yet."""
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        if not _PREAMBLE_LINE.match(line):
+            return pos
+        pos += len(line)
+    return len(text)
+
+
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to its first stop string (excluded), and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    """`text` up to its first stop string (excluded), and whether one was found. Stops
+    count only once code has started (`body_start`): a small model often restates the
+    header or writes a comment first, and stopping there would leave an empty program."""
+    start = max(body_start(text) - 1, 0)  # a stop such as "\n#" begins with the newline before the line
+    cut = min((i for i in (text.find(s, start) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
