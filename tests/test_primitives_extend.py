@@ -18,14 +18,14 @@ from viprog.primitives.apidoc import api_section
 from viprog.primitives.local import run_unsandboxed
 from viprog.primitives.spec import SPECS
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "primitives.md"
+DOC = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAM = "def execute_command(image):\n    return ImagePatch(image).crop(0, 0, 10, 10).brightness()"
 
 
 def example_source() -> str:
     text = DOC.read_text()
     match = re.search(r"<!-- example: add-a-primitive -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "docs/primitives.md lost its add-a-primitive example"
+    assert match, "README.md lost its add-a-primitive example"
     return match.group(1)
 
 

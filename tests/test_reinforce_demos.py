@@ -89,8 +89,8 @@ def test_colorization_tuning_adds_colour_without_losing_fidelity(tmp_path) -> No
 def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "reinforce.md").read_text()
-    code = doc.split("```python\n")[1].split("```")[0]
+    doc = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = doc.split("<!-- example: plug-in-your-own-model -->")[1].split("```python\n")[1].split("```")[0]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "example.py").write_text(code)
     runpy.run_path(str(tmp_path / "example.py"))
