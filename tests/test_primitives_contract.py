@@ -38,10 +38,10 @@ def sample_args(spec: Any) -> list[Any]:
 
 
 @pytest.fixture(scope="module")
-def tiny_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+def tiny_options(tiny_models_dir) -> dict[str, Any]:
     from viprog.primitives.backends.tiny import build_tiny_models
 
-    options = dict(build_tiny_models(request.config.cache.mkdir("viprog-tiny-models-v1")))
+    options = dict(build_tiny_models(tiny_models_dir))
     options.pop("yolo")
     return options
 

@@ -12,10 +12,10 @@ from viprog.primitives.local import LocalServer
 
 
 @pytest.fixture(scope="module")
-def options(request: pytest.FixtureRequest) -> dict[str, Any]:
+def options(tiny_models_dir) -> dict[str, Any]:
     from viprog.primitives.backends.tiny import build_tiny_models
 
-    return dict(build_tiny_models(request.config.cache.mkdir("viprog-tiny-models-v1")))
+    return dict(build_tiny_models(tiny_models_dir))
 
 
 def profile(options: dict[str, Any], **overrides: Any) -> Any:

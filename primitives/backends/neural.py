@@ -125,6 +125,10 @@ class NeuralProfile(Profile):
 
     def _yolo(self) -> Any:
         def load() -> Any:
+            import os
+
+            # ultralytics pip-installs missing extras at run time unless told not to
+            os.environ.setdefault("YOLO_AUTOINSTALL", "false")
             from ultralytics import YOLO
 
             return YOLO(self.detector)

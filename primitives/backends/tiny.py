@@ -56,6 +56,9 @@ def _owl(folder: Path) -> str:
 
 
 def _yolo(folder: Path) -> str:
+    import os
+
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # no pip installs at run time
     from ultralytics import YOLO
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -105,7 +105,6 @@ class HFPolicy(Policy):
     @property
     def model(self) -> Any:
         if self._model is None:
-            import torch
             from transformers import AutoModelForCausalLM
 
             try:
@@ -115,7 +114,6 @@ class HFPolicy(Policy):
                 raise UsageError(f"cannot load the model {self.model_path!r}: {str(exc).splitlines()[0]} "
                                  "(give a local model folder, or a hub name when the hub is reachable)") from None
             self._model.to(self.device).eval()
-            torch.set_grad_enabled(False)
         return self._model
 
     def _torch_dtype(self) -> Any:
@@ -196,7 +194,8 @@ class HFPolicy(Policy):
         start = time.perf_counter()
         flushed = self.device == "cpu" and torch.set_flush_denormal(True)  # subnormal floats are slow on CPUs
         try:
-            outputs = self._sample_ids(ids, params)
+            with torch.no_grad():  # local: a global switch would break training in the same process
+                outputs = self._sample_ids(ids, params)
         finally:
             if flushed:
                 torch.set_flush_denormal(False)
