@@ -77,3 +77,13 @@ def test_raw_style_keeps_a_whole_program_and_its_helpers():
 
 def test_result_always_ends_with_a_newline():
     assert extract_program("    return 'yes'").endswith("'yes'\n")
+
+
+def test_rest_of_the_header_line_is_dropped_when_it_is_not_code():
+    """The completion continues `def execute_command(image):`; a restated return
+    annotation or chatter on that line must not cost the program."""
+    for first in (" -> str:", " example command"):
+        source = extract_program(first + "\n    patch = ImagePatch(image)\n    return 'yes'\n")
+        assert compiles(source) and source.startswith("def execute_command(image):\n    patch = ")
+    one_line = extract_program(" return 3\n")
+    assert compiles(one_line) and "return 3" in one_line

@@ -100,6 +100,23 @@ def _reindent(lines: list[str]) -> list[str]:
     return [header, *("    " + line if line.strip() else "" for line in dedented)]
 
 
+_RETURN_ANNOTATION = re.compile(r"^\s*->\s*[^\n:]*:?\s*$")
+
+
+def _drop_header_tail(completion: str) -> str:
+    """The completion continues the prompt's header line (`def execute_command(image):`):
+    text before its first newline is the rest of that line. A restated return annotation
+    (` -> str:`) or chatter (` example command`) there is dropped; a one-line body
+    (` return 3`) is kept as the body's first line."""
+    first, newline, rest = completion.partition("\n")
+    continues_header = first[:1] in (" ", "\t") or first.lstrip().startswith("->")
+    if not newline or not first.strip() or not continues_header or _DEF.match(first.lstrip()):
+        return completion
+    if _RETURN_ANNOTATION.match(first) or not _compiles(f"def f():\n    {first.strip()}\n"):
+        return "\n" + rest
+    return completion
+
+
 def extract_program(completion: str, prompt_style: PromptStyle = "completion") -> str:
     """Best-effort program source from a completion.
 
@@ -108,6 +125,8 @@ def extract_program(completion: str, prompt_style: PromptStyle = "completion") -
         "raw" means the text is a whole program (released programs, scripted policies).
     Returns the repaired source (ending with a newline), or the unrepairable text as is.
     """
+    if prompt_style != "raw":
+        completion = _drop_header_tail(completion)
     text = _unfence(completion)
     if prompt_style == "raw" and not any(_DEF.match(line) for line in text.splitlines()):
         return text if text.endswith("\n") else text + "\n"
