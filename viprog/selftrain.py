@@ -336,6 +336,7 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
                 return {"train/examples": 0, "train/skipped": 1}
             prompt = (ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot)
             pairs = [(prompt(r["query"]), r["program"]) for r in rows]
+            ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
             return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
                             lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules)),
                             train=TrainSettings(cfg.learning_rate, cfg.epochs, cfg.batch_size, cfg.grad_accum,

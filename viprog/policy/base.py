@@ -44,5 +44,9 @@ class Policy:
     def close(self) -> None:
         """Release models and memory."""
 
+    def release_caches(self) -> None:
+        """Drop what sampling can rebuild (quantised copies, prefix KV caches), to make room
+        for fine-tuning; the next `sample` rebuilds them."""
+
     def info(self) -> dict[str, Any]:
         return {"policy": self.name}

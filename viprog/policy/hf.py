@@ -175,6 +175,12 @@ class HFPolicy(Policy):
     def close(self) -> None:
         self._model = self._sampler = self._prefix = None
 
+    def release_caches(self) -> None:
+        import gc
+
+        self._sampler, self._prefix = None, None
+        gc.collect()
+
     def info(self) -> dict[str, Any]:
         return {"policy": self.name, "model": self.model_path, "device": self.device, "adapter": self._adapter,
                 "quantize": self.quantize, "prefix_cache": self.prefix_cache}
