@@ -126,3 +126,17 @@ def grounding_metrics(examples: Sequence[Any], results: Sequence[Any]) -> dict[s
     if not ious:
         return {}
     return {"acc@0.5": sum(i >= 0.5 for i in ious) / len(ious), "mean_iou": sum(ious) / len(ious)}
+
+
+class AnswerOrBoxReward:
+    """Task mixin: the reward of `example_reward` (exact match, or the box IoU rule of the
+    task's `box_reward` option for examples with a target box) and the grounding metrics
+    (`acc@0.5`, `mean_iou`) beside the base metrics."""
+
+    options: dict[str, Any]
+
+    def reward(self, example: Any, result: Any) -> float:
+        return example_reward(example, result, self.options.get("box_reward", "threshold"))
+
+    def metrics(self, examples: Sequence[Any], results: Sequence[Any], rewards: Sequence[float]) -> dict[str, Any]:
+        return super().metrics(examples, results, rewards) | grounding_metrics(examples, results)  # type: ignore[misc]

@@ -17,15 +17,14 @@ option `box_reward="iou"`) for box lines; exact match of normalised answers othe
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from viprog.tasks.answers import example_reward, grounding_metrics
+from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 
 if TYPE_CHECKING:
-    from viprog.executor.result import ExecutionResult
+    pass
 
 
 def _box(value: Any, where: str) -> tuple[float, float, float, float]:
@@ -94,7 +93,7 @@ def read_jsonl(task: Task, path: Path, limit: int | None = None) -> list[Example
 
 
 @TASKS.register("jsonl")
-class JSONLTask(Task):
+class JSONLTask(AnswerOrBoxReward, Task):
     """Bring-your-own questions: one {"image", "question", "answer" | "box"} object per line."""
 
     name: ClassVar[str] = "jsonl"
@@ -120,13 +119,6 @@ class JSONLTask(Task):
 
     def examples(self, split: str = "test", limit: int | None = None) -> list[Example]:
         return read_jsonl(self, self.path(split), limit)
-
-    def reward(self, example: Example, result: ExecutionResult) -> float:
-        return example_reward(example, result, self.options.get("box_reward", "threshold"))
-
-    def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
-                rewards: Sequence[float]) -> dict[str, Any]:
-        return super().metrics(examples, results, rewards) | grounding_metrics(examples, results)
 
     def seed_programs(self) -> list[tuple[str, str]]:
         from viprog.tasks.seeds import JSONL_SEEDS

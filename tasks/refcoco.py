@@ -21,18 +21,17 @@ Reward: 1 when the returned ImagePatch's box has IoU ≥ 0.5 with the target (op
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from viprog.tasks.answers import example_reward, grounding_metrics
+from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import read_json
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved
 
 if TYPE_CHECKING:
-    from viprog.executor.result import ExecutionResult
+    pass
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
@@ -66,7 +65,7 @@ def _sentences(value: Any) -> list[str]:
 
 
 @TASKS.register("refcoco")
-class RefCOCOTask(Task):
+class RefCOCOTask(AnswerOrBoxReward, Task):
     """RefCOCO / RefCOCO+ / RefCOCOg referring expressions → boxes; reward: IoU ≥ 0.5."""
 
     name: ClassVar[str] = "refcoco"
@@ -168,13 +167,6 @@ class RefCOCOTask(Task):
         if example.image.startswith(PREFIX):
             return self.hf_images.load(example.image)
         return super().load_image(example)
-
-    def reward(self, example: Example, result: ExecutionResult) -> float:
-        return example_reward(example, result, self.options.get("box_reward", "threshold"))
-
-    def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
-                rewards: Sequence[float]) -> dict[str, Any]:
-        return super().metrics(examples, results, rewards) | grounding_metrics(examples, results)
 
     def seed_programs(self) -> list[tuple[str, str]]:
         from viprog.tasks.seeds import REFCOCO_SEEDS

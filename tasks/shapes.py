@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from viprog.tasks.answers import example_reward, grounding_metrics
+from viprog.tasks.answers import AnswerOrBoxReward, example_reward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import GQATask, read_json
 from viprog.tasks.shapes_world import WorldConfig
@@ -204,7 +204,7 @@ class ShapesHardTask(ShapesTask):
 
 
 @TASKS.register("shapes-refer")
-class ShapesReferTask(_ShapesWorld, Task):
+class ShapesReferTask(_ShapesWorld, AnswerOrBoxReward, Task):
     """Grounding in the shapes world: referring expression → the object's ImagePatch (IoU ≥ 0.5)."""
 
     name: ClassVar[str] = "shapes-refer"
@@ -218,13 +218,6 @@ class ShapesReferTask(_ShapesWorld, Task):
         found = read_jsonl(self, root / f"{split}_refexps.jsonl", limit)
         return [dataclasses.replace(ex, meta={"scene_graph": graphs[ex.image_id]}) if ex.image_id in graphs else ex
                 for ex in found]
-
-    def reward(self, example: Example, result: ExecutionResult) -> float:
-        return example_reward(example, result, self.options.get("box_reward", "threshold"))
-
-    def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
-                rewards: Sequence[float]) -> dict[str, Any]:
-        return super().metrics(examples, results, rewards) | grounding_metrics(examples, results)
 
     def seed_programs(self) -> list[tuple[str, str]]:
         from viprog.tasks.seeds import SHAPES_REFER_SEEDS
