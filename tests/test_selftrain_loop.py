@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow  # builds and pre-trains a tiny model, then runs 3 rounds (~2 min)
+# not slow: builds and pre-trains a tiny model, then one 2-round run shared by the tests (~1-2 min)
 
 import selftrain_fixtures as F
 
