@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from viprog.primitives import vocab
 from viprog.primitives.patch import PrimitiveError
+from viprog.primitives.backends.objects import MainObjectAnswers
 from viprog.primitives.profile import Call, PatchData, Profile
 
 _FILLER = frozenset({"a", "an", "the", "of", "this", "that", "these", "those"})
@@ -83,7 +84,7 @@ def _area(a: tuple[float, ...]) -> float:
     return max(a[2] - a[0], 0) * max(a[3] - a[1], 0)
 
 
-class SceneGraphProfile(Profile):
+class SceneGraphProfile(MainObjectAnswers, Profile):
     """Answers primitives from the example's scene graph (GQA format)."""
 
     name: ClassVar[str] = "scene-graph"
@@ -144,30 +145,6 @@ class SceneGraphProfile(Profile):
             wanted = set(tokens(prop))
             out.append(bool(wanted) and any(wanted <= o.terms for o in candidates))
         return out
-
-    def best_text_match(self, calls: list[Call]) -> list[str]:
-        out = []
-        for call in calls:
-            options = list(call.args[0])
-            main = self.main_object(call.patch)
-            out.append(max(options, key=lambda t: self.score(t, main)) if options and main else (options or [""])[0])
-        return out
-
-    def best_image_match(self, calls: list[Call]) -> list[Any]:
-        out: list[Any] = []
-        for call in calls:
-            content, return_index = call.args
-            content = [content] if isinstance(content, str) else list(content)
-            scores = []
-            for patch in call.patches:
-                main = self.main_object(patch)
-                scores.append(-1.0 if main is None else max(self.score(t, main) for t in content))
-            best = max(range(len(scores)), key=scores.__getitem__)
-            out.append(best if return_index else list(call.patches[best].box))
-        return out
-
-    def simple_query(self, calls: list[Call]) -> list[str]:
-        return [self.answer(c.patch, c.args[0] or "What is this?") for c in calls]
 
     def answer(self, patch: PatchData, question: str) -> str:
         """Answer an attribute, count, yes/no or choice question about the patch's object."""

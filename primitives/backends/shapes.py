@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from viprog.primitives import vocab
+from viprog.primitives.backends.objects import MainObjectAnswers
 from viprog.primitives.profile import Call, PatchData, Profile
 
 #: named-colour prototypes (sRGB); a colour is named by its nearest prototype in CIELAB
@@ -175,7 +176,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
-class ShapesProfile(Profile):
+class ShapesProfile(MainObjectAnswers, Profile):
     """Perceives flat shapes with OpenCV: segmentation, contour geometry, named colours."""
 
     name: ClassVar[str] = "shapes"
@@ -260,33 +261,6 @@ class ShapesProfile(Profile):
             known = wanted.shape or wanted.color or wanted.size
             out.append(bool(known) and any(self.fits(wanted, b) for b in candidates))
         return out
-
-    def best_text_match(self, calls: list[Call]) -> list[str]:
-        out = []
-        for call in calls:
-            options = list(call.args[0])
-            main = self.main_object(call.patch)
-            if not options or main is None:
-                out.append(options[0] if options else "")
-                continue
-            out.append(max(options, key=lambda o: self.score(o, main)))
-        return out
-
-    def best_image_match(self, calls: list[Call]) -> list[Any]:
-        out: list[Any] = []
-        for call in calls:
-            content, return_index = call.args
-            content = [content] if isinstance(content, str) else list(content)
-            scores = []
-            for patch in call.patches:
-                main = self.main_object(patch)
-                scores.append(-np.inf if main is None else max(self.score(c, main) for c in content))
-            best = int(np.argmax(scores))
-            out.append(best if return_index else list(call.patches[best].box))
-        return out
-
-    def simple_query(self, calls: list[Call]) -> list[str]:
-        return [self.answer(call.patch, call.args[0] or "What is this?") for call in calls]
 
     def answer(self, patch: PatchData, question: str) -> str:
         """Answer an attribute question about the patch's object with one lower-case word."""
