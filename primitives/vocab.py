@@ -95,6 +95,18 @@ def attribute_kind(word: str) -> str | None:
     return None
 
 
+_ASKED = {"color": "color", "colour": "color", "shape": "shape", "size": "size"}
+
+
+def asked_attribute(words: list[str]) -> str | None:
+    """Which property an open question asks for: the first of color / shape / size it
+    names ("What shape is the large blue object?" → shape, although it says "large"),
+    size for "how big" / "how large", None when it names none ("What is this?")."""
+    if words[:2] in (["how", "big"], ["how", "large"], ["how", "small"]):
+        return "size"
+    return next((_ASKED[w] for w in words if w in _ASKED), None)
+
+
 def canonical(word: str) -> str:
     """The world's word for a property or noun word ("ball" → "circle", "big" → "large")."""
     w = word.lower().strip()

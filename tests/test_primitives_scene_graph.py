@@ -71,7 +71,9 @@ def execute_command(image):
     out = []
     for o in p.find('object'):
         out.append([o.left, o.lower, o.right, o.upper, o.simple_query('what color is this?'),
-                    o.simple_query('what shape is this?'), o.simple_query('what size is it?')])
+                    o.simple_query('what shape is this?'), o.simple_query('what size is it?'),
+                    o.simple_query('What shape is the large blue object?'),
+                    o.simple_query('What color is the small square?'), o.simple_query('How big is it?')])
     return sorted(out)
 """
 
@@ -82,3 +84,5 @@ def test_scene_graph_and_shapes_profiles_agree_on_world_images(index: int) -> No
     pixels, graph = np.asarray(render(scene)), scene_graph(scene, margin=6)
     from_graph = run_unsandboxed(PROGRAM, pixels, "scene-graph", meta={"scene_graph": graph})
     assert from_graph == run_unsandboxed(PROGRAM, pixels, "shapes") and len(from_graph) == len(scene.objects)
+    # a question that names other properties still gets the property it asks for
+    assert all(row[7] == row[5] and row[8] == row[4] and row[9] == row[6] for row in from_graph)

@@ -101,8 +101,11 @@ def test_found_boxes_use_the_bottom_left_origin() -> None:
     assert (obj.x, h - obj.y - obj.h, obj.x + obj.w, h - obj.y) in [tuple(b) for b in _run(program, pixels)]
 
 
-@pytest.mark.parametrize(("question", "field"), [("What color is this?", "color"), ("What shape is it?", "shape"),
-                                                  ("What size is the object?", "size")])
+@pytest.mark.parametrize(("question", "field"), [
+    ("What color is this?", "color"), ("What shape is it?", "shape"), ("What size is the object?", "size"),
+    # the question names other properties too: the one asked for wins
+    ("What shape is the large blue object?", "shape"), ("What color is the small square?", "color"),
+    ("What size is the red shape?", "size"), ("How big is it?", "size")])
 def test_simple_query_answers_attribute_questions_about_a_crop(question: str, field: str) -> None:
     for index in range(5):
         pixels, scene = world(index)

@@ -164,13 +164,12 @@ class SceneGraphProfile(MainObjectAnswers, Profile):
             known = {a for o in _objects(self.graph(patch)) for a in o.attributes}
             asked = {t for t in tokens(text) if t in known or vocab.attribute_kind(t)}
             return "yes" if asked and asked <= main.terms else "no"
-        for kind, keys in (("color", ("color", "colour")), ("size", ("size", "big", "large", "small")),
-                           ("shape", ("shape",))):
-            if any(k in words for k in keys):
-                found = [a for a in main.raw_attributes if a.split() and vocab.attribute_kind(a.split()[-1]) == kind
-                         or (kind == "shape" and a in _SHAPE_WORDS)]
-                if found:
-                    return found[0]
-                if kind == "shape" and vocab.attribute_kind(main.raw_name) == "shape":
-                    return vocab.canonical(main.raw_name)
+        kind = vocab.asked_attribute(words)
+        if kind is not None:
+            found = [a for a in main.raw_attributes if a.split() and vocab.attribute_kind(a.split()[-1]) == kind
+                     or (kind == "shape" and a in _SHAPE_WORDS)]
+            if found:
+                return found[0]
+            if kind == "shape" and vocab.attribute_kind(main.raw_name) == "shape":
+                return vocab.canonical(main.raw_name)
         return main.raw_name

@@ -280,8 +280,5 @@ class ShapesProfile(MainObjectAnswers, Profile):
             return "yes" if main is not None and known != vocab.Phrase() and self.fits(known, main) else "no"
         if main is None:
             return "nothing"
-        if "color" in words or "colour" in words:
-            return main.color
-        if "size" in words or "big" in words or "large" in words or "small" in words:
-            return main.size
-        return main.shape
+        kind = vocab.asked_attribute(words)
+        return main.color if kind == "color" else main.size if kind == "size" else main.shape
