@@ -96,13 +96,9 @@ class Task:
 
     def load_image(self, example: Example) -> np.ndarray:
         """The example's pixels as H x W x 3 uint8 RGB; DataError when unreadable."""
-        from PIL import Image, UnidentifiedImageError
+        from viprog.images import read_rgb  # here: viprog.images imports DataError from this module
 
-        try:
-            with Image.open(example.image) as img:
-                return np.asarray(img.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{example.image}: cannot read image ({exc.__class__.__name__})") from None
+        return read_rgb(example.image)
 
     def reward(self, example: Example, result: ExecutionResult) -> float:
         """Coarse reward in [0, 1] for `result` on `example` (0 for any failure)."""

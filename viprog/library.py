@@ -28,7 +28,9 @@ import numpy as np
 
 from viprog.errors import UsageError
 from viprog.filtering import normalize_program
+from viprog.images import read_rgb
 from viprog.runs import Run, read_json, read_jsonl, write_jsonl_atomic
+from viprog.tasks.base import DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -242,14 +244,13 @@ def as_pixels(image: Any) -> np.ndarray:
     if isinstance(image, np.ndarray):
         array = image
     else:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         if isinstance(image, (str, Path)):
             try:
-                with Image.open(image) as img:
-                    array = np.asarray(img.convert("RGB"))
-            except (OSError, UnidentifiedImageError) as exc:
-                raise UsageError(f"{image}: cannot read image ({exc.__class__.__name__})") from None
+                array = read_rgb(image)
+            except DataError as exc:  # a file the user handed us: their input, not a dataset's
+                raise UsageError(str(exc)) from None
         elif isinstance(image, Image.Image):
             array = np.asarray(image.convert("RGB"))
         else:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from viprog.images import read_rgb, read_size
 from viprog.primitives.patch import ImageRef, PrimitiveError
 from viprog.primitives.profile import Call, PatchData, Profile
 from viprog.primitives.spec import SPECS
@@ -63,13 +64,7 @@ class _Image:
         if pixels is None:
             source = self.source
             if isinstance(source, (str, Path)):
-                from PIL import Image, UnidentifiedImageError
-
-                try:
-                    with Image.open(source) as img:
-                        pixels = np.asarray(img.convert("RGB"))
-                except (OSError, UnidentifiedImageError) as exc:
-                    raise DataError(f"image {image_id!r}: cannot read {source} ({exc.__class__.__name__})") from None
+                pixels = read_rgb(source)
             else:
                 pixels = _as_rgb(source() if callable(source) else source, image_id)
             self.pixels = pixels
@@ -88,13 +83,7 @@ class ImageStore:
         if entry is None or entry.refs == 0:
             entry = _Image(source, meta or {})
             if isinstance(source, (str, Path)):
-                from PIL import Image, UnidentifiedImageError
-
-                try:
-                    with Image.open(source) as img:
-                        entry.size = img.size
-                except (OSError, UnidentifiedImageError) as exc:
-                    raise DataError(f"image {image_id!r}: cannot read {source} ({exc.__class__.__name__})") from None
+                entry.size = read_size(source)
             else:
                 pixels = entry.load(image_id)
                 entry.size = (int(pixels.shape[1]), int(pixels.shape[0]))
