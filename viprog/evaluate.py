@@ -25,45 +25,52 @@ log = logging.getLogger("viprog.eval")
 
 
 @dataclass
-class EvalConfig:
-    """Score programs (a JSONL file, or a policy's greedy programs) on a task split."""
+class TaskPolicyConfig:
+    """The options `viprog eval` and `viprog selftrain` share: the task and its data, the
+    primitive profile, the policy that writes programs and the sandbox that runs them."""
 
     task: str = "shapes"
-    """Task to evaluate on (`viprog tasks` lists them)."""
+    """Task (`viprog tasks` lists them)."""
     data_dir: str | None = None
-    """The task's data folder (None: the task's default)."""
-    split: str = "test"
-    """Split to evaluate."""
-    limit: int | None = None
-    """Evaluate only the first N questions of the split."""
+    """The task's data folder (None: the task's default; the shapes world is generated)."""
     profile: str | None = None
     """Primitive profile (None: the task's default)."""
-    programs: str | None = None
-    """JSONL file, one {"question_id": str, "program": str} per line."""
     policy: str | None = None
-    """Or: a policy that writes the programs (hf, vllm, qwen2.5-coder-0.5b)."""
+    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
     model: str | None = None
     """Model for the policy: a hub name or a local folder."""
-    adapter: str | None = None
-    """LoRA adapter for the policy (e.g. runs/<name>/round_2/adapter)."""
     device: str = "cpu"
-    """Device for the policy."""
-    prompt: Literal["few-shot", "short"] = "few-shot"
-    """Prompt for the policy: few-shot (API + examples) or short (query only, tuned policies)."""
+    """Device for the policy, and for the fine-tuning in selftrain (cpu, cuda, cuda:1)."""
     prompt_style: str = "completion"
-    """Prompter format: completion or chat."""
+    """Prompt format of the Prompter: completion (ViperGPT-style code) or chat."""
     max_new_tokens: int = 256
     """Longest program the policy may write, in tokens."""
     batch_questions: int = 4
-    """Questions per call to the policy."""
-    only_covered: bool = False
-    """With --programs: score only the questions that have a program (default: a missing one counts as wrong)."""
-    baseline_split: str = "train"
-    """Split the majority answer is taken from (the evaluated split when the task has no such split)."""
+    """Questions per call to the policy (each with all its samples)."""
     workers: int = 2
     """Sandbox worker processes."""
     timeout: float = 10.0
     """Seconds per program before it is killed."""
+
+
+@dataclass
+class EvalConfig(TaskPolicyConfig):
+    """Score programs (a JSONL file, or a policy's greedy programs) on a task split."""
+
+    split: str = "test"
+    """Split to evaluate."""
+    limit: int | None = None
+    """Evaluate only the first N questions of the split."""
+    programs: str | None = None
+    """JSONL file, one {"question_id": str, "program": str} per line; or pass --policy."""
+    adapter: str | None = None
+    """LoRA adapter for the policy (e.g. runs/<name>/round_2/adapter)."""
+    prompt: Literal["few-shot", "short"] = "few-shot"
+    """Prompt for the policy: few-shot (API + examples) or short (query only, tuned policies)."""
+    only_covered: bool = False
+    """With --programs: score only the questions that have a program (default: a missing one counts as wrong)."""
+    baseline_split: str = "train"
+    """Split the majority answer is taken from (the evaluated split when the task has no such split)."""
     strict: bool = False
     """Make a corrupt image inside the dataset fatal instead of skipping it."""
     output: str | None = None

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from viprog.errors import UsageError
+from viprog.evaluate import TaskPolicyConfig
 from viprog.filtering import filter_samples, filter_stats
 from viprog.library import Library
 from viprog.metrics import (
@@ -45,24 +46,15 @@ log = logging.getLogger("viprog.selftrain")
 
 
 @dataclass
-class SelfTrainConfig:
+class SelfTrainConfig(TaskPolicyConfig):
     """Reinforced self-training of a program-writing policy on a task's rewards."""
 
-    task: str = "shapes"
-    """Task to train on (`viprog tasks` lists them)."""
-    data_dir: str | None = None
-    """The task's data folder (None: the task's default; the shapes world is generated)."""
+    # TaskPolicyConfig's fields with this command's defaults: the embedded policy, short programs
     policy: str = "qwen2.5-coder-0.5b"
-    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
-    model: str | None = None
-    """Model for the policy backend: a hub name or a local folder."""
-    device: str = "cpu"
-    """Device for the policy and the fine-tuning (cpu, cuda, cuda:1)."""
+    max_new_tokens: int = 96
     quantize: Literal["auto", "none", "int8"] = "auto"
     """Sample from an int8 dynamically quantised copy (LoRA merged in first) — `auto`: int8 for
     transformers policies on the CPU (measured ~1.7x the fp32 tokens/s), none elsewhere."""
-    profile: str | None = None
-    """Primitive profile (None: the task's default)."""
     rounds: int = 2
     """Self-training rounds after the round-0 baseline."""
     questions_per_round: int = 12
@@ -73,10 +65,6 @@ class SelfTrainConfig:
     """Sampling temperature for the train rollouts (evaluation is greedy)."""
     top_p: float = 0.9
     """Nucleus sampling top-p."""
-    max_new_tokens: int = 96
-    """Longest completion, in tokens."""
-    batch_questions: int = 4
-    """Questions per call to the policy (each with all its samples)."""
     tau: float = 1.0
     """Reward threshold: keep programs with reward ≥ tau."""
     dedup: bool = True
@@ -104,8 +92,6 @@ class SelfTrainConfig:
     """Gradient accumulation steps."""
     max_length: int = 512
     """Longest training sequence (prompt + program), in tokens."""
-    prompt_style: str = "completion"
-    """Prompt format of the Prompter: completion (ViperGPT-style code) or chat."""
     base_prompt: Literal["few-shot", "short"] = "few-shot"
     """Prompt for the base policy (round 0, and sampling in round 1)."""
     tuned_prompt: Literal["few-shot", "short"] = "few-shot"
@@ -120,10 +106,6 @@ class SelfTrainConfig:
     """Held-out split for evaluation."""
     eval_size: int | None = 30
     """Questions evaluated per round (None: the whole split)."""
-    workers: int = 2
-    """Sandbox worker processes."""
-    timeout: float = 10.0
-    """Seconds per program before it is killed."""
     seed: int = 0
     """Seed for question order, sampling and training."""
     run_name: str | None = None
