@@ -7,9 +7,11 @@ demo:
 	bash scripts/env.sh embedded,dev
 	.venv/bin/python selftrain.py
 
-# Install and run the test suite (slow and gpu tests excluded; see README).
+# Install, lint (ruff, configured in pyproject.toml) and run the test suite (slow and gpu
+# tests excluded; see README).
 test:
 	bash scripts/env.sh dev
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -m "not slow and not gpu" -q
 
 test-slow:

@@ -27,10 +27,10 @@ from multiprocessing import get_context
 
 import numpy as np
 import psutil
-from viprog.primitives import Profile
-from viprog.primitives.local import run_unsandboxed
 
 from viprog.executor import Executor, Job
+from viprog.primitives import Profile
+from viprog.primitives.local import run_unsandboxed
 
 TRIVIAL = "def execute_command(image):\n    return 1 + 1\n"
 IMAGE = np.zeros((48, 64, 3), np.uint8)

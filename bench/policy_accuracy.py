@@ -18,11 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from viprog.primitives.apidoc import api_section
-from viprog.tasks import TASKS
-
 from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
+from viprog.primitives.apidoc import api_section
 from viprog.rollout import execute_programs, load_images
+from viprog.tasks import TASKS
 
 
 def main() -> None:

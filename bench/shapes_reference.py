@@ -21,11 +21,10 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from viprog.executor.result import ExecutionResult
 from viprog.primitives import get_profile
 from viprog.primitives.local import run_unsandboxed
 from viprog.tasks import TASKS
-
-from viprog.executor.result import ExecutionResult
 
 PROFILES = ("scene-graph", "shapes")
 

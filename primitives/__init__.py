@@ -4,6 +4,7 @@ Importing this package registers the built-in primitive specs and the profile na
 imports no model library and loads no weights.
 """
 
+from viprog.primitives import api as _api  # noqa: F401  (registers the built-in specs)
 from viprog.primitives.patch import (
     FUNCTIONS,
     ImagePatch,
@@ -16,7 +17,6 @@ from viprog.primitives.patch import (
 )
 from viprog.primitives.profile import PROFILES, Call, PatchData, Profile, get_profile
 from viprog.primitives.spec import PrimitiveSpec, all_specs, get_spec, primitive
-from viprog.primitives import api as _api  # noqa: F401  (registers the built-in specs)
 
 __all__ = [
     "FUNCTIONS", "PROFILES", "Call", "ImagePatch", "ImageRef", "PatchData", "PrimitiveError",

@@ -8,7 +8,7 @@ PrimitiveServer answers the same requests batched and cached.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class LocalServer:
                            "args": list(args), "result": result})
         return result
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> Self:
         set_transport(self)
         return self
 

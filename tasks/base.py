@@ -129,9 +129,8 @@ class Task:
         (a stronger, per-type prior). Box-only tasks have no answer prior: accuracy None."""
         from collections import defaultdict
 
-        from viprog.tasks.answers import normalize_answer
-
         from viprog.executor.result import ExecutionResult
+        from viprog.tasks.answers import normalize_answer
 
         if test and all(ex.answer is None for ex in test):
             return {"answer": None, "accuracy": None, "n": len(test)}

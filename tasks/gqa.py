@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
 from viprog.tasks.answers import exact_match
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved

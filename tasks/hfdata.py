@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from viprog.tasks.base import DataError
 
 PREFIX = "hf:"

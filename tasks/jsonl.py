@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
-
-if TYPE_CHECKING:
-    pass
 
 
 def _box(value: Any, where: str) -> tuple[float, float, float, float]:

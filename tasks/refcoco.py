@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+
 from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import read_json
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved
-
-if TYPE_CHECKING:
-    pass
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 

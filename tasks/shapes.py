@@ -80,6 +80,7 @@ def balance(rng: random.Random, items: Sequence[T], n: int, kind: Callable[[T], 
 def generate(cfg: WorldConfig, out: Path, progress: bool = True) -> None:
     """Write the world for `cfg` into the new folder `out` (see the module docstring)."""
     from tqdm import tqdm
+
     from viprog.tasks.seeds import SHAPES_REFER_SEEDS, SHAPES_SEEDS
     from viprog.tasks.shapes_captions import caption_candidates, refexps
     from viprog.tasks.shapes_questions import candidates

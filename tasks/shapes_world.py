@@ -24,6 +24,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
 from viprog.primitives.vocab import COLORS, PALETTE, SHAPES
 
 #: bump when the generator's output changes for the same settings (it is in the cache key)

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from viprog.primitives.profile import PROFILES, Call, Profile
-from viprog.tasks.answers import normalize_answer
-from viprog.tasks.base import TASKS, Example, Task
 
 from viprog.executor.result import ExecutionResult
 from viprog.finetune import completion_for
+from viprog.primitives.profile import PROFILES, Call, Profile
+from viprog.tasks.answers import normalize_answer
+from viprog.tasks.base import TASKS, Example, Task
 
 SHAPES = ("circle", "square", "triangle", "star")
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import selftrain_fixtures as F
-from viprog.tasks import TASKS
 
 from viprog.cli import main
+from viprog.tasks import TASKS
 
 
 @pytest.fixture

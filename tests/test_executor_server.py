@@ -9,10 +9,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from viprog.primitives import ImagePatch, Profile
-from viprog.primitives.spec import SPECS, primitive
 
 from viprog.executor import Executor, Job
+from viprog.primitives import ImagePatch, Profile
+from viprog.primitives.spec import SPECS, primitive
 
 IMAGE = np.zeros((40, 60, 3), np.uint8)
 

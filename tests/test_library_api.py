@@ -4,12 +4,12 @@ import json
 
 import pytest
 import selftrain_fixtures as F
-from viprog.tasks import TASKS
 
 import viprog
 from viprog.errors import UsageError
 from viprog.library import Library
 from viprog.runs import Run, write_json_atomic, write_jsonl_atomic
+from viprog.tasks import TASKS
 
 
 @pytest.fixture

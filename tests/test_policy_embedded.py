@@ -78,11 +78,10 @@ def test_converted_folder_is_reused_without_touching_the_parts(monkeypatch, tmp_
 def test_embedded_model_writes_a_program_that_runs():
     """Assemble + verify + convert (once, into the cache), then one greedy program for a
     shapes question, run in the sandbox on the question's image."""
-    from viprog.primitives.apidoc import api_section
-    from viprog.tasks import TASKS
-
     from viprog.executor import Executor, Job
     from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
+    from viprog.primitives.apidoc import api_section
+    from viprog.tasks import TASKS
 
     task = TASKS.get("shapes")(progress=False)
     example = next(ex for ex in task.examples("val", limit=20) if ex.question_type.startswith("exist"))

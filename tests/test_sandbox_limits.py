@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from viprog.primitives import Profile
 
 from viprog.executor import Executor, Job
+from viprog.primitives import Profile
 
 IMAGE = np.zeros((20, 30, 3), np.uint8)
 TIMEOUT = 1.0

@@ -159,7 +159,7 @@ def test_runtime_escape_is_a_policy_error(executor: Executor, source: str) -> No
 def test_no_escape_leaves_a_side_effect(executor: Executor, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     attempts = [
-        program(f"import os", f"os.system('touch {marker}')", "return 1"),
+        program("import os", f"os.system('touch {marker}')", "return 1"),
         program(f"return __import__('os').system('touch {marker}')"),
         program(f"return getattr(getattr(ImagePatch, {U('init')}), {U('globals')})['open']('{marker}', 'w')"),
         program(f"return getattr(image, {U('builtins')})['open']('{marker}', 'w')"),

@@ -7,7 +7,6 @@ import json
 import pytest
 
 # not slow: builds and pre-trains a tiny model, then one 2-round run shared by the tests (~1-2 min)
-
 import selftrain_fixtures as F
 
 from viprog.cli import main
@@ -17,10 +16,12 @@ from viprog.selftrain import main as selftrain
 
 
 def tiny_config(model, data_dir, runs_dir, **overrides):
-    base = dict(task="toy-count", data_dir=str(data_dir), policy="hf", model=str(model), rounds=2,
-                questions_per_round=16, samples_per_question=4, max_new_tokens=40, base_prompt="short",
-                tuned_prompt="short", library_shots=0, eval_size=24, lora_r=8, lora_alpha=16, learning_rate=1e-2, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                epochs=8.0, batch_size=4, workers=1, runs_dir=str(runs_dir), run_name="tiny", seed=0)
+    base = {"task": "toy-count", "data_dir": str(data_dir), "policy": "hf", "model": str(model), "rounds": 2,
+            "questions_per_round": 16, "samples_per_question": 4, "max_new_tokens": 40, "base_prompt": "short",
+            "tuned_prompt": "short", "library_shots": 0, "eval_size": 24, "epochs": 8.0, "batch_size": 4,
+            "lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-2, "workers": 1, "seed": 0,
+            "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+            "runs_dir": str(runs_dir), "run_name": "tiny"}
     return SelfTrainConfig(**(base | overrides))
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from viprog.tasks.answers import answer_box, box_iou, box_reward, exact_match, example_reward, normalize_answer
-from viprog.tasks.base import Example
 
 from viprog.executor.result import ExecutionResult
+from viprog.tasks.answers import answer_box, box_iou, box_reward, exact_match, example_reward, normalize_answer
+from viprog.tasks.base import Example
 
 
 @pytest.mark.parametrize(("raw", "norm"), [

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from viprog.tasks import TASKS, DataError
 
 from viprog.executor.result import ExecutionResult
+from viprog.tasks import TASKS, DataError
 
 QUESTIONS = {
     "201": {"imageId": "n1", "question": "Is the cat black?", "answer": "yes", "fullAnswer": "Yes, it is.",

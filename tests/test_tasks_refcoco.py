@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from viprog.tasks import TASKS, DataError
 
 from viprog.executor.result import ExecutionResult
+from viprog.tasks import TASKS, DataError
 
 REFS = [
     {"ref_id": 0, "ann_id": 10, "image_id": 1, "split": "testA", "category_id": 1, "file_name": "x_10.jpg",

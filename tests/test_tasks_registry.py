@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 
 import pytest
+
 from viprog.primitives import PROFILES
 from viprog.tasks import TASKS
 

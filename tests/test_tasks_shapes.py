@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from viprog.executor.result import ExecutionResult
 from viprog.primitives import get_profile, vocab
 from viprog.primitives.local import run_unsandboxed
 from viprog.tasks import TASKS, DataError
 from viprog.tasks.shapes import ensure_world
 from viprog.tasks.shapes_world import GAP, WorldConfig, render, sample_scene
-
-from viprog.executor.result import ExecutionResult
 
 SMALL = {"questions": {"train": 70, "val": 10, "test": 70}, "progress": False}
 

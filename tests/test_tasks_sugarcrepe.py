@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from viprog.tasks import TASKS, DataError
 
 from viprog.executor.result import ExecutionResult
+from viprog.tasks import TASKS, DataError
 
 
 def write_sugarcrepe(root: Path, n: int = 40) -> Path:

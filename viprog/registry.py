@@ -89,7 +89,7 @@ class Registry(Generic[T]):
         its `__name__`."""
 
         def decorator(obj: T) -> T:
-            key = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            key = name or getattr(obj, "name", None) or obj.__name__
             self.add(key, obj, **meta)
             return obj
 

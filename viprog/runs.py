@@ -21,7 +21,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from viprog.errors import UsageError
 
@@ -87,7 +87,7 @@ class Appender:
             if keep != len(data):
                 with open(self.path, "r+b") as f:
                     f.truncate(keep)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 — held open until close()
 
     def write(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps(row, default=str) + "\n")
@@ -97,7 +97,7 @@ class Appender:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> Appender:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from viprog.primitives import vocab
-from viprog.primitives.patch import PrimitiveError
 from viprog.primitives.backends.objects import MainObjectAnswers
+from viprog.primitives.patch import PrimitiveError
 from viprog.primitives.profile import Call, PatchData, Profile
 
 _FILLER = frozenset({"a", "an", "the", "of", "this", "that", "these", "those"})

@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = ("a photo of the this that is what color shape size how many object thing circle square triangle star "
-         "red green blue yellow purple orange small large big yes no dog car person food made").split()
+WORDS = [
+    "a", "photo", "of", "the", "this", "that", "is", "what", "color", "shape", "size", "how", "many", "object",
+    "thing", "circle", "square", "triangle", "star", "red", "green", "blue", "yellow", "purple", "orange", "small",
+    "large", "big", "yes", "no", "dog", "car", "person", "food", "made",
+]
 
 
 def _clip(folder: Path) -> str:
