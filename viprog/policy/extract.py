@@ -32,8 +32,14 @@ import textwrap
 import tokenize
 from typing import Literal
 
-#: the first line every prompt style ends with; a completion continues after it
+#: the program's first line; every prompt style ends with it and its newline
 HEADER = "def execute_command(image):"
+#: where every prompt ends. The newline belongs to the prompt because BPE vocabularies
+#: such as Qwen2's merge `):` with the newline after it (`):\n` is one token in the
+#: few-shot examples): a prompt that stopped at `):` asked the model for a token split
+#: it never saw after a header, and the 0.5B model answered with blank lines and the
+#: next `# Query` (131 of 161 unparsable completions in the first embedded runs).
+PROMPT_END = HEADER + "\n"
 FUNCTION = "execute_command"
 
 PromptStyle = Literal["completion", "chat", "short", "raw"]

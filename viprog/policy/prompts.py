@@ -13,7 +13,8 @@ and vLLM's prefix cache keeps. Two styles:
 - "chat": the tokenizer's chat template (system: the API; user/assistant turns: the
   examples), with the answer pre-filled up to the same header inside a code fence.
 
-Every style ends with `HEADER`, so `extract_program` treats completions alike. Few-shot
+Every style ends with `PROMPT_END` (the header and its newline, so the prompt stops on a
+token boundary the examples have), and `extract_program` treats completions alike. Few-shot
 examples whose query is the evaluated query are left out: a library built on a training
 split must never show the answer to the question being asked.
 """
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from viprog.errors import UsageError
-from viprog.policy.extract import HEADER
+from viprog.policy.extract import HEADER, PROMPT_END
 
 Style = Literal["completion", "chat"]
 
@@ -93,18 +94,18 @@ class Prompter:
                              {"role": "assistant", "content": f"```python\n{program}\n```"}]
             return self._chat(messages, query)
         shots = "".join(f"# Query: {q}\n{program}\n\n\n" for q, program in examples)
-        return f"{self.api}\n\n\n{INTRO}\n\n{shots}# Query: {query.strip()}\n{HEADER}"
+        return f"{self.api}\n\n\n{INTRO}\n\n{shots}# Query: {query.strip()}\n{PROMPT_END}"
 
     def short(self, query: str) -> str:
         """ViReP's training prompt: the query and the header, no API and no examples."""
         if self.style == "chat":
             return self._chat([], query)
-        return f"# Query: {query.strip()}\n{HEADER}"
+        return f"# Query: {query.strip()}\n{PROMPT_END}"
 
     def _chat(self, messages: list[dict[str, str]], query: str) -> str:
         messages = [*messages, {"role": "user", "content": f"Query: {query.strip()}"}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"{text}```python\n{HEADER}"
+        return f"{text}```python\n{PROMPT_END}"
 
     def stop(self) -> tuple[str, ...]:
         """Stop sequences for this style: anything after the function is not the program."""
