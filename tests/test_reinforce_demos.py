@@ -50,7 +50,7 @@ def test_cli_runs_a_tiny_demo_and_resumes(tmp_path, capsys) -> None:
     cfg = ReinforceConfig(demo="segmentation", mle_steps=4, reward_steps=2, out=tmp_path, progress=False, threads=2)
     assert main(cfg) == 0
     printed = capsys.readouterr().out
-    assert "segmentation" in printed and "miou" in printed
+    assert "segmentation" in printed and " pq " in printed
     first = json.loads((tmp_path / "results.json").read_text())[0]
     assert (tmp_path / "seed_0" / "mle.pt").exists() and (tmp_path / "seed_0" / "reward.pt").exists()
     rows = [json.loads(line) for line in (tmp_path / "seed_0" / "metrics.jsonl").read_text().splitlines()]
@@ -97,3 +97,23 @@ def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
     rows = [json.loads(line) for line in (tmp_path / "runs/my_model/metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["phase"] == "reward" and rows[-1]["reward/mean"] > 0.3
     assert (tmp_path / "runs/my_model/reward.pt").exists()
+
+
+def test_segmentation_reward_counts_segments_not_pixels() -> None:
+    """A blob painted on the background and a shape split between two classes each cost
+    a few pixels of cross-entropy but whole segments of panoptic quality."""
+    from viprog.reinforce.demos import _components, _pq
+
+    s = generate(20, 3, max_shapes=3)
+    i = next(k for k in range(20) if len(s.labels[k]) >= 2)
+    gt = s.semantic[i]
+    assert _pq([_components(gt)], [_components(gt)]) == pytest.approx(1.0)
+    blob = gt.copy()
+    ys, xs = np.nonzero(gt == 0)
+    blob[ys[0], xs[0]] = 1
+    split = gt.copy()
+    ys, xs = np.nonzero(s.instances[i] == 1)
+    split[ys[: len(ys) // 2], xs[: len(xs) // 2]] = gt[ys[0], xs[0]] % 3 + 1  # half of shape 1 → another class
+    pixels_wrong = (split != gt).sum()
+    assert _pq([_components(blob)], [_components(gt)]) < 0.9
+    assert _pq([_components(split)], [_components(gt)]) < 0.9 and pixels_wrong < gt.size * 0.05

@@ -19,7 +19,7 @@ class ReinforceConfig:
     """MLE-train a small model on the shapes world, tune it with its task reward, compare."""
 
     demo: Literal["segmentation", "detection", "colorization"] = "segmentation"
-    """which demonstration: per-pixel segmentation (reward mIoU), pix2seq detection
+    """which demonstration: per-pixel segmentation (reward: panoptic quality), pix2seq detection
     (reward: big_vision's detection reward, metric mAP) or colorization (reward:
     colourfulness with fidelity penalties)"""
     seeds: tuple[int, ...] = (0,)
