@@ -16,16 +16,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from viprog.errors import DataError
+from viprog.images import read_rgb
 from viprog.registry import Registry
 
-if TYPE_CHECKING:  # the executor imports tasks (DataError): no import cycle at run time
+if TYPE_CHECKING:  # for annotations only: tasks do not need the executor at run time
     from viprog.executor.result import ExecutionResult
 
 TASKS: Registry[type[Task]] = Registry("task", group="viprog.tasks")
-
-
-class DataError(Exception):
-    """Bad input data: the message is one line naming the file and what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +94,6 @@ class Task:
 
     def load_image(self, example: Example) -> np.ndarray:
         """The example's pixels as H x W x 3 uint8 RGB; DataError when unreadable."""
-        from viprog.images import read_rgb  # here: viprog.images imports DataError from this module
-
         return read_rgb(example.image)
 
     def reward(self, example: Example, result: ExecutionResult) -> float:

@@ -65,9 +65,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
 def run_command(command: str, rest: list[str], prog: str) -> int:
     import tyro
 
-    from viprog.errors import UsageError
+    from viprog.errors import DataError, UsageError
     from viprog.registry import RegistryError, resolve
-    from viprog.tasks.base import DataError
 
     config_target, main_target, help_ = COMMANDS[command]
     config_cls = resolve(config_target)

@@ -4,3 +4,7 @@
 class UsageError(Exception):
     """The user asked for something that cannot be done as asked; the message says what
     is wrong and what to do, on one line."""
+
+
+class DataError(Exception):
+    """Bad input data: the message is one line naming the file and what is wrong."""

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from viprog.errors import UsageError
-from viprog.tasks.base import DataError
+from viprog.errors import DataError, UsageError
 
 log = logging.getLogger("viprog.eval")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from viprog.tasks.base import DataError
+from viprog.errors import DataError
 
 
 @contextmanager

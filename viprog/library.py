@@ -26,11 +26,10 @@ from typing import Any, Self
 
 import numpy as np
 
-from viprog.errors import UsageError
+from viprog.errors import DataError, UsageError
 from viprog.filtering import normalize_program
 from viprog.images import read_rgb
 from viprog.runs import Run, read_json, read_jsonl, write_jsonl_atomic
-from viprog.tasks.base import DataError
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -46,11 +46,11 @@ from typing import Any, Self
 
 import numpy as np
 
+from viprog.errors import DataError
 from viprog.executor.result import ExecutionResult
 from viprog.executor.server import PrimitiveServer
 from viprog.primitives.profile import Profile, get_profile
 from viprog.primitives.spec import all_specs
-from viprog.tasks.base import DataError
 
 _POLL = 0.05  # seconds between watchdog checks
 _GRACE = 0.2  # seconds past a program's deadline before its worker is killed

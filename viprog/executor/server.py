@@ -32,11 +32,11 @@ from typing import Any
 
 import numpy as np
 
+from viprog.errors import DataError
 from viprog.images import read_rgb, read_size
 from viprog.primitives.patch import ImageRef, PrimitiveError
 from viprog.primitives.profile import Call, PatchData, Profile
 from viprog.primitives.spec import SPECS
-from viprog.tasks.base import DataError
 
 ImageSource = str | Path | np.ndarray | Callable[[], np.ndarray]
 Key = tuple[str, tuple[tuple[Any, ...], ...], str]
