@@ -85,11 +85,13 @@ def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
         gts = [_components(g) for g in batch["y"].numpy()]
         return np.array([[_pq([_components(m)], [gts[i]]) for m in maps] for i, maps in enumerate(samples.numpy())])
 
+    test_segments = [_components(m) for m in test.semantic]
+
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
         pred = torch.cat([p.sample(_images(test, np.arange(i, min(i + 100, test_size))), 1, temperature=0)[:, 0]
                           for i in range(0, test_size, 100)]).numpy()
-        pq = _pq([_components(m) for m in pred], [_components(m) for m in test.semantic])
+        pq = _pq([_components(m) for m in pred], test_segments)
         return {"pq": 100 * pq, "miou": 100 * rewards.miou(pred, test.semantic, k, reduce="dataset")}
 
     return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make),
