@@ -182,3 +182,13 @@ def test_unfixable_completion_is_returned_unchanged_for_the_executor():
     assert source == HEADER + text
     failure = check_program(source)
     assert failure is not None and failure.error_kind == "syntax"
+
+
+@pytest.mark.parametrize("opener", ['if ImagePatch(image).exists("cube"):', 'for p in ImagePatch(image).find("cube"):',
+                                    "with_patch = ImagePatch(image)"])
+def test_a_body_that_opens_with_a_block_keeps_its_first_line(opener):
+    """Prompts end with the header's newline, so a completion's first line is the body's
+    first line — a block opener there is code, not the rest of the header line."""
+    body = f"    {opener}\n        return 'yes'\n    return 'no'\n" if opener.endswith(":") else \
+        f"    {opener}\n    return 'no'\n"
+    assert extract_program(body) == f"{HEADER}\n{body}"

@@ -267,7 +267,7 @@ def _drop_header_tail(completion: str) -> str:
     if signature := _SIGNATURE_TAIL.match(first):
         first = " " + first[signature.end():].strip()
     code = first.strip()
-    if not code or _is_junk(code) or not (_is_statement(code) or _split_statements(code)):
+    if not code or _is_junk(code) or not (_is_statement(code, opener=True) or _split_statements(code)):
         return "\n" + rest
     return first + newline + rest
 
