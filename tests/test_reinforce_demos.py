@@ -86,6 +86,17 @@ def test_colorization_tuning_adds_colour_without_losing_fidelity(tmp_path) -> No
     assert after["luma_err"] < 0.02 and after["colour_edges"] < 0.05  # right brightness, no painted noise
 
 
+@pytest.mark.slow
+def test_segmentation_tuning_raises_panoptic_quality(tmp_path) -> None:
+    """Seed 0 measured +2.1 PQ (95.0 → 97.1); the region policy's greedy map before tuning
+    is the MLE argmax, so the gain is the reward's."""
+    from viprog.reinforce.demos import run
+
+    result = run("segmentation", 0, tmp_path, progress=False)
+    assert result.after_reward["pq"] > result.after_mle["pq"] + 1.0
+    assert result.after_reward["miou"] >= result.after_mle["miou"] - 0.5
+
+
 def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
     from pathlib import Path
 

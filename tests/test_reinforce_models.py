@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from viprog.reinforce.models import BoxTokenizer, PixelPolicy, SeqPolicy
+from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy
 
 
 def test_box_tokenizer_round_trip_and_random_order() -> None:
@@ -73,3 +73,70 @@ def test_pixel_policy_log_prob_matches_its_sampling_distribution() -> None:
     argmax = policy.sample(x, 1, temperature=0)
     assert (policy.log_prob(x, argmax) >= policy.log_prob(x, y).max(1, keepdim=True).values).all()
     assert torch.equal(argmax, policy.sample(x, 1, top_k=1))
+
+
+def _region_policy(seed: int = 0, size: int = 4) -> tuple[RegionPolicy, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = PixelPolicy(1, 3, width=8).eval()
+    return RegionPolicy(model), torch.rand(2, 1, size, size)
+
+
+def test_region_policy_greedy_is_the_argmax_and_samples_relabel_whole_regions() -> None:
+    policy, x = _region_policy()
+    argmax = policy.model.sample(x, 1, temperature=0)
+    assert torch.equal(policy.sample(x, 1, temperature=0), argmax)
+    ids, counts = policy.regions(x)
+    assert counts.max() >= 2
+    samples = policy.sample(x, 16).flatten(2)
+    for b in range(2):
+        for r in range(int(counts[b])):
+            inside = samples[b][:, ids[b] == r]
+            assert (inside == inside[:, :1]).all()  # one class per region in every sample
+    assert len({tuple(s.tolist()) for s in samples[0]}) > 1  # and the samples differ
+
+
+def test_region_policy_log_prob_is_a_normalised_distribution_over_relabellings() -> None:
+    """Enumerate every assignment of a class to each region: probabilities sum to 1, and
+    the sampling frequencies match them."""
+    policy, x = _region_policy(seed=1, size=3)
+    x = x[:1]
+    ids, counts = policy.regions(x)
+    r = int(counts[0])
+    maps = torch.stack([torch.tensor(a)[ids[0]] for a in itertools.product(range(3), repeat=r)])
+    logp = policy.log_prob(x, maps.view(1, -1, 3, 3))
+    assert float(logp.detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    draws = policy.sample(x, 4000).view(4000, -1)
+    index = {tuple(m.tolist()): i for i, m in enumerate(maps)}
+    freq = np.bincount([index[tuple(d.tolist())] for d in draws], minlength=len(maps)) / 4000
+    np.testing.assert_allclose(freq, logp[0].exp().detach().numpy(), atol=0.03)
+
+
+def test_region_policy_rejects_maps_its_regions_cannot_produce() -> None:
+    policy, x = _region_policy()
+    ids, _ = policy.regions(x)
+    y = policy.sample(x, 1, temperature=0).clone()
+    big = int(torch.bincount(ids[0]).argmax())  # a region of several pixels
+    pixel = int((ids[0] == big).nonzero()[0])
+    y.view(2, 1, -1)[0, 0, pixel] = (y.view(2, 1, -1)[0, 0, pixel] + 1) % 3
+    with pytest.raises(ValueError, match="constant on its regions"):
+        policy.log_prob(x, y)
+
+
+def test_region_policy_tunes_the_model_and_keeps_its_partition(tmp_path) -> None:
+    from viprog.reinforce.tuner import PhaseConfig, train
+
+    policy, x = _region_policy(size=8)
+    before_ids, _ = policy.regions(x)
+    frozen = {k: v.clone() for k, v in policy.reference.state_dict().items()}
+    model_before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+
+    def reward(batch, samples):  # prefer class 2 everywhere
+        return (samples == 2).float().flatten(2).mean(-1)
+
+    cfg = PhaseConfig(steps=30, lr=1e-2, warmup=1, num_samples=4)
+    train(policy, "reward", lambda step: {"x": x}, cfg, tmp_path, reward_fn=reward, progress=False)
+    assert all(torch.equal(v, policy.reference.state_dict()[k]) for k, v in frozen.items())
+    assert any(not torch.equal(v, policy.model.state_dict()[k]) for k, v in model_before.items())
+    assert torch.equal(policy.regions(x)[0], before_ids)
+    greedy = policy.sample(x, 1, temperature=0)
+    assert (greedy == 2).float().mean() > (policy.reference.sample(x, 1, temperature=0) == 2).float().mean()

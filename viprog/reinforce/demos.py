@@ -8,9 +8,11 @@ a held-out split after MLE and after reward tuning.
 - segmentation: per-pixel classes (background + 3 shapes; colour is uninformative),
   reward = per-image panoptic quality of the sampled map (each connected region of a
   class is a segment, the background one "stuff" segment), metric = dataset PQ of the
-  argmax map (mIoU alongside). Per-pixel cross-entropy does not see segments: a shape
+  greedy map (mIoU alongside). Per-pixel cross-entropy does not see segments: a shape
   whose pixels are split between two classes costs MLE a few pixels and PQ a whole
-  false positive and false negative.
+  false positive and false negative. The reward phase tunes the model as a
+  `RegionPolicy` (one class per region of the MLE model's argmax map), whose samples
+  relabel whole regions; independent per-pixel samples gave no gain.
 - detection: pix2seq box sequences, reward = `detection_reward`, metric = COCO mAP of
   greedy decoding (box score = mean token probability).
 - colorization: grey → 12 palette colours whose luma groups the grey cannot tell apart
@@ -34,7 +36,7 @@ from torch import Tensor, nn
 
 from viprog.reinforce import rewards
 from viprog.reinforce.data import CLASSES, PALETTE, Shapes, generate
-from viprog.reinforce.models import BoxTokenizer, PixelPolicy, SeqPolicy
+from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy
 from viprog.reinforce.tuner import Batch, PhaseConfig, RewardFn, train
 
 DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization")
@@ -55,6 +57,9 @@ class Demo:
     """the key of `evaluate`'s result that the before/after table reports"""
     mle: PhaseConfig = field(default_factory=PhaseConfig)
     reward: PhaseConfig = field(default_factory=PhaseConfig)
+    tuned_as: Callable[[nn.Module], nn.Module] | None = None
+    """wraps the MLE-trained `policy` into the policy the reward phase tunes (and that is
+    evaluated after it); None tunes `policy` itself"""
 
 
 def _images(s: Shapes, idx: np.ndarray) -> Tensor:
@@ -70,8 +75,11 @@ def _batches(n: int, batch_size: int, seed: int, make: Callable[[np.ndarray, np.
     return batch
 
 
-def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) -> Demo:
-    """Noisy scenes of up to 4 small shapes; a `PixelPolicy` over background + 3 classes."""
+def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300) -> Demo:
+    """Noisy scenes of up to 4 small shapes; a `PixelPolicy` over background + 3 classes,
+    reward-tuned as a `RegionPolicy`. The training pool is large enough that the MLE model
+    does not memorise it (with 1500 images its greedy reward on the pool was 0.997 and on
+    held-out images 0.90: nothing left for the reward to act on)."""
     train_set = generate(train_size, seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     test = generate(test_size, 10_000 + seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     k = len(CLASSES) + 1
@@ -94,10 +102,11 @@ def segmentation(seed: int = 0, train_size: int = 1500, test_size: int = 300) ->
         pq = _pq([_components(m) for m in pred], test_segments)
         return {"pq": 100 * pq, "miou": 100 * rewards.miou(pred, test.semantic, k, reduce="dataset")}
 
-    return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make),
+    return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 32, seed + 1, make),
                 reward, evaluate, "pq",
                 mle=PhaseConfig(steps=1200, lr=2e-3, schedule="cosine"),
-                reward=PhaseConfig(steps=1000, lr=1e-4, num_samples=12, temperature=0.5))
+                reward=PhaseConfig(steps=600, lr=1e-4, num_samples=8, temperature=1.0),
+                tuned_as=RegionPolicy)
 
 
 def _components(semantic: np.ndarray) -> dict:
@@ -252,10 +261,11 @@ def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progres
     before = demo.evaluate(demo.policy)
     mle_state = copy.deepcopy(demo.policy.state_dict())
     t2 = time.perf_counter()
-    train(demo.policy, "reward", demo.reward_batches, demo.reward, out, reward_fn=demo.reward_fn, resume=resume,
+    tuned = demo.tuned_as(demo.policy) if demo.tuned_as is not None else demo.policy
+    train(tuned, "reward", demo.reward_batches, demo.reward, out, reward_fn=demo.reward_fn, resume=resume,
           progress=progress)
     t3 = time.perf_counter()
-    after = demo.evaluate(demo.policy)
+    after = demo.evaluate(tuned)
     baseline = None
     if control:
         (out / "control").mkdir(exist_ok=True)

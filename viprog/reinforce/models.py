@@ -7,10 +7,13 @@ segmentation, colorization into colour bins), and an autoregressive sequence of 
 (pix2seq-style boxes, or VQ codes that a frozen decoder turns into pixels). One small
 reference model of each family lives here, plus the pix2seq box tokenizer. Both are
 small enough to train on a CPU in a minute; a user's own model replaces them by
-implementing the same two methods.
+implementing the same two methods. `RegionPolicy` turns a per-pixel model into one whose
+samples relabel whole regions, which is what lets reward tuning move panoptic quality.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -62,6 +65,87 @@ class PixelPolicy(nn.Module):
         """Sum over pixels of log p(y_ij | x): y (B, n, H, W) → (B, n)."""
         logp = self.logits(x).log_softmax(-1).unsqueeze(1).expand(-1, y.shape[1], -1, -1, -1)
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten(2).sum(-1)
+
+
+class RegionPolicy(nn.Module):
+    """One class per region of a frozen partition: the policy a per-pixel model is reward-
+    tuned as when its reward counts segments (panoptic quality).
+
+    The regions are the connected regions of each class in a *reference* model's argmax
+    map; the reference is a frozen copy of `model` taken at construction (wrap the model
+    after MLE), so the output space does not move while `model` is tuned. Each region
+    takes one class, drawn from the mean of `model`'s logits over its pixels; a sample
+    is an integer map (B, n, H, W) constant on every region. Before any tuning the
+    greedy output is exactly `model`'s argmax map (a region's pixels all rank its class
+    first, so their mean does too).
+
+    Why not sample pixels independently: a wrong 5-pixel blob is repaired only when all
+    five pixels flip in one sample, and each sample paints new specks elsewhere, so the
+    reward's variance is about the specks, not the blob (segmentation demo, seed 0, six
+    settings of learning rate and temperature: held-out PQ 95.0 → 93.1 … 95.1). Relabelling
+    a region is one draw. Why a frozen partition: with regions taken from the model being
+    tuned, tuning sharpened the region means while the pixel map fragmented around them
+    (on a fixed batch at lr 1e-3 the greedy reward fell from 0.94 to 0.80 in 150 steps).
+
+    `model` needs `logits(x) -> (B, H, W, K)`, as `PixelPolicy` has; `log_prob` scores
+    only maps constant on the regions (this policy's own samples), so the MLE anchor of
+    the reward phase (`mle_weight`) does not apply.
+    """
+
+    def __init__(self, model: nn.Module, reference: nn.Module | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.reference = (copy.deepcopy(model) if reference is None else reference).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def regions(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Region id of every pixel (B, H*W) and the number of regions per image (B,)."""
+        from scipy import ndimage
+
+        amax = self.reference.logits(x).argmax(-1).cpu().numpy()
+        ids = np.zeros(amax.shape, np.int64)
+        counts = np.zeros(len(amax), np.int64)
+        for b, m in enumerate(amax):
+            for c in np.unique(m):
+                lab, k = ndimage.label(m == c)
+                inside = lab > 0
+                ids[b][inside] = lab[inside] - 1 + counts[b]
+                counts[b] += k
+        return torch.from_numpy(ids.reshape(len(amax), -1)).to(x.device), torch.from_numpy(counts).to(x.device)
+
+    def region_logits(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Mean logits of `model` over each region: (B, R, K), R the most regions of an image."""
+        logits = self.model.logits(x)
+        b, k = logits.shape[0], logits.shape[-1]
+        r = int(ids.max()) + 1
+        flat = logits.reshape(b, -1, k)
+        sums = flat.new_zeros(b, r, k).scatter_add(1, ids.unsqueeze(-1).expand(-1, -1, k), flat)
+        sizes = flat.new_zeros(b, r).scatter_add(1, ids, flat.new_ones(ids.shape)).clamp(min=1)
+        return sums / sizes.unsqueeze(-1)
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, n: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+        """`n` maps per image, (B, n, H, W), one class per region; temperature 0 is greedy."""
+        ids, _ = self.regions(x)
+        rl = self.region_logits(x, ids).unsqueeze(1).expand(-1, n, -1, -1)
+        classes = _draw(rl, temperature, top_k)  # (B, n, R)
+        return classes.gather(2, ids.unsqueeze(1).expand(-1, n, -1)).view(x.shape[0], n, *x.shape[-2:])
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """Sum over regions of log p(region's class): y (B, n, H, W) → (B, n)."""
+        ids, counts = self.regions(x)
+        b, n = y.shape[:2]
+        flat = y.reshape(b, n, -1)
+        r = int(ids.max()) + 1
+        first = torch.full((b, r), flat.shape[-1] - 1, device=ids.device).scatter_reduce(
+            1, ids, torch.arange(flat.shape[-1], device=ids.device).expand(b, -1), reduce="amin")
+        classes = flat.gather(2, first.unsqueeze(1).expand(-1, n, -1))  # (B, n, R)
+        if not torch.equal(classes.gather(2, ids.unsqueeze(1).expand(-1, n, -1)), flat):
+            raise ValueError("RegionPolicy.log_prob scores only maps constant on its regions (its own samples)")
+        logp = self.region_logits(x, ids).log_softmax(-1).unsqueeze(1).expand(-1, n, -1, -1)
+        picked = logp.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
+        live = torch.arange(r, device=ids.device) < counts.unsqueeze(1)
+        return (picked * live.unsqueeze(1)).sum(-1)
 
 
 class BoxTokenizer:

@@ -126,7 +126,7 @@ def train(policy: nn.Module, phase: Literal["mle", "reward"], batch_fn: Callable
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / f"{phase}.pt"
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s))
     start = 0
     if resume and ckpt.exists():
