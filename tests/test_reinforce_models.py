@@ -138,5 +138,7 @@ def test_region_policy_tunes_the_model_and_keeps_its_partition(tmp_path) -> None
     assert all(torch.equal(v, policy.reference.state_dict()[k]) for k, v in frozen.items())
     assert any(not torch.equal(v, policy.model.state_dict()[k]) for k, v in model_before.items())
     assert torch.equal(policy.regions(x)[0], before_ids)
+    policy.train()
+    assert policy.model.training and not policy.reference.training
     greedy = policy.sample(x, 1, temperature=0)
     assert (greedy == 2).float().mean() > (policy.reference.sample(x, 1, temperature=0) == 2).float().mean()

@@ -97,6 +97,12 @@ class RegionPolicy(nn.Module):
         self.model = model
         self.reference = (copy.deepcopy(model) if reference is None else reference).eval().requires_grad_(False)
 
+    def train(self, mode: bool = True) -> RegionPolicy:
+        """Train mode reaches `model` only: the reference (and so the partition) stays fixed."""
+        super().train(mode)
+        self.reference.eval()
+        return self
+
     @torch.no_grad()
     def regions(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Region id of every pixel (B, H*W) and the number of regions per image (B,)."""
