@@ -142,3 +142,14 @@ def test_region_policy_tunes_the_model_and_keeps_its_partition(tmp_path) -> None
     assert policy.model.training and not policy.reference.training
     greedy = policy.sample(x, 1, temperature=0)
     assert (greedy == 2).float().mean() > (policy.reference.sample(x, 1, temperature=0) == 2).float().mean()
+
+
+def test_region_policy_scores_its_samples_with_the_regions_it_drew_them_on() -> None:
+    policy, x = _region_policy(size=8)
+    samples = policy.sample(x, 3)  # keeps the regions of `x` for the next log_prob
+    kept = policy.log_prob(x, samples)
+    torch.testing.assert_close(kept, policy.log_prob(x, samples))  # recomputed: the same
+    policy.sample(x, 3)
+    x.add_(0.0)  # an in-place change: the kept regions no longer count as x's
+    assert policy._last is not None and policy._last[1] != x._version
+    torch.testing.assert_close(policy.log_prob(x, samples), kept)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from viprog.reinforce import rewards
 from viprog.reinforce.data import CLASSES, PALETTE, Shapes, generate
-from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy
+from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy, label_regions
 from viprog.reinforce.tuner import Batch, PhaseConfig, RewardFn, train
 
 DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization")
@@ -113,17 +113,11 @@ def _components(semantic: np.ndarray) -> dict:
     """A panoptic record from a semantic map: each connected region of a shape class is a
     segment; the background (class 0) is one "stuff" segment, so blobs painted on it are
     false positives (nothing is void)."""
-    from scipy import ndimage
-
-    segments = np.zeros(semantic.shape, np.int64)
-    categories: dict[int, int] = {0: 0} if (semantic == 0).any() else {}
-    for c in np.unique(semantic[semantic > 0]):
-        lab, count = ndimage.label(semantic == c)
-        for j in range(1, count + 1):
-            sid = len(categories) + 1
-            segments[lab == j] = sid
-            categories[sid] = int(c)
-    return {"segments": segments, "categories": categories}
+    ids, classes = label_regions(semantic)
+    shape = classes[ids] > 0
+    categories = {0: 0} if not shape.all() else {}
+    categories |= {int(r) + 1: int(classes[r]) for r in np.nonzero(classes > 0)[0]}
+    return {"segments": np.where(shape, ids + 1, 0), "categories": categories}
 
 
 def _pq(predictions: list[dict], ground_truths: list[dict]) -> float:

@@ -67,6 +67,21 @@ class PixelPolicy(nn.Module):
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten(2).sum(-1)
 
 
+def label_regions(semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected regions (4-neighbour) of each class of an integer map (H, W): the region
+    id of every pixel, 0 … R−1, and the class of each region (R,)."""
+    from scipy import ndimage
+
+    ids = np.zeros(semantic.shape, np.int64)
+    classes: list[int] = []
+    for c in np.unique(semantic):
+        lab, k = ndimage.label(semantic == c)
+        inside = lab > 0
+        ids[inside] = lab[inside] - 1 + len(classes)
+        classes += [int(c)] * k
+    return ids, np.array(classes, np.int64)
+
+
 class RegionPolicy(nn.Module):
     """One class per region of a frozen partition: the policy a per-pixel model is reward-
     tuned as when its reward counts segments (panoptic quality).
@@ -96,6 +111,7 @@ class RegionPolicy(nn.Module):
         super().__init__()
         self.model = model
         self.reference = (copy.deepcopy(model) if reference is None else reference).eval().requires_grad_(False)
+        self._last: tuple[Tensor, int, tuple[Tensor, Tensor]] | None = None
 
     def train(self, mode: bool = True) -> RegionPolicy:
         """Train mode reaches `model` only: the reference (and so the partition) stays fixed."""
@@ -106,18 +122,10 @@ class RegionPolicy(nn.Module):
     @torch.no_grad()
     def regions(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Region id of every pixel (B, H*W) and the number of regions per image (B,)."""
-        from scipy import ndimage
-
         amax = self.reference.logits(x).argmax(-1).cpu().numpy()
-        ids = np.zeros(amax.shape, np.int64)
-        counts = np.zeros(len(amax), np.int64)
-        for b, m in enumerate(amax):
-            for c in np.unique(m):
-                lab, k = ndimage.label(m == c)
-                inside = lab > 0
-                ids[b][inside] = lab[inside] - 1 + counts[b]
-                counts[b] += k
-        return torch.from_numpy(ids.reshape(len(amax), -1)).to(x.device), torch.from_numpy(counts).to(x.device)
+        labelled = [label_regions(m) for m in amax]
+        ids = torch.from_numpy(np.stack([i for i, _ in labelled]).reshape(len(amax), -1)).to(x.device)
+        return ids, torch.tensor([len(c) for _, c in labelled], device=x.device)
 
     def region_logits(self, x: Tensor, ids: Tensor) -> Tensor:
         """Mean logits of `model` over each region: (B, R, K), R the most regions of an image."""
@@ -132,25 +140,27 @@ class RegionPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, x: Tensor, n: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
         """`n` maps per image, (B, n, H, W), one class per region; temperature 0 is greedy."""
-        ids, _ = self.regions(x)
+        ids, counts = self.regions(x)
+        # the tuner scores these samples next, on the same `x`: keep its regions for that
+        # (holding `x` itself, so another tensor cannot be mistaken for it)
+        self._last = (x, x._version, (ids, counts))
         rl = self.region_logits(x, ids).unsqueeze(1).expand(-1, n, -1, -1)
         classes = _draw(rl, temperature, top_k)  # (B, n, R)
         return classes.gather(2, ids.unsqueeze(1).expand(-1, n, -1)).view(x.shape[0], n, *x.shape[-2:])
 
     def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
         """Sum over regions of log p(region's class): y (B, n, H, W) → (B, n)."""
-        ids, counts = self.regions(x)
+        last, self._last = self._last, None
+        ids, counts = last[2] if last is not None and last[0] is x and last[1] == x._version else self.regions(x)
         b, n = y.shape[:2]
         flat = y.reshape(b, n, -1)
-        r = int(ids.max()) + 1
-        first = torch.full((b, r), flat.shape[-1] - 1, device=ids.device).scatter_reduce(
-            1, ids, torch.arange(flat.shape[-1], device=ids.device).expand(b, -1), reduce="amin")
-        classes = flat.gather(2, first.unsqueeze(1).expand(-1, n, -1))  # (B, n, R)
-        if not torch.equal(classes.gather(2, ids.unsqueeze(1).expand(-1, n, -1)), flat):
+        index = ids.unsqueeze(1).expand(-1, n, -1)
+        classes = flat.new_zeros(b, n, int(ids.max()) + 1).scatter(2, index, flat)  # (B, n, R): a pixel's class per region
+        if not torch.equal(classes.gather(2, index), flat):
             raise ValueError("RegionPolicy.log_prob scores only maps constant on its regions (its own samples)")
         logp = self.region_logits(x, ids).log_softmax(-1).unsqueeze(1).expand(-1, n, -1, -1)
         picked = logp.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
-        live = torch.arange(r, device=ids.device) < counts.unsqueeze(1)
+        live = torch.arange(classes.shape[-1], device=ids.device) < counts.unsqueeze(1)
         return (picked * live.unsqueeze(1)).sum(-1)
 
 
