@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from viprog.primitives import Call, PatchData, get_profile
-from viprog.primitives.backends.tiny import build_tiny_models
+from viprog.primitives.backends.tiny import build_tiny_models, tiny_yolo
 
 
 def crops(n: int, seed: int = 0) -> list[PatchData]:
@@ -61,11 +61,11 @@ def main() -> None:
     rows = [
         ("CLIP best_text_match", "best_text_match", {}, [(["a red circle", "a blue square", "a star"],)]),
         ("OWLv2 find", "find", {}, [("circle",)]),
-        ("YOLO find (imgsz 64)", "find", {"detector": options["yolo"], "yolo_imgsz": 64}, [("object",)]),
+        ("YOLO find (imgsz 64)", "find", {"detector": tiny_yolo(folder), "yolo_imgsz": 64}, [("object",)]),
     ]
     print(f"{'primitive':<22} {'crops':>5} {'one-at-a-time s':>16} {'batched s':>10} {'speed-up':>9}")
     for label, primitive, overrides, (call_args,) in rows:
-        base = {k: v for k, v in options.items() if k not in ("yolo", "llm", "depth")}
+        base = {k: v for k, v in options.items() if k not in ("llm", "depth")}
         profile = get_profile("neural", **(base | overrides), depth=None, batch_size=args.crops)
         calls = [Call(primitive, [p], call_args) for p in patches]
         profile.run(primitive, calls[:2])  # warm-up: load the model, first-call setup

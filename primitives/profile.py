@@ -73,6 +73,11 @@ class Profile:
         self.device = device
         self.options = options
 
+    def preflight(self) -> None:
+        """Load (or check) every model this profile is configured with, so that a run
+        stops before its first round when one cannot be had. Raises `PrimitiveError`
+        naming the model and what to do. Profiles without models have nothing to check."""
+
     def supports(self, primitive: str) -> bool:
         if primitive in self.unsupported:
             return False

@@ -59,6 +59,8 @@ class Task:
     name: ClassVar[str] = "base"
     #: the primitive profile used when the user names none
     default_profile: ClassVar[str] = "neural"
+    #: (train, evaluation) splits used when the user names none
+    default_splits: ClassVar[tuple[str, str]] = ("train", "test")
     #: primitive names shown in this task's API section (None: all)
     primitives: ClassVar[tuple[str, ...] | None] = None
 

@@ -54,6 +54,8 @@ class GQATask(Task):
 
     name: ClassVar[str] = "gqa"
     default_profile: ClassVar[str] = "neural"
+    #: self-training holds out val (it has answers and scene graphs); testdev is for the final `viprog eval`
+    default_splits: ClassVar[tuple[str, str]] = ("train", "val")
     #: which of the record's `types` names the question type in metrics
     question_type_key: ClassVar[str] = "structural"
     hf_name: ClassVar[str] = "lmms-lab/GQA"

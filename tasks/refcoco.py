@@ -68,6 +68,8 @@ class RefCOCOTask(AnswerOrBoxReward, Task):
 
     name: ClassVar[str] = "refcoco"
     default_profile: ClassVar[str] = "neural"
+    #: held out during self-training: val (testA / testB are the reported benchmarks)
+    default_splits: ClassVar[tuple[str, str]] = ("train", "val")
 
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         super().__init__(data_dir, **options)

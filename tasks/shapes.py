@@ -163,6 +163,8 @@ class _ShapesWorld:
     data_dir: Path | None
     options: dict[str, Any]
     world_preset: ClassVar[Callable[..., WorldConfig]] = WorldConfig
+    #: the generated world has a test split (unlike GQA, whose held-out default is val)
+    default_splits: ClassVar[tuple[str, str]] = ("train", "test")
 
     def world_config(self) -> WorldConfig:
         fields = {f.name for f in dataclasses.fields(WorldConfig)}

@@ -115,15 +115,24 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
     """Save a tiny Qwen2 at `out` pre-trained so that, for the question about `shape`, it
     writes the right program with probability about `right_frac[shape]` and the wrong one
     otherwise. `prompt_of(query)` is the prompt it is trained under."""
+    prompts = {s: prompt_of(query_for(s)) for s in SHAPES}
+    rows = [(prompts[s], program, weight) for s in SHAPES
+            for program, weight in ((right_program(s), right_frac[s]), (wrong_program(s), 1 - right_frac[s]))]
+    corpus = [prompts[s] + completion_for(prompts[s], right_program(s)) for s in SHAPES] * 4
+    return train_tiny_qwen2(out, rows, corpus=corpus, steps=steps, seed=seed)
+
+
+def train_tiny_qwen2(out: Path, rows: Sequence[tuple[str, str, float]], *, corpus: Sequence[str] | None = None,
+                     steps: int = 400, seed: int = 0) -> Path:
+    """Save at `out` a tiny Qwen2 (with a BPE tokenizer trained on `corpus`, default: the
+    rows' texts) trained on weighted (prompt, program) rows: every row once per step, its
+    loss weighted by its weight, so a prompt's programs are written in those proportions."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    prompts = {s: prompt_of(query_for(s)) for s in SHAPES}
-    texts = [prompts[s] + completion_for(prompts[s], right_program(s)) for s in SHAPES] * 4
+    texts = list(corpus) if corpus is not None else [p + completion_for(p, c) for p, c, _ in rows] * 4
     train_tokenizer(texts).save_pretrained(out)
-    from transformers import AutoTokenizer
-
     config = Qwen2Config(vocab_size=len(AutoTokenizer.from_pretrained(out)), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=True)
@@ -131,19 +140,17 @@ def build_tiny_policy(out: Path, prompt_of: Any, right_frac: dict[str, float], *
     tokenizer = AutoTokenizer.from_pretrained(out)  # as every user of the folder sees it (a Qwen2 tokenizer)
     config.eos_token_id = config.bos_token_id = config.pad_token_id = tokenizer.eos_token_id
     model = Qwen2ForCausalLM(config)
-    # every (shape, program) sequence once per step, its loss weighted by its probability:
     # the minimum of this weighted likelihood is exactly the wanted mixture
-    rows = []
-    for shape in SHAPES:
-        for program, weight in ((right_program(shape), right_frac[shape]), (wrong_program(shape), 1 - right_frac[shape])):
-            prompt_ids = tokenizer(prompts[shape])["input_ids"]
-            ids = prompt_ids + tokenizer(completion_for(prompts[shape], program))["input_ids"] + [tokenizer.eos_token_id]
-            rows.append((ids, len(prompt_ids), weight))
-    width = max(len(ids) for ids, _, _ in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros((len(rows), width))
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (ids, n_prompt, weight) in enumerate(rows):
+    encoded = []
+    for prompt, program, weight in rows:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        ids = prompt_ids + tokenizer(completion_for(prompt, program))["input_ids"] + [tokenizer.eos_token_id]
+        encoded.append((ids, len(prompt_ids), weight))
+    width = max(len(ids) for ids, _, _ in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id)
+    mask = torch.zeros((len(encoded), width))
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (ids, n_prompt, weight) in enumerate(encoded):
         input_ids[i, :len(ids)] = torch.tensor(ids)
         attention[i, :len(ids)] = 1
         mask[i, n_prompt:len(ids)] = weight

@@ -97,3 +97,22 @@ def test_strict_makes_a_corrupt_image_fatal(data_dir, tmp_path, capsys):
     programs = write_programs(tmp_path / "p.jsonl", lambda ex: F.right_program(ex.question_type))
     code, _, err = run_eval(capsys, "--data-dir", str(data_dir), "--programs", str(programs), "--strict")
     assert code == 2 and "test-3.png" in err
+
+
+def test_a_folder_without_the_train_split_is_evaluated_and_the_baseline_reported_missing(tmp_path, capsys):
+    from test_tasks_gqa import write_gqa
+
+    data = write_gqa(tmp_path / "gqa", split="val")  # val only, as many users download it
+    programs = tmp_path / "p.jsonl"
+    programs.write_text(json.dumps({"question_id": "201", "program": "def execute_command(image):\n    return 'yes'\n"})
+                        + "\n")
+    code = main(["eval", "--task", "gqa", "--data-dir", str(data), "--programs", str(programs), "--profile",
+                 "scene-graph"])
+    out, _ = capsys.readouterr()
+    report = json.loads(out)
+    assert code == 0 and report["split"] == "val" and report["accuracy"] == pytest.approx(1 / 3)
+    assert report["baseline"]["split"] == "train" and "train_balanced_questions.json" in report["baseline"]["missing"]
+    # named explicitly, a missing baseline split stays an error (and nothing runs)
+    code = main(["eval", "--task", "gqa", "--data-dir", str(data), "--programs", str(programs), "--profile",
+                 "scene-graph", "--baseline-split", "train"])
+    assert code == 2 and "train_balanced_questions.json" in capsys.readouterr().err

@@ -41,9 +41,7 @@ def sample_args(spec: Any) -> list[Any]:
 def tiny_options(tiny_models_dir) -> dict[str, Any]:
     from viprog.primitives.backends.tiny import build_tiny_models
 
-    options = dict(build_tiny_models(tiny_models_dir))
-    options.pop("yolo")
-    return options
+    return dict(build_tiny_models(tiny_models_dir))
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from viprog.primitives.local import LocalServer
 
 @pytest.fixture(scope="module")
 def options(tiny_models_dir) -> dict[str, Any]:
-    from viprog.primitives.backends.tiny import build_tiny_models
+    from viprog.primitives.backends.tiny import build_tiny_models, tiny_yolo
 
-    return dict(build_tiny_models(tiny_models_dir))
+    return {**build_tiny_models(tiny_models_dir), "yolo": tiny_yolo(tiny_models_dir)}
 
 
 def profile(options: dict[str, Any], **overrides: Any) -> Any:

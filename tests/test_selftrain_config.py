@@ -14,16 +14,42 @@ def test_the_embedded_preset_is_the_default():
 
 
 def test_a_preset_applies_and_explicit_options_win():
-    cfg = resolve_config(SelfTrainConfig(preset="virep-gpu", rounds=3))
+    cfg = resolve_config(SelfTrainConfig.from_preset("virep-gpu", rounds=3))
     assert cfg.rounds == 3 and cfg.lora_r == virep_gpu().lora_r == 16 and cfg.lora_alpha == 32
     assert cfg.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and cfg.temperature == 1.0
 
 
+def test_command_line_options_win_over_the_preset_even_when_they_equal_the_default():
+    cfg = SelfTrainConfig.from_cli(["--preset", "virep-gpu", "--device", "cpu", "--task", "shapes", "--rounds", "3"])
+    assert (cfg.device, cfg.task, cfg.rounds) == ("cpu", "shapes", 3)
+    assert cfg.preset == "virep-gpu" and cfg.lora_r == 16 and cfg.policy == "vllm"  # the rest is the preset's
+    assert SelfTrainConfig.from_cli(["--preset", "virep-gpu"]).device == "cuda"
+
+
+def test_a_preset_named_in_python_without_from_preset_is_refused():
+    with pytest.raises(UsageError, match="from_preset"):
+        resolve_config(SelfTrainConfig(preset="virep-gpu"))
+
+
+def test_the_task_names_its_default_splits():
+    from viprog.tasks import TASKS
+
+    gqa = resolve_config(SelfTrainConfig.from_preset("virep-gpu"), TASKS.get("gqa")())
+    assert (gqa.train_split, gqa.eval_split) == TASKS.get("gqa").default_splits
+    assert gqa.eval_split in TASKS.get("gqa")().splits()
+    shapes = resolve_config(SelfTrainConfig(), TASKS.get("shapes")())
+    assert (shapes.train_split, shapes.eval_split) == ("train", "test")
+    given = resolve_config(SelfTrainConfig(eval_split="val"), TASKS.get("shapes")())
+    assert given.eval_split == "val"
+
+
 def test_resume_continues_with_the_saved_config_plus_what_is_given_now(tmp_path):
-    saved = dataclasses.replace(SelfTrainConfig(), samples_per_question=8, run_name="r", runs_dir=str(tmp_path))
+    saved = dataclasses.replace(SelfTrainConfig(), samples_per_question=8, device="cuda", run_name="r",
+                                runs_dir=str(tmp_path))
     write_json_atomic(tmp_path / "r" / "config.json", dataclasses.asdict(saved))
-    cfg = resolve_config(SelfTrainConfig(resume=True, rounds=5, run_name="r", runs_dir=str(tmp_path)))
-    assert cfg.samples_per_question == 8 and cfg.rounds == 5 and cfg.resume
+    cfg = SelfTrainConfig.from_cli(["--resume", "--rounds", "5", "--device", "cpu", "--run-name", "r",
+                                    "--runs-dir", str(tmp_path)])
+    assert cfg.samples_per_question == 8 and cfg.rounds == 5 and cfg.resume and cfg.device == "cpu"
 
 
 def test_a_reward_threshold_outside_the_unit_interval_is_refused():

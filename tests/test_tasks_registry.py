@@ -39,3 +39,10 @@ def test_shapes_seed_queries_are_not_test_questions(tmp_path):
     task = TASKS.get("shapes")(data_dir=tmp_path / "w", questions={"train": 10, "val": 5, "test": 300}, progress=False)
     test_queries = {ex.query for ex in task.examples("test")}
     assert not test_queries & {q for q, _ in task.seed_programs()}
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "jsonl"])  # jsonl: the files name its splits
+def test_a_tasks_default_splits_are_two_of_its_splits(name: str) -> None:
+    task = TASKS.get(name)()
+    train, held_out = task.default_splits
+    assert train != held_out and {train, held_out} <= set(task.splits())

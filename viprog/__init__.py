@@ -14,11 +14,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def load(run_dir: str) -> Any:
-    """The program library of a self-training run (see `viprog.library.Library`)."""
+def load(run_dir: str, *, profile_options: str | dict[str, Any] | None = None) -> Any:
+    """The program library of a self-training run (see `viprog.library.Library`);
+    `profile_options` replace the primitive profile's options the run was made with."""
     from viprog.library import Library
 
-    return Library.load(run_dir)
+    return Library.load(run_dir, profile_options=profile_options)
 
 
 __all__ = ["__version__", "load"]

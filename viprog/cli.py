@@ -70,8 +70,11 @@ def run_command(command: str, rest: list[str], prog: str) -> int:
 
     config_target, main_target, help_ = COMMANDS[command]
     config_cls = resolve(config_target)
-    config = tyro.cli(config_cls, args=rest, prog=prog, description=help_)
     try:
+        # a config may parse itself over a base of its own (a preset, a saved run): `from_cli`
+        parse = getattr(config_cls, "from_cli", None)
+        config = (parse(rest, prog=prog, description=help_) if parse is not None
+                  else tyro.cli(config_cls, args=rest, prog=prog, description=help_))
         return int(resolve(main_target)(config) or 0)
     except (UsageError, RegistryError, DataError) as exc:
         return fail(command, str(exc))

@@ -16,48 +16,24 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from viprog.config import TaskPolicyConfig
 from viprog.errors import DataError, UsageError
+from viprog.tasks.base import Task
+
+if TYPE_CHECKING:
+    from viprog.rollout import Components
 
 log = logging.getLogger("viprog.eval")
-
-
-@dataclass
-class TaskPolicyConfig:
-    """The options `viprog eval` and `viprog selftrain` share: the task and its data, the
-    primitive profile, the policy that writes programs and the sandbox that runs them."""
-
-    task: str = "shapes"
-    """Task (`viprog tasks` lists them)."""
-    data_dir: str | None = None
-    """The task's data folder (None: the task's default; the shapes world is generated)."""
-    profile: str | None = None
-    """Primitive profile (None: the task's default)."""
-    policy: str | None = None
-    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
-    model: str | None = None
-    """Model for the policy: a hub name or a local folder."""
-    device: str = "cpu"
-    """Device for the policy, and for the fine-tuning in selftrain (cpu, cuda, cuda:1)."""
-    prompt_style: str = "completion"
-    """Prompt format of the Prompter: completion (ViperGPT-style code) or chat."""
-    max_new_tokens: int = 256
-    """Longest program the policy may write, in tokens."""
-    batch_questions: int = 4
-    """Questions per call to the policy (each with all its samples)."""
-    workers: int = 2
-    """Sandbox worker processes."""
-    timeout: float = 10.0
-    """Seconds per program before it is killed."""
 
 
 @dataclass
 class EvalConfig(TaskPolicyConfig):
     """Score programs (a JSONL file, or a policy's greedy programs) on a task split."""
 
-    split: str = "test"
-    """Split to evaluate."""
+    split: str | None = None
+    """Split to evaluate (None: the task's evaluation split, e.g. test for shapes, val for GQA)."""
     limit: int | None = None
     """Evaluate only the first N questions of the split."""
     programs: str | None = None
@@ -68,8 +44,9 @@ class EvalConfig(TaskPolicyConfig):
     """Prompt for the policy: few-shot (API + examples) or short (query only, tuned policies)."""
     only_covered: bool = False
     """With --programs: score only the questions that have a program (default: a missing one counts as wrong)."""
-    baseline_split: str = "train"
-    """Split the majority answer is taken from (the evaluated split when the task has no such split)."""
+    baseline_split: str | None = None
+    """Split the majority answer is taken from (None: the task's train split when its data is there, else
+    the report says the baseline is missing)."""
     strict: bool = False
     """Make a corrupt image inside the dataset fatal instead of skipping it."""
     output: str | None = None
@@ -102,73 +79,92 @@ def read_programs(path: str | Path) -> dict[str, str]:
     return programs
 
 
-def policy_programs(cfg: EvalConfig, task: Any, examples: list[Any]) -> dict[str, str]:
-    """Greedy programs from a policy, one per example."""
-    from viprog.policy import Prompter, SamplingParams, extract_program
-    from viprog.primitives.apidoc import api_section
+def policy_programs(cfg: EvalConfig, parts: Components, examples: list[Any]) -> dict[str, str]:
+    """Greedy programs from the built policy, one per example."""
+    from viprog.policy import SamplingParams, extract_program
     from viprog.rollout import sample_completions
-    from viprog.selftrain import load_scripted_or
 
-    policy = load_scripted_or(cfg.policy, cfg.model, cfg.device)
-    try:
-        if cfg.adapter:
-            if not Path(cfg.adapter, "adapter_config.json").exists():
-                raise UsageError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
-            policy.load_adapter(cfg.adapter)
-        prompter = Prompter(api_section(task=cfg.task), task.seed_programs(), style=cfg.prompt_style,
-                            tokenizer=getattr(policy, "tokenizer", None))
-        prompt = prompter.short if cfg.prompt == "short" else prompter.few_shot
-        params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                                stop=tuple(prompter.stop()))
-        with tempfile.TemporaryDirectory() as tmp:
-            completions, _ = sample_completions(policy, examples, lambda ex: prompt(ex.query), params,
-                                                partial=Path(tmp) / "eval.partial.jsonl",
-                                                batch_questions=cfg.batch_questions, desc="eval sample")
-    finally:
-        policy.close()
+    policy, prompter = parts.policy, parts.prompter
+    assert policy is not None and prompter is not None
+    if cfg.adapter:
+        if not Path(cfg.adapter, "adapter_config.json").exists():
+            raise UsageError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        policy.load_adapter(cfg.adapter)
+    prompt = prompter.short if cfg.prompt == "short" else prompter.few_shot
+    params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
+                            stop=tuple(prompter.stop()))
+    with tempfile.TemporaryDirectory() as tmp:
+        completions, _ = sample_completions(policy, examples, lambda ex: prompt(ex.query), params,
+                                            partial=Path(tmp) / "eval.partial.jsonl",
+                                            batch_questions=cfg.batch_questions, desc="eval sample")
     return {qid: extract_program(outs[0], cfg.prompt_style) for qid, outs in completions.items()}
+
+
+def baseline_prior(cfg: EvalConfig, task: Task, split: str, examples: list[Any]) -> tuple[str, list[Any] | None, str]:
+    """(split, its examples, why missing) for the majority-answer baseline. A baseline split
+    the user did not name and whose data is not there is reported missing, not fatal."""
+    name = cfg.baseline_split or task.default_splits[0]
+    if name == split:
+        return name, examples, ""
+    if name not in task.splits():
+        if cfg.baseline_split is not None:
+            raise UsageError(f"task {cfg.task!r} has no split {name!r} for --baseline-split; "
+                             f"splits: {', '.join(task.splits())}")
+        return split, examples, ""
+    try:
+        return name, task.examples(name), ""
+    except DataError as exc:
+        if cfg.baseline_split is not None:
+            raise
+        log.warning("no majority baseline: the %s split cannot be read (%s)", name, exc)
+        return name, None, str(exc)
 
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """The metrics report (what `viprog eval` prints)."""
-    from viprog.rollout import execute_programs, load_images, rows_to_results
+    from viprog.executor.result import ExecutionResult
+    from viprog.rollout import build, execute_programs, load_images, rows_to_results
     from viprog.runs import write_jsonl_atomic
     from viprog.tasks import TASKS
 
     if (cfg.programs is None) == (cfg.policy is None):
         raise UsageError("pass exactly one of --programs FILE.jsonl or --policy NAME")
     task = TASKS.get(cfg.task)(data_dir=cfg.data_dir, strict=cfg.strict)
-    if cfg.split not in task.splits():
-        raise UsageError(f"task {cfg.task!r} has no split {cfg.split!r}; splits: {', '.join(task.splits())}")
-    examples = task.examples(cfg.split, limit=cfg.limit)
+    split = cfg.split or task.default_splits[1]
+    if split not in task.splits():
+        raise UsageError(f"task {cfg.task!r} has no split {split!r}; splits: {', '.join(task.splits())}")
+    examples = task.examples(split, limit=cfg.limit)
     if not examples:
-        raise DataError(f"task {cfg.task!r}: the {cfg.split} split has no questions")
-    report: dict[str, Any] = {"task": cfg.task, "split": cfg.split, "profile": cfg.profile or task.default_profile}
-    if cfg.programs is not None:
-        programs = read_programs(cfg.programs)
-        ids = {ex.id for ex in examples}
-        unknown = [qid for qid in programs if qid not in ids]
-        if len(unknown) == len(programs) and cfg.limit is None:
-            raise DataError(f"{cfg.programs}: none of its {len(programs)} question ids is in the {cfg.task} {cfg.split} "
-                            f"split (file has e.g. {unknown[0]!r}; the split has e.g. {examples[0].id!r})")
-        missing = [ex.id for ex in examples if ex.id not in programs]
-        if missing and not cfg.only_covered:
-            print(f"viprog eval: {len(missing)} of {len(examples)} questions have no program and count as wrong "
-                  "(--only-covered scores only those with one)", file=sys.stderr)
-        if cfg.only_covered:
-            examples = [ex for ex in examples if ex.id in programs]
-        report |= {"source": str(cfg.programs), "missing_programs": len(missing),
-                   "programs_not_in_split": len(unknown)}
-    else:
-        programs = policy_programs(cfg, task, examples)
-        report |= {"source": f"policy {cfg.policy}" + (f" + {cfg.adapter}" if cfg.adapter else "")}
-    images = load_images(task, examples)
-    rows = execute_programs(task, examples, {qid: [("", p)] for qid, p in programs.items()},
-                            profile=report["profile"], images=images, workers=cfg.workers, timeout=cfg.timeout)
+        raise DataError(f"task {cfg.task!r}: the {split} split has no questions")
+    programs = read_programs(cfg.programs) if cfg.programs is not None else None
+    baseline_split, prior, baseline_missing = baseline_prior(cfg, task, split, examples)
+    parts = build(cfg, task=task, with_policy=programs is None)
+    report: dict[str, Any] = {"task": cfg.task, "split": split, "profile": parts.profile_name}
+    try:
+        if programs is not None:
+            ids = {ex.id for ex in examples}
+            unknown = [qid for qid in programs if qid not in ids]
+            if len(unknown) == len(programs) and cfg.limit is None:
+                raise DataError(f"{cfg.programs}: none of its {len(programs)} question ids is in the {cfg.task} "
+                                f"{split} split (file has e.g. {unknown[0]!r}; the split has e.g. {examples[0].id!r})")
+            missing = [ex.id for ex in examples if ex.id not in programs]
+            if missing and not cfg.only_covered:
+                print(f"viprog eval: {len(missing)} of {len(examples)} questions have no program and count as wrong "
+                      "(--only-covered scores only those with one)", file=sys.stderr)
+            if cfg.only_covered:
+                examples = [ex for ex in examples if ex.id in programs]
+            report |= {"source": str(cfg.programs), "missing_programs": len(missing),
+                       "programs_not_in_split": len(unknown)}
+        else:
+            programs = policy_programs(cfg, parts, examples)
+            report |= {"source": f"policy {cfg.policy}" + (f" + {cfg.adapter}" if cfg.adapter else "")}
+        images = load_images(task, examples)
+        rows = execute_programs(task, examples, {qid: [("", p)] for qid, p in programs.items()},
+                                profile=parts.profile, images=images, workers=cfg.workers, timeout=cfg.timeout)
+    finally:
+        parts.close()
     by_id = {row["question_id"]: row for row in rows}
     scored, results, rewards = [], [], []
-    from viprog.executor.result import ExecutionResult
-
     for ex in examples:
         if ex.image_key not in images:
             continue  # skipped (counted by the task)
@@ -181,9 +177,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             results.append(rows_to_results([row])[0])
             rewards.append(row["reward"])
     report |= task.metrics(scored, results, rewards)
-    baseline_split = cfg.baseline_split if cfg.baseline_split in task.splits() else cfg.split
-    prior = examples if baseline_split == cfg.split else task.examples(baseline_split)
-    report["baseline"] = {"split": baseline_split, **task.majority_baseline(prior, scored)}
+    if prior is None:
+        report["baseline"] = {"split": baseline_split, "missing": baseline_missing}
+    else:
+        report["baseline"] = {"split": baseline_split, **task.majority_baseline(prior, scored)}
     if cfg.output:
         write_jsonl_atomic(cfg.output, rows)
         log.info("per-question results written to %s", cfg.output)

@@ -76,10 +76,12 @@ class Library:
     """Kept programs of a run, with the means to run them and to write new ones."""
 
     def __init__(self, rows: Sequence[dict[str, Any]], *, run_dir: str | Path | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+                 config: dict[str, Any] | None = None, profile_options: str | dict[str, Any] | None = None) -> None:
         self.rows = list(rows)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.config = dict(config or {})
+        if profile_options is not None:  # e.g. the models' local copies on this machine
+            self.config["profile_options"] = profile_options
         self._by_id: dict[str, dict[str, Any]] = {}
         self._by_query: dict[str, dict[str, Any]] = {}
         for row in self.rows:  # later rounds and higher rewards win
@@ -93,13 +95,16 @@ class Library:
 
     # -- building -----------------------------------------------------------------------
     @classmethod
-    def load(cls, run_dir: str | Path) -> Library:
-        """The library of the run at `run_dir` (what its finished rounds kept)."""
+    def load(cls, run_dir: str | Path, *, profile_options: str | dict[str, Any] | None = None) -> Library:
+        """The library of the run at `run_dir` (what its finished rounds kept).
+
+        profile_options: the primitive profile's options (a dict or a JSON object), instead
+            of those the run was made with (e.g. other model paths or device here)."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").exists():
             raise UsageError(f"{run_dir}: not a self-training run (no config.json); pass the folder runs/<name>")
         rows = read_jsonl(run_dir / "library.jsonl") if (run_dir / "library.jsonl").exists() else []
-        return cls(rows, run_dir=run_dir, config=read_json(run_dir / "config.json"))
+        return cls(rows, run_dir=run_dir, config=read_json(run_dir / "config.json"), profile_options=profile_options)
 
     @staticmethod
     def collect(run: Run, rounds: Sequence[int]) -> list[dict[str, Any]]:
@@ -204,10 +209,12 @@ class Library:
     def _get_executor(self) -> Any:
         if self._executor is None:
             from viprog.executor import Executor
+            from viprog.rollout import build_profile
             from viprog.tasks import TASKS
 
             profile = self.config.get("profile") or TASKS.get(self.config.get("task", "shapes")).default_profile
-            self._executor = Executor(profile, workers=1, timeout=float(self.config.get("timeout", 10.0)))
+            built = build_profile(profile, self.config.get("profile_options"), device=self.config.get("device", "cpu"))
+            self._executor = Executor(built, workers=1, timeout=float(self.config.get("timeout", 10.0)))
             self._executor.__enter__()
         return self._executor
 
@@ -216,9 +223,13 @@ class Library:
             if self.run_dir is None:
                 raise UsageError("this library has no run folder, so no policy to write new programs; "
                                  "load it with viprog.load(run_dir)")
-            from viprog.selftrain import build_policy_and_prompter
+            from viprog.rollout import build_prompter, load_scripted_or
+            from viprog.tasks import TASKS
 
-            self._policy, self._prompter = build_policy_and_prompter(self.config)
+            c = self.config
+            task = TASKS.get(c["task"])(data_dir=c.get("data_dir"))
+            self._policy = load_scripted_or(c["policy"], c.get("model"), c.get("device", "cpu"), c.get("quantize", "none"))
+            self._prompter = build_prompter(c["task"], task, self._policy, c.get("prompt_style", "completion"))
             self._policy.load_adapter(Run(self.run_dir).latest_adapter())
         return self._policy, self._prompter
 

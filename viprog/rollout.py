@@ -7,6 +7,10 @@ and differ only in sampling parameters and in which split they read. Sampling is
 expensive part (minutes on a CPU), so it records each finished question on disk as it
 goes (`viprog.runs.Appender`) and a resumed rollout samples only what is missing.
 
+The components (task, primitive profile, policy, prompter) are built here once per run
+(`build`): the profile's models load once and serve every rollout of the run, and a
+model that cannot load stops the run before any round is spent (`Profile.preflight`).
+
 Rows are plain dicts (one JSON line each in `samples.jsonl` / `eval.jsonl`): the
 question (`question_id`, `query`, `image`, `question_type`, `gold`), the `sample` index,
 the `completion`, the extracted `program`, and the result (`answer`, `error`,
@@ -15,17 +19,22 @@ the `completion`, the extracted `program`, and the result (`answer`, `error`,
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from viprog.errors import UsageError
 from viprog.executor.result import ExecutionResult
 from viprog.policy.base import Policy, SamplingParams
+from viprog.primitives.patch import PrimitiveError
+from viprog.primitives.profile import PROFILES, Profile
 from viprog.runs import Appender, read_partial
 from viprog.tasks.base import Example, Task
 
@@ -33,6 +42,118 @@ log = logging.getLogger(__name__)
 
 #: (example) -> prompt text
 PromptFn = Callable[[Example], str]
+
+
+# -- the components of a run, built once ---------------------------------------------------
+def _config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+
+
+def parse_profile_options(options: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`--profile-options`: a JSON object (or a mapping already) → keyword options."""
+    if options is None or options == "":
+        return {}
+    if isinstance(options, Mapping):
+        return dict(options)
+    try:
+        value = json.loads(options)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--profile-options is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
+                         """such as '{"device": "cuda", "batch_size": 64}'""") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--profile-options must be a JSON object of option names, not {type(value).__name__}")
+    return value
+
+
+def profile_option_names(cls: type[Profile]) -> list[str]:
+    """The named keyword parameters of a profile's constructor (its own and its bases')."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, device: str = "cpu",
+                  preflight: bool = True) -> Profile:
+    """The primitive profile `name` with `options` (the device follows `device` unless the
+    options name one), its models loaded now when `preflight`: a model that cannot load is
+    a `UsageError` naming it, before any program runs."""
+    cls = PROFILES.get(name)
+    opts = parse_profile_options(options)
+    known = profile_option_names(cls)
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise UsageError(f"profile {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}")
+    profile = cls(**{"device": device, **opts})
+    if preflight:
+        start = time.perf_counter()
+        try:
+            profile.preflight()
+        except PrimitiveError as exc:
+            raise UsageError(f"{exc} (set it with --profile-options)") from None
+        log.info("profile %s ready on %s (%.1f s)", name, profile.device, time.perf_counter() - start)
+    return profile
+
+
+def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Policy:
+    """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
+    from viprog.policy import load_policy
+
+    if name == "scripted":
+        return load_policy(name, **({"path": model} if model else {}))
+    if quantize == "auto":
+        quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
+    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
+
+
+def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str = "completion") -> Any:
+    """The Prompter of a task: the API section generated from the registry, the task's seed programs."""
+    from viprog.policy import Prompter
+    from viprog.primitives.apidoc import api_section
+
+    return Prompter(api_section(task=task_name), task.seed_programs(), style=style,
+                    tokenizer=getattr(policy, "tokenizer", None))
+
+
+@dataclass
+class Components:
+    """What a rollout needs, built once per run: the task, its primitive profile (models
+    loaded), the policy and its prompter (None when programs come from elsewhere)."""
+
+    task: Task
+    profile_name: str
+    profile: Profile
+    policy: Policy | None
+    prompter: Any
+
+    def close(self) -> None:
+        if self.policy is not None:
+            self.policy.close()
+
+
+def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
+          profile_options: str | Mapping[str, Any] | None = None) -> Components:
+    """Components from a `TaskPolicyConfig` (or its saved dict): task, profile (options from
+    `profile_options` or the config's `profile_options`), policy and prompter. The profile is
+    built (and checked) before the policy, the cheaper failure first."""
+    from viprog.tasks import TASKS
+
+    c = _config_dict(config)
+    if task is None:
+        task = TASKS.get(c["task"])(data_dir=c.get("data_dir"), strict=bool(c.get("strict", False)))
+    device = c.get("device") or "cpu"
+    name = c.get("profile") or task.default_profile
+    options = profile_options if profile_options is not None else c.get("profile_options")
+    profile = build_profile(name, options, device=device)
+    policy = prompter = None
+    if with_policy and c.get("policy"):
+        policy = load_scripted_or(c["policy"], c.get("model"), device, c.get("quantize", "none"))
+        prompter = build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
+    return Components(task, name, profile, policy, prompter)
 
 
 @dataclass
@@ -101,12 +222,14 @@ def question_row(ex: Example) -> dict[str, Any]:
 
 
 def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str, list[tuple[str, str]]], *,
-                     profile: str, images: dict[str, np.ndarray], workers: int = 2, timeout: float = 10.0,
+                     profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
+                     timeout: float = 10.0,
                      desc: str = "execute") -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
     image is missing from `images` are left out. Returns one row per program, in order.
+    `profile` is a built `Profile` (its models kept across calls) or a profile name.
     """
     from viprog.executor import Executor, Job
 

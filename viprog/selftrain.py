@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from viprog.config import TaskPolicyConfig
 from viprog.errors import UsageError
-from viprog.evaluate import TaskPolicyConfig
 from viprog.filtering import filter_samples, filter_stats
 from viprog.library import Library
 from viprog.metrics import (
@@ -100,10 +100,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Prompt the programs are trained under (ViReP: the short prompt, query only)."""
     library_shots: int = 2
     """Few-shot prompts also show this many stored programs of similar train questions."""
-    train_split: str = "train"
-    """Split the rollouts sample questions from."""
-    eval_split: str = "test"
-    """Held-out split for evaluation."""
+    train_split: str | None = None
+    """Split the rollouts sample questions from (None: the task's train split)."""
+    eval_split: str | None = None
+    """Held-out split for evaluation (None: the task's evaluation split, e.g. test for shapes, val for GQA)."""
     eval_size: int | None = 30
     """Questions evaluated per round (None: the whole split)."""
     seed: int = 0
@@ -121,7 +121,37 @@ class SelfTrainConfig(TaskPolicyConfig):
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     preset: Literal["embedded", "virep-gpu"] | None = None
-    """Start from a preset and apply the options given on the command line on top."""
+    """Start from a preset; every option given on the command line wins over it. (In Python:
+    `SelfTrainConfig.from_preset(name, **options)`.)"""
+
+    @classmethod
+    def from_preset(cls, name: str, **options: Any) -> SelfTrainConfig:
+        """The preset `name` with `options` on top (each one wins, whatever its value)."""
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name](), preset=name, **options)
+
+    @classmethod
+    def from_cli(cls, args: Sequence[str], **tyro_options: Any) -> SelfTrainConfig:
+        """Parse the command line over its base: the dataclass defaults, else the preset it
+        names, else (with --resume) the run's saved config — so every option given on the
+        command line wins, including one whose value equals a dataclass default."""
+        import tyro
+
+        cfg = tyro.cli(cls, args=list(args), **tyro_options)
+        if cfg.preset:
+            cfg = tyro.cli(cls, args=list(args), default=cls.from_preset(cfg.preset), **tyro_options)
+        if cfg.resume:
+            saved = saved_config(cfg)
+            if saved is not None:
+                new = tyro.cli(cls, args=list(args), default=dataclasses.replace(saved, resume=True, overwrite=False),
+                               **tyro_options)
+                for f in dataclasses.fields(cls):
+                    if getattr(new, f.name) != getattr(saved, f.name) and f.name not in ("resume", "overwrite"):
+                        log.info("resume: %s changed from %r to %r", f.name, getattr(saved, f.name),
+                                 getattr(new, f.name))
+                cfg = new
+        return cfg
 
 
 # -- presets: config as code ---------------------------------------------------------------
@@ -143,32 +173,42 @@ def virep_gpu() -> SelfTrainConfig:
 PRESETS: dict[str, Callable[[], SelfTrainConfig]] = {"embedded": embedded, "virep-gpu": virep_gpu}
 
 
-def _explicit(cfg: SelfTrainConfig) -> dict[str, Any]:
-    """Fields set to something other than the dataclass default (what the user asked for)."""
-    default = SelfTrainConfig()
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-            if getattr(cfg, f.name) != getattr(default, f.name)}
+def default_run_name(cfg: SelfTrainConfig) -> str:
+    return cfg.run_name or f"{cfg.task}-{cfg.policy}".replace("/", "_")
 
 
-def resolve_config(cfg: SelfTrainConfig) -> SelfTrainConfig:
-    """Apply the preset, then the explicit options; on --resume the saved config is the base."""
-    base = PRESETS[cfg.preset]() if cfg.preset else SelfTrainConfig()
-    cfg = dataclasses.replace(base, **_explicit(cfg))
-    if cfg.run_name is None:
-        cfg = dataclasses.replace(cfg, run_name=f"{cfg.task}-{cfg.policy}".replace("/", "_"))
-    if cfg.resume:
-        saved_path = Run(f"{cfg.runs_dir}/{cfg.run_name}").config_path
-        if saved_path.exists():
-            saved = read_json(saved_path)
-            saved["target_modules"] = tuple(saved.get("target_modules", ()))
-            saved["report_to"] = tuple(saved.get("report_to", ()))
-            known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
-            changed = {k: v for k, v in _explicit(cfg).items() if k not in ("resume", "preset", "run_name")}
-            for key, value in changed.items():
-                if saved.get(key) != value:
-                    log.info("resume: %s changed from %r to %r", key, saved.get(key), value)
-            cfg = dataclasses.replace(SelfTrainConfig(**{k: v for k, v in saved.items() if k in known}), **changed,
-                                      resume=True, overwrite=False)
+def saved_config(cfg: SelfTrainConfig) -> SelfTrainConfig | None:
+    """The config saved by the run `cfg` names (None: no such run yet)."""
+    path = Run(f"{cfg.runs_dir}/{default_run_name(cfg)}").config_path
+    if not path.exists():
+        return None
+    saved = read_json(path)
+    saved["target_modules"] = tuple(saved.get("target_modules", ()))
+    saved["report_to"] = tuple(saved.get("report_to", ()))
+    known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
+    return SelfTrainConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+def _preset_unapplied(cfg: SelfTrainConfig) -> bool:
+    """True when `cfg` names a preset but holds none of its settings (built in Python as
+    `SelfTrainConfig(preset=...)`, which applies nothing)."""
+    if not cfg.preset:
+        return False
+    own, default = PRESETS[cfg.preset](), SelfTrainConfig()
+    changed = [f.name for f in dataclasses.fields(cfg) if getattr(own, f.name) != getattr(default, f.name)]
+    return bool(changed) and all(getattr(cfg, name) == getattr(default, name) for name in changed)
+
+
+def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
+    """Check the options and fill in what follows from them: the run name, and the task's
+    default train / eval splits (`task`: the built task, when there is one)."""
+    if _preset_unapplied(cfg):
+        raise UsageError(f"SelfTrainConfig(preset={cfg.preset!r}) applies no preset; "
+                         f"use SelfTrainConfig.from_preset({cfg.preset!r}, ...)")
+    cfg = dataclasses.replace(cfg, run_name=default_run_name(cfg))
+    if task is not None:
+        train, held_out = task.default_splits
+        cfg = dataclasses.replace(cfg, train_split=cfg.train_split or train, eval_split=cfg.eval_split or held_out)
     if cfg.rounds < 0 or cfg.questions_per_round < 1 or cfg.samples_per_question < 1:
         raise UsageError("rounds must be ≥ 0, questions-per-round and samples-per-question ≥ 1")
     if not 0.0 <= cfg.tau <= 1.0:
@@ -177,31 +217,6 @@ def resolve_config(cfg: SelfTrainConfig) -> SelfTrainConfig:
 
 
 # -- the pieces a round is made of ---------------------------------------------------------
-def build_policy_and_prompter(config: dict[str, Any] | SelfTrainConfig) -> tuple[Any, Any]:
-    """The policy (base weights, no adapter) and the Prompter for the config's task."""
-    from viprog.policy import Prompter
-    from viprog.primitives.apidoc import api_section
-    from viprog.tasks import TASKS
-
-    c = dataclasses.asdict(config) if isinstance(config, SelfTrainConfig) else config
-    task = TASKS.get(c["task"])(data_dir=c.get("data_dir"))
-    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device", "cpu"), c.get("quantize", "none"))
-    prompter = Prompter(api_section(task=c["task"]), task.seed_programs(), style=c.get("prompt_style", "completion"),
-                        tokenizer=getattr(policy, "tokenizer", None))
-    return policy, prompter
-
-
-def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Any:
-    """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
-    from viprog.policy import load_policy
-
-    if name == "scripted":
-        return load_policy(name, **({"path": model} if model else {}))
-    if quantize == "auto":
-        quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
-    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
-
-
 def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]:
     """Round k's train questions: the k-th slice of a seeded shuffle (wrapping around)."""
     order = list(range(len(pool)))
@@ -232,6 +247,10 @@ def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any
     start = time.perf_counter()
     rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
                             workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute")
+    failed = [r for r in rows if r.get("error_kind") == "primitive"]
+    if rows and len(failed) == len(rows):
+        raise UsageError(f"every program of round {k} {name} failed inside a primitive, e.g. {failed[0]['error']}; "
+                         "the profile's models do not work here (check --profile-options)")
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(time.perf_counter() - start, 3),
@@ -245,7 +264,7 @@ class Context:
     cfg: SelfTrainConfig
     run: Run
     task: Any
-    profile: str
+    profile: Any  # the built `Profile`: its models serve every rollout of the run
     policy: Any
     prompter: Any
     train_pool: list[Any]
@@ -359,12 +378,12 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
 
 def main(cfg: SelfTrainConfig) -> int:
     """Run (or resume) the rounds; returns the exit status."""
+    from viprog.rollout import build
     from viprog.tasks import TASKS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    cfg = resolve_config(cfg)
     task = TASKS.get(cfg.task)(data_dir=cfg.data_dir)
-    profile = cfg.profile or task.default_profile
+    cfg = resolve_config(cfg, task)
     if cfg.train_split not in task.splits() or cfg.eval_split not in task.splits():
         raise UsageError(f"task {cfg.task!r} has splits {', '.join(task.splits())}; "
                          f"got --train-split {cfg.train_split} --eval-split {cfg.eval_split}")
@@ -374,12 +393,12 @@ def main(cfg: SelfTrainConfig) -> int:
     eval_set = task.examples(cfg.eval_split, limit=cfg.eval_size)
     if not train_pool or not eval_set:
         raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
+    parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
     run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
-    log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, profile, cfg.policy,
-             cfg.rounds)
-    policy, prompter = build_policy_and_prompter(cfg)
-    ctx = Context(cfg, run, task, profile, policy, prompter, train_pool, eval_set)
+    log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,
+             cfg.policy, cfg.rounds)
+    ctx = Context(cfg, run, task, parts.profile, parts.policy, parts.prompter, train_pool, eval_set)
     done = set(run.rounds_done())
     durations: list[float] = []
     try:
@@ -396,7 +415,7 @@ def main(cfg: SelfTrainConfig) -> int:
                     log.info("ETA: about %.0f min for the %d round(s) left", left * sum(durations) / len(durations) / 60,
                              left)
     finally:
-        policy.close()
+        parts.close()
     if cfg.report:
         from viprog.report import write_report
 

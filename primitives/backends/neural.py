@@ -166,6 +166,16 @@ class NeuralProfile(Profile):
 
         return self._model("llm", "language model", str(self.llm), load)
 
+    def preflight(self) -> None:
+        """Load the detector, CLIP and the VQA model (and depth / LLM when configured) now:
+        a run learns at its start, not after its first rollout, that a name is wrong or
+        that this machine is offline without local copies."""
+        loaders = [self._owl if self.detector_kind() == "owlv2" else self._yolo, self._clip, self._blip]
+        loaders += [self._depth_model] if self.depth is not None else []
+        loaders += [self._llm] if self.llm is not None else []
+        for load in loaders:
+            load()
+
     def detector_kind(self) -> str:
         """'owlv2' or 'yolo', from the detector's name or its local folder's config."""
         kind = _local_kind(self.detector) if Path(self.detector).is_dir() else None

@@ -119,8 +119,17 @@ def _llm(folder: Path) -> str:
 
 def build_tiny_models(folder: str | Path, llm: bool = True, depth: bool = True) -> dict[str, str | None]:
     """Write tiny models under `folder` (reused when already there); return NeuralProfile
-    options: detector (OWLv2), clip, vqa, depth and llm folders, and `yolo` (a YOLO .pt, to
-    pass as `detector` for the closed-set path)."""
+    options: detector (OWLv2), clip, vqa, depth and llm folders — as they are, the JSON of
+    `--profile-options`. `tiny_yolo(folder)` is the YOLO .pt for the closed-set detector."""
+    return {k: v for k, v in _built(folder, llm, depth).items() if k != "yolo"}
+
+
+def tiny_yolo(folder: str | Path) -> str:
+    """The tiny YOLO checkpoint under `folder` (pass it as the `detector` option)."""
+    return str(_built(folder)["yolo"])
+
+
+def _built(folder: str | Path, llm: bool = True, depth: bool = True) -> dict[str, str | None]:
     import torch
 
     torch.manual_seed(0)

@@ -1,0 +1,45 @@
+"""The options every command that runs programs shares (`viprog eval`, `viprog selftrain`,
+and the saved `config.json` that `viprog.load` reads back).
+
+Why its own module: the commands differ in what they do with programs, not in how the
+task, its primitive profile, the policy and the sandbox are named; one dataclass keeps
+those names and their meaning the same everywhere, and `viprog.rollout.build` turns it
+into components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TaskPolicyConfig:
+    """The options `viprog eval` and `viprog selftrain` share: the task and its data, the
+    primitive profile, the policy that writes programs and the sandbox that runs them."""
+
+    task: str = "shapes"
+    """Task (`viprog tasks` lists them)."""
+    data_dir: str | None = None
+    """The task's data folder (None: the task's default; the shapes world is generated)."""
+    profile: str | None = None
+    """Primitive profile (None: the task's default)."""
+    profile_options: str | None = None
+    """Options of the primitive profile as a JSON object, e.g. '{"detector": "google/owlv2-base-patch16-ensemble",
+    "clip": "ViT-B-32", "vqa": "/models/blip-vqa-base", "batch_size": 64}' (`viprog primitives` lists the
+    profiles; a model is a hub name or a local folder). Its "device" follows --device unless given."""
+    policy: str | None = None
+    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
+    model: str | None = None
+    """Model for the policy: a hub name or a local folder."""
+    device: str = "cpu"
+    """Device for the policy, the primitive models and the fine-tuning in selftrain (cpu, cuda, cuda:1)."""
+    prompt_style: str = "completion"
+    """Prompt format of the Prompter: completion (ViperGPT-style code) or chat."""
+    max_new_tokens: int = 256
+    """Longest program the policy may write, in tokens."""
+    batch_questions: int = 4
+    """Questions per call to the policy (each with all its samples)."""
+    workers: int = 2
+    """Sandbox worker processes."""
+    timeout: float = 10.0
+    """Seconds per program before it is killed."""
