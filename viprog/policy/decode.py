@@ -14,6 +14,8 @@ prompts are one ~1,000-token few-shot prefix plus a short query each, so here:
 
 Positions stay exact (the prefix occupies positions 0..P-1 for every sequence, padding
 is masked out), so greedy decoding gives the same tokens as `generate` on each prompt.
+A padding position may see no real token at all (prompts with no shared prefix and of
+different lengths); `grouped_attention` keeps such rows finite.
 """
 
 from __future__ import annotations
@@ -52,11 +54,15 @@ def grouped_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     scale = scaling if scaling is not None else dim ** -0.5
     q = query.reshape(batch, kv_heads, group * q_len, dim)
     scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scale).view(batch, kv_heads, group, q_len, kv_len)
+    # Masked scores get the dtype's lowest finite value, not -inf (as eager attention does): a left-padding
+    # query with no earlier real token sees nothing, and softmax over a row of -inf is NaN — a NaN that the
+    # next layer's keys and values carry into every real row (0 weight x NaN value = NaN).
+    floor = torch.finfo(scores.dtype).min
     if attention_mask is not None:  # bool, True = attend, [batch, 1, q_len, kv_len]
-        scores = scores.masked_fill(~attention_mask[:, :, None].to(torch.bool), float("-inf"))
+        scores = scores.masked_fill(~attention_mask[:, :, None].to(torch.bool), floor)
     elif q_len > 1:  # no mask: plain causal, the queries being the last q_len positions
         causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        scores = scores.masked_fill(~causal, float("-inf"))
+        scores = scores.masked_fill(~causal, floor)
     probs = torch.softmax(scores.float(), dim=-1).to(value.dtype).view(batch, kv_heads, group * q_len, kv_len)
     out = torch.matmul(probs, value).view(batch, q_heads, q_len, dim)
     return out.transpose(1, 2).contiguous(), None
