@@ -6,7 +6,7 @@ import pytest
 
 from viprog.errors import UsageError
 from viprog.policy import Prompter, SamplingParams, load_policy
-from viprog.policy.hf import HFPolicy, cut_at_stop
+from viprog.policy.hf import HFPolicy
 from viprog.policy.tiny import build_tiny_model
 
 PREFIX = "class ImagePatch:\n    def find(self, object_name: str) -> list[ImagePatch]:\n        pass\n" * 6
@@ -67,10 +67,6 @@ def test_stop_string_ends_the_completion_before_it(policy):
     assert stop.strip(), f"degenerate completion {free!r}"
     stopped = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24, stop=(stop,)))[0][0]
     assert stopped == free[:free.find(stop)]
-
-
-def test_cut_at_stop_takes_the_earliest_stop():
-    assert cut_at_stop("a = 1\n# x\ndef f", ("\ndef ", "\n#")) == ("a = 1", True)
 
 
 def test_greedy_n_copies(policy):
@@ -158,13 +154,6 @@ def test_grouped_attention_equals_sdpa_with_repeated_heads():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_a_stop_before_any_code_is_ignored():
-    """A restated header or a leading comment must not end the completion with an empty body."""
-    text = "\n# Query: q\ndef execute_command(image):\n    return 1\n# Query: next"
-    assert cut_at_stop(text, ("\n#", "\ndef ")) == ("\n# Query: q\ndef execute_command(image):\n    return 1", True)
-    assert cut_at_stop("\ndef execute_command(image):", ("\ndef ",)) == ("\ndef execute_command(image):", False)
-
-
 # -- prompts with no shared prefix (the short prompt style) ------------------------------------
 SHORT = [Prompter("API", []).short(q) for q in [*QUERIES, "Why?"]]
 
@@ -237,3 +226,10 @@ def test_grouped_attention_keeps_a_row_that_sees_nothing_finite():
         q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask).transpose(1, 2)
     assert torch.isfinite(got).all() and torch.allclose(got[:, 1:], expected[:, 1:], atol=1e-5)
 
+
+def test_plain_generate_applies_the_same_stop_rule(tiny, policy):
+    free = policy.sample(SHORT, SamplingParams(n=1, temperature=0.0, max_new_tokens=16))
+    stops = tuple(text[5:7] for [text] in free if text[5:7].strip())
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=16, stop=stops)
+    plain = HFPolicy(tiny, prefix_cache=False, progress=False)
+    assert policy.sample(SHORT, params) == plain.sample(SHORT, params) != free

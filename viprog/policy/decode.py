@@ -9,8 +9,8 @@ prompts are one ~1,000-token few-shot prefix plus a short query each, so here:
 2. each prompt's suffix (its query) is run once, on top of the prefix cache, left-padded
    within the suffix so all sequences of a batch end together;
 3. the suffix caches are repeated for the n samples, and tokens are sampled step by step
-   (temperature, top-p) with stop strings and end-of-sequence tokens checked after every
-   token; finished sequences leave the batch at once.
+   (temperature, top-p) with the stop rule (`viprog.policy.stops`) and end-of-sequence
+   tokens checked after every token; finished sequences leave the batch at once.
 
 Positions stay exact (the prefix occupies positions 0..P-1 for every sequence, padding
 is masked out), so greedy decoding gives the same tokens as `generate` on each prompt.
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from viprog.policy.base import SamplingParams
+from viprog.policy.stops import eos_ids, stopped
 
 #: prefixes shorter than this are not worth a separate forward pass
 MIN_PREFIX = 16
@@ -105,11 +106,9 @@ class SharedPrefixDecoder:
     """One `run` samples `params.n` continuations for each tokenised prompt."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str, batch_size: int, progress: bool = True) -> None:
-        from viprog.policy.hf import _eos_ids
-
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.batch_size, self.progress = batch_size, progress
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = eos_ids(model, tokenizer)
         self.prefill_tokens = 0
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         #: transformers 5 renamed `past_key_values` to `cache`; older and remote-code models use the old name
@@ -215,7 +214,7 @@ class SharedPrefixDecoder:
                 if token in self.eos:
                     continue
                 out[seq].append(token)
-                if params.stop and self._stopped(out[seq], params.stop):
+                if params.stop and stopped(self.tokenizer.decode(out[seq], skip_special_tokens=True), params.stop):
                     continue
                 keep_rows.append(r)
             bar.update(len(active) - len(keep_rows))
@@ -234,8 +233,3 @@ class SharedPrefixDecoder:
             next_pos = next_pos + 1
         bar.update(len(active))
         return out
-
-    def _stopped(self, tokens: list[int], stops: Sequence[str]) -> bool:
-        from viprog.policy.hf import cut_at_stop
-
-        return cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]
