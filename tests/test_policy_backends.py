@@ -138,7 +138,54 @@ def test_vllm_samples_n_per_prompt_with_our_settings(fake_vllm):
     out = policy.sample(["p-1", "p-2"], params)
     sp = policy.llm.calls[0][1]
     assert [len(o) for o in out] == [3, 3] and out[1][2] == "base:p-2:2"
-    assert (sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.stop, sp.seed) == (3, 0.7, 0.8, 50, ["\n#"], 5)
+    assert (sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed) == (3, 0.7, 0.8, 50, 5)
+    assert not hasattr(sp, "stop")  # vLLM would stop at a comment before the code; we cut afterwards
+
+
+# -- one stop rule: hf stops while decoding, vLLM's text is cut afterwards, scripted is cut too ----
+CUTS = [
+    ("    return 1\n# Query: next\ndef execute_command(image):\n    return 2", "    return 1"),
+    ("# restate the header\ndef execute_command(image):\n    x = 1\n    return x\n\n\n# Query: q",
+     "# restate the header\ndef execute_command(image):\n    x = 1\n    return x\n\n"),
+    ("\ndef execute_command(image):\n    return 3\ndef helper():\n    pass", "\ndef execute_command(image):\n    return 3"),
+    ("  # a comment first\n    return 4\nprint(4)", "  # a comment first\n    return 4"),
+    ("\n\n# only comments, no code\n", "\n\n# only comments, no code\n"),
+]
+PROMPT = "# Query: q\ndef execute_command(image):\n"
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    from viprog.policy.hf import HFPolicy
+    from viprog.policy.tiny import build_tiny_model
+
+    return HFPolicy(str(build_tiny_model(tmp_path_factory.mktemp("tiny"))), progress=False)
+
+
+@pytest.mark.parametrize("per_char", [False, True], ids=["bpe", "one-char-tokens"])
+@pytest.mark.parametrize(("completion", "program"), CUTS,
+                         ids=["after-code", "restated-header", "header-then-helper", "comment-first", "no-code"])
+def test_hf_vllm_and_scripted_cut_a_completion_identically(fake_vllm, tiny_hf, monkeypatch, completion, program,
+                                                           per_char):
+    """The hf decoder is made to write `completion` token by token (one character per token
+    too: a header arrives as `d`, `de`, …); vLLM returns it whole, as the engine does
+    without stop strings. Both, and the scripted policy, must give the same program."""
+    import torch
+
+    from viprog.policy import decode
+
+    tok = tiny_hf.tokenizer
+    tokens = [t for c in completion for t in tok(c)["input_ids"]] if per_char else tok(completion)["input_ids"]
+    assert tok.decode(tokens) == completion
+    stream = iter(tokens)
+    monkeypatch.setattr(decode, "pick_tokens", lambda *_: torch.tensor([next(stream, tok.eos_token_id)]))
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=len(tokens) + 1, stop=Prompter("API", []).stop())
+    reply = [FakeRequestOutput([FakeCompletion(completion)])]
+    monkeypatch.setattr(fake_vllm, "LLM", lambda model, **kw: types.SimpleNamespace(generate=lambda *a, **k: reply))
+    vllm_policy = load_policy("vllm", model="m", device="cuda", tensor_parallel_size=1)
+    scripted = load_policy("scripted", programs=[completion])
+    assert tiny_hf.sample([PROMPT], params) == vllm_policy.sample([PROMPT], params) == scripted.sample(
+        [PROMPT], params) == [[program]]
 
 
 def test_vllm_adapter_goes_with_each_request_under_a_fresh_id(fake_vllm, adapter_dir):

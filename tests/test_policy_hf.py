@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from viprog.errors import UsageError
-from viprog.policy import SamplingParams, load_policy
-from viprog.policy.hf import HFPolicy, cut_at_stop
+from viprog.policy import Prompter, SamplingParams, load_policy
+from viprog.policy.hf import HFPolicy
 from viprog.policy.tiny import build_tiny_model
 
 PREFIX = "class ImagePatch:\n    def find(self, object_name: str) -> list[ImagePatch]:\n        pass\n" * 6
@@ -67,10 +67,6 @@ def test_stop_string_ends_the_completion_before_it(policy):
     assert stop.strip(), f"degenerate completion {free!r}"
     stopped = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24, stop=(stop,)))[0][0]
     assert stopped == free[:free.find(stop)]
-
-
-def test_cut_at_stop_takes_the_earliest_stop():
-    assert cut_at_stop("a = 1\n# x\ndef f", ("\ndef ", "\n#")) == ("a = 1", True)
 
 
 def test_greedy_n_copies(policy):
@@ -158,8 +154,82 @@ def test_grouped_attention_equals_sdpa_with_repeated_heads():
     assert torch.allclose(got, expected, atol=1e-5)
 
 
-def test_a_stop_before_any_code_is_ignored():
-    """A restated header or a leading comment must not end the completion with an empty body."""
-    text = "\n# Query: q\ndef execute_command(image):\n    return 1\n# Query: next"
-    assert cut_at_stop(text, ("\n#", "\ndef ")) == ("\n# Query: q\ndef execute_command(image):\n    return 1", True)
-    assert cut_at_stop("\ndef execute_command(image):", ("\ndef ",)) == ("\ndef execute_command(image):", False)
+# -- prompts with no shared prefix (the short prompt style) ------------------------------------
+SHORT = [Prompter("API", []).short(q) for q in [*QUERIES, "Why?"]]
+
+
+def alone(model, tokenizer, prompt, max_new_tokens):
+    """`model.generate` greedily on one prompt, no padding: the reference every path must meet."""
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        row = model.generate(input_ids=ids, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+    end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+    return tokenizer.decode(row[:end], skip_special_tokens=True)
+
+
+def test_short_prompts_share_too_little_for_a_prefix_and_differ_in_length(policy):
+    from viprog.policy.decode import MIN_PREFIX, common_prefix
+
+    ids = [policy.tokenizer(p)["input_ids"] for p in SHORT]
+    assert common_prefix(ids) < MIN_PREFIX and len({len(i) for i in ids}) > 1
+
+
+def test_greedy_on_short_prompts_equals_generate_on_each_alone(policy):
+    """Left padding with no shared prefix gave rows that attend to nothing: NaN, then ''."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=16)
+    expected = [[alone(policy.model, policy.tokenizer, p, 16)] for p in SHORT]
+    assert all(e[0] for e in expected) and policy.sample(SHORT, params) == expected
+
+
+def test_int8_greedy_on_short_prompts_starts_like_int8_generate_alone(tiny):
+    """Dynamic int8 scales activations per batch tensor, so a batch (with its padding rows)
+    may drift from a lone prompt late in a completion; the first tokens must agree."""
+    int8 = HFPolicy(tiny, progress=False, quantize="int8")
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=4)
+    got = int8.sample(SHORT, params)
+    assert got == [[alone(int8._sampling_model(), int8.tokenizer, p, 4)] for p in SHORT]
+
+
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_sampling_short_prompts_sees_finite_logits(tiny, monkeypatch, quantize):
+    import torch
+
+    from viprog.policy import decode
+
+    finite = []
+    real = decode.pick_tokens
+
+    def watched(logits, temperature, top_p):
+        finite.append(bool(torch.isfinite(logits).all()))
+        return real(logits, temperature, top_p)
+
+    monkeypatch.setattr(decode, "pick_tokens", watched)
+    p = HFPolicy(tiny, progress=False, quantize=quantize)
+    out = p.sample(SHORT, SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=0))
+    assert [len(per) for per in out] == [3] * len(SHORT) and finite and all(finite)
+
+
+def test_grouped_attention_keeps_a_row_that_sees_nothing_finite():
+    import torch
+
+    from viprog.policy.decode import grouped_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    mask[..., 0, :] = False  # a left-padding position: nothing before it is a real token
+    got, _ = grouped_attention(None, q, k, v, mask)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask).transpose(1, 2)
+    assert torch.isfinite(got).all() and torch.allclose(got[:, 1:], expected[:, 1:], atol=1e-5)
+
+
+def test_plain_generate_applies_the_same_stop_rule(tiny, policy):
+    free = policy.sample(SHORT, SamplingParams(n=1, temperature=0.0, max_new_tokens=16))
+    stops = tuple(text[5:7] for [text] in free if text[5:7].strip())
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=16, stop=stops)
+    plain = HFPolicy(tiny, prefix_cache=False, progress=False)
+    assert policy.sample(SHORT, params) == plain.sample(SHORT, params) != free

@@ -9,11 +9,13 @@ prompts are one ~1,000-token few-shot prefix plus a short query each, so here:
 2. each prompt's suffix (its query) is run once, on top of the prefix cache, left-padded
    within the suffix so all sequences of a batch end together;
 3. the suffix caches are repeated for the n samples, and tokens are sampled step by step
-   (temperature, top-p) with stop strings and end-of-sequence tokens checked after every
-   token; finished sequences leave the batch at once.
+   (temperature, top-p) with the stop rule (`viprog.policy.stops`) and end-of-sequence
+   tokens checked after every token; finished sequences leave the batch at once.
 
 Positions stay exact (the prefix occupies positions 0..P-1 for every sequence, padding
 is masked out), so greedy decoding gives the same tokens as `generate` on each prompt.
+A padding position may see no real token at all (prompts with no shared prefix and of
+different lengths); `grouped_attention` keeps such rows finite.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from viprog.policy.base import SamplingParams
+from viprog.policy.stops import eos_ids, stopped
 
 #: prefixes shorter than this are not worth a separate forward pass
 MIN_PREFIX = 16
@@ -52,11 +55,15 @@ def grouped_attention(module: Any, query: Any, key: Any, value: Any, attention_m
     scale = scaling if scaling is not None else dim ** -0.5
     q = query.reshape(batch, kv_heads, group * q_len, dim)
     scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scale).view(batch, kv_heads, group, q_len, kv_len)
+    # Masked scores get the dtype's lowest finite value, not -inf (as eager attention does): a left-padding
+    # query with no earlier real token sees nothing, and softmax over a row of -inf is NaN — a NaN that the
+    # next layer's keys and values carry into every real row (0 weight x NaN value = NaN).
+    floor = torch.finfo(scores.dtype).min
     if attention_mask is not None:  # bool, True = attend, [batch, 1, q_len, kv_len]
-        scores = scores.masked_fill(~attention_mask[:, :, None].to(torch.bool), float("-inf"))
+        scores = scores.masked_fill(~attention_mask[:, :, None].to(torch.bool), floor)
     elif q_len > 1:  # no mask: plain causal, the queries being the last q_len positions
         causal = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        scores = scores.masked_fill(~causal, float("-inf"))
+        scores = scores.masked_fill(~causal, floor)
     probs = torch.softmax(scores.float(), dim=-1).to(value.dtype).view(batch, kv_heads, group * q_len, kv_len)
     out = torch.matmul(probs, value).view(batch, q_heads, q_len, dim)
     return out.transpose(1, 2).contiguous(), None
@@ -99,11 +106,9 @@ class SharedPrefixDecoder:
     """One `run` samples `params.n` continuations for each tokenised prompt."""
 
     def __init__(self, model: Any, tokenizer: Any, device: str, batch_size: int, progress: bool = True) -> None:
-        from viprog.policy.hf import _eos_ids
-
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.batch_size, self.progress = batch_size, progress
-        self.eos = _eos_ids(model, tokenizer)
+        self.eos = eos_ids(model, tokenizer)
         self.prefill_tokens = 0
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         #: transformers 5 renamed `past_key_values` to `cache`; older and remote-code models use the old name
@@ -209,7 +214,7 @@ class SharedPrefixDecoder:
                 if token in self.eos:
                     continue
                 out[seq].append(token)
-                if params.stop and self._stopped(out[seq], params.stop):
+                if params.stop and stopped(self.tokenizer.decode(out[seq], skip_special_tokens=True), params.stop):
                     continue
                 keep_rows.append(r)
             bar.update(len(active) - len(keep_rows))
@@ -228,8 +233,3 @@ class SharedPrefixDecoder:
             next_pos = next_pos + 1
         bar.update(len(active))
         return out
-
-    def _stopped(self, tokens: list[int], stops: Sequence[str]) -> bool:
-        from viprog.policy.hf import cut_at_stop
-
-        return cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stops)[1]

@@ -6,9 +6,9 @@ each prompt is sampled n times. `generate` expands every prompt n times before p
 so the prefix is encoded prompts × n times. Here the prefix is encoded once (and kept
 across calls until the model or adapter changes), each query's suffix once, and only the
 decoding runs per sample: the prefix's KV cache is shared by every sample of every
-question. Decoding is batched, finished sequences leave the batch, stop strings end a
-sequence as soon as they appear. `prefix_cache=False` runs plain `generate` (the
-reference path the tests and benchmarks compare against).
+question. Decoding is batched, finished sequences leave the batch, and a sequence ends as
+soon as the stop rule of `viprog.policy.stops` fires. `prefix_cache=False` runs plain
+`generate` with the same rule (the reference path the tests and benchmarks compare against).
 
 LoRA adapters are loaded with PEFT into the one base model and switched by name (the
 base is never reloaded); `quantize="int8"` samples from a dynamically quantised copy
@@ -19,7 +19,6 @@ so the self-training loop fine-tunes the same weights (`model_path` names the ba
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,31 +27,9 @@ from typing import Any, Literal
 
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
+from viprog.policy.stops import cut_all, eos_ids, stopped
 
 log = logging.getLogger(__name__)
-
-_PREAMBLE_LINE = re.compile(r"^\s*$|^\s*#|^def\s+execute_command\s*\(")
-
-
-def body_start(text: str) -> int:
-    """Where the completion's code starts: the first line that is not blank, not a
-    comment and not a (repeated) `def execute_command(...)` header; len(text) if none yet."""
-    pos = 0
-    for line in text.splitlines(keepends=True):
-        if not _PREAMBLE_LINE.match(line):
-            return pos
-        pos += len(line)
-    return len(text)
-
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to its first stop string (excluded), and whether one was found. Stops
-    count only once code has started (`body_start`): a small model often restates the
-    header or writes a comment first, and stopping there would leave an empty program."""
-    start = max(body_start(text) - 1, 0)  # a stop such as "\n#" begins with the newline before the line
-    cut = min((i for i in (text.find(s, start) for s in stops if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
 
 class HFPolicy(Policy):
     """A transformers causal LM (hub name or local folder) as a program-writing policy.
@@ -206,12 +183,10 @@ class HFPolicy(Policy):
             if flushed:
                 torch.set_flush_denormal(False)
         self.stats["seconds"] += time.perf_counter() - start
-        texts = []
-        for per_prompt in outputs:
-            self.stats["generated_tokens"] += sum(len(t) for t in per_prompt)
-            texts.append([cut_at_stop(self.tokenizer.decode(t, skip_special_tokens=True), params.stop)[0]
-                          for t in per_prompt] * copies)
-        return texts
+        self.stats["generated_tokens"] += sum(len(t) for per_prompt in outputs for t in per_prompt)
+        texts = [[self.tokenizer.decode(t, skip_special_tokens=True) for t in per_prompt] * copies
+                 for per_prompt in outputs]
+        return cut_all(texts, params.stop)
 
     def _sample_ids(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
         if self.prefix_cache:
@@ -242,10 +217,10 @@ class HFPolicy(Policy):
                                       "num_return_sequences": params.n, "pad_token_id": tok.pad_token_id}
             if params.temperature > 0:
                 kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
-            if params.stop:
-                kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+            if params.stop:  # our rule, not `stop_strings`: that one would stop on a comment before the code
+                kwargs.update(stopping_criteria=_stop_rule(tok, width, params.stop))
             gen = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[:, width:]
-            eos = _eos_ids(model, tok)
+            eos = eos_ids(model, tok)
             for i in range(len(chunk)):
                 rows = []
                 for row in gen[i * params.n:(i + 1) * params.n].tolist():
@@ -257,12 +232,14 @@ class HFPolicy(Policy):
         return out
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Every token that ends a sequence: the tokenizer's eos and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    return ids
+def _stop_rule(tokenizer: Any, width: int, stops: Sequence[str]) -> Any:
+    """`generate`'s stopping criteria for `stopped` on the tokens after the first `width`."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopRule(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            done = [stopped(tokenizer.decode(row[width:], skip_special_tokens=True), stops) for row in input_ids.tolist()]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopRule()])

@@ -3,7 +3,8 @@
 Why: tests of the self-training loop need a policy whose output is known, and released
 programs (a JSONL file of `{"query", "program"}` rows, e.g. a library exported by an
 earlier run) are scored through the same rollout code as a model's samples. The query a
-prompt asks is read from its last `Query:` line (every prompt style writes one).
+prompt asks is read from its last `Query:` line (every prompt style writes one). Like a
+model's, its completions are cut at the request's stop strings by the shared rule.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.prompts import normalize_query
+from viprog.policy.stops import cut_all
 
 _QUERY = re.compile(r"Query:\s*(.+?)\s*$", re.MULTILINE)
 
@@ -84,7 +86,7 @@ class ScriptedPolicy(Policy):
 
     def sample(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
         self.calls.append((list(prompts), params))
-        return [list(islice(cycle(self._for(query_of(p))), params.n)) for p in prompts]
+        return cut_all([list(islice(cycle(self._for(query_of(p))), params.n)) for p in prompts], params.stop)
 
     def load_adapter(self, path: str | Path | None) -> None:
         """Nothing to adapt: a scripted policy always returns its programs."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
+from viprog.policy.stops import cut_all
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +78,19 @@ class VLLMPolicy(Policy):
         return self.llm.get_tokenizer()
 
     def sample(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
-        """`params.n` completions per prompt; one request per prompt, the adapter on each."""
+        """`params.n` completions per prompt; one request per prompt, the adapter on each.
+
+        The stop strings are not given to vLLM, which would stop at one anywhere (a comment
+        before the code, say): each sample runs to its end-of-sequence token or
+        `max_new_tokens`, and is then cut by the rule every backend shares (`cut_all`)."""
         if not prompts:
             return []
         vllm = _vllm()
         sampling = vllm.SamplingParams(n=params.n, temperature=params.temperature,
                                        top_p=params.top_p if params.temperature > 0 else 1.0,
-                                       max_tokens=params.max_new_tokens, stop=list(params.stop), seed=params.seed)
+                                       max_tokens=params.max_new_tokens, seed=params.seed)
         outputs = self.llm.generate(list(prompts), sampling, lora_request=self._lora, use_tqdm=self.progress)
-        return [[c.text for c in out.outputs] for out in outputs]
+        return cut_all([[c.text for c in out.outputs] for out in outputs], params.stop)
 
     def load_adapter(self, path: str | Path | None) -> None:
         """Later requests carry a `LoRARequest` for `path` (None: the base model)."""
