@@ -26,8 +26,10 @@ def test_box_tokenizer_round_trip_and_random_order() -> None:
     assert tok.decode(np.array([tok.EOS] + [tok.PAD] * 20))["boxes"].shape == (0, 4)
 
 
-def test_seq_policy_distribution_sums_to_one() -> None:
-    """Enumerate every grammatical sequence of a tiny vocabulary: probabilities sum to 1."""
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.5, None), (2.0, 3)])
+def test_seq_policy_distribution_sums_to_one(temperature: float, top_k: int | None) -> None:
+    """Enumerate every grammatical sequence of a tiny vocabulary: probabilities sum to 1,
+    also under the temperature and top-k the samples are drawn with."""
     torch.manual_seed(0)
     tok = BoxTokenizer(4, 2, 1)  # coordinates 0..4, two classes, one object: 5^4 · 2 + 1 sequences
     policy = SeqPolicy(tok, dim=16, layers=1).eval()
@@ -36,8 +38,30 @@ def test_seq_policy_distribution_sums_to_one() -> None:
     seqs += [[*c, k, tok.EOS] for c in itertools.product(coords, repeat=4) for k in range(tok.class0, tok.vocab_size)]
     y = torch.tensor(seqs).unsqueeze(0)
     with torch.no_grad():
-        total = policy.log_prob(torch.rand(1, 3, 4, 4), y).exp().sum()
-    assert total.item() == pytest.approx(1.0, abs=1e-4)
+        logp = policy.log_prob(torch.rand(1, 3, 4, 4), y, temperature, top_k)
+    assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-4)
+    assert (top_k is not None) == bool(torch.isinf(logp).any())  # top-k leaves some sequences out
+
+
+def test_seq_policy_scores_its_samples_at_the_temperature_they_were_drawn_at() -> None:
+    """Each token's log-probability is log softmax(masked logits / T) at that position, with
+    all but the top k at −inf; every token drawn at (T, k) has a finite one."""
+    torch.manual_seed(0)
+    tok = BoxTokenizer(16, 3, 2)
+    policy = SeqPolicy(tok, dim=32, layers=1).eval()
+    x = torch.rand(2, 3, 16, 16)
+    t, k = 0.6, 5
+    y = policy.sample(x, 3, temperature=t, top_k=k)
+    with torch.no_grad():
+        got = policy.token_log_probs(x, y, t, k)
+        logits = policy._logits(policy.memory(x).repeat_interleave(3, 0), y.reshape(6, -1)) / t
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    direct = logits.masked_fill(logits < kth, float("-inf")).log_softmax(-1)
+    direct = direct.gather(-1, y.reshape(6, -1, 1)).squeeze(-1).view_as(got)
+    live = got != 0  # PAD after EOS scores 0
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got[live], direct[live])
+    assert not torch.allclose(policy.log_prob(x, y), policy.log_prob(x, y, t, k))
 
 
 def test_seq_policy_samples_parse_and_greedy_is_the_mode() -> None:
@@ -59,6 +83,27 @@ def test_seq_policy_samples_parse_and_greedy_is_the_mode() -> None:
     # greedy maximises every next token, so its first token is at least as likely as any sample's
     first = policy.token_log_probs(x, torch.cat([greedy, samples], 1))[..., 0]
     assert (first[:, :1] >= first[:, 1:] - 1e-6).all()
+
+
+def test_pixel_policy_scores_the_tempered_distribution_it_samples() -> None:
+    """One pixel, four classes, T = 0.5 and top-3: log_prob is log softmax(logits / T) with
+    the smallest class at −inf, and the sampling frequencies follow it."""
+    torch.manual_seed(0)
+    policy = PixelPolicy(1, 4, width=8).eval()
+    x = torch.rand(1, 1, 1, 1)
+    t, k = 0.5, 3
+    every = torch.arange(4).view(1, 4, 1, 1)
+    with torch.no_grad():
+        logp = policy.log_prob(x, every, temperature=t, top_k=k)[0]
+        logits = policy.logits(x)[0, 0, 0]
+    top = logits > logits.min()
+    direct = torch.full((4,), float("-inf"))
+    direct[top] = (logits[top] / t).log_softmax(-1)
+    torch.testing.assert_close(logp, direct)
+    assert not torch.allclose(logp, logits.log_softmax(-1))  # T = 1 would score another distribution
+    draws = policy.sample(x, 20_000, temperature=t, top_k=k).flatten()
+    freq = torch.bincount(draws, minlength=4).double() / len(draws)
+    np.testing.assert_allclose(freq.numpy(), logp.exp().double().numpy(), atol=0.015)
 
 
 def test_pixel_policy_log_prob_matches_its_sampling_distribution() -> None:
@@ -95,17 +140,19 @@ def test_region_policy_greedy_is_the_argmax_and_samples_relabel_whole_regions() 
     assert len({tuple(s.tolist()) for s in samples[0]}) > 1  # and the samples differ
 
 
-def test_region_policy_log_prob_is_a_normalised_distribution_over_relabellings() -> None:
+@pytest.mark.parametrize(("temperature", "top_k"), [(1.0, None), (0.5, None), (2.0, 2)])
+def test_region_policy_log_prob_is_a_normalised_distribution_over_relabellings(temperature: float,
+                                                                               top_k: int | None) -> None:
     """Enumerate every assignment of a class to each region: probabilities sum to 1, and
-    the sampling frequencies match them."""
+    the sampling frequencies at the same temperature and top-k match them."""
     policy, x = _region_policy(seed=1, size=3)
     x = x[:1]
     ids, counts = policy.regions(x)
     r = int(counts[0])
     maps = torch.stack([torch.tensor(a)[ids[0]] for a in itertools.product(range(3), repeat=r)])
-    logp = policy.log_prob(x, maps.view(1, -1, 3, 3))
+    logp = policy.log_prob(x, maps.view(1, -1, 3, 3), temperature, top_k)
     assert float(logp.detach().exp().sum()) == pytest.approx(1.0, abs=1e-5)
-    draws = policy.sample(x, 4000).view(4000, -1)
+    draws = policy.sample(x, 4000, temperature, top_k).view(4000, -1)
     index = {tuple(m.tolist()): i for i, m in enumerate(maps)}
     freq = np.bincount([index[tuple(d.tolist())] for d in draws], minlength=len(maps)) / 4000
     np.testing.assert_allclose(freq, logp[0].exp().detach().numpy(), atol=0.03)

@@ -35,6 +35,9 @@ class ReinforceConfig:
     """output folder (default runs/reinforce/<demo>); seed k goes to <out>/seed_<k>/"""
     resume: bool = False
     """continue from the checkpoints in the output folder instead of starting over"""
+    device: str = "cpu"
+    """where the models, the data batches and the rewards live: cpu, cuda, cuda:1, …
+    (results on a GPU differ from the CPU's: another random stream and float order)"""
     threads: int | None = None
     """torch CPU threads (default: torch's choice)"""
     progress: bool = True
@@ -57,6 +60,21 @@ def format_table(results: list) -> str:
     return "\n".join(lines)
 
 
+def _check_device(name: str) -> None:
+    """A device torch can parse and this machine has, else a one-line UsageError."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this machine has no CUDA device visible to torch; use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                         f"use cuda:0 … cuda:{torch.cuda.device_count() - 1}")
+
+
 def main(cfg: ReinforceConfig) -> int:
     """Run the demo for every seed; print the table; write `results.json`. Returns 0."""
     for name in ("mle_steps", "reward_steps", "threads"):
@@ -71,6 +89,7 @@ def main(cfg: ReinforceConfig) -> int:
 
     if cfg.demo not in DEMOS:
         raise UsageError(f"unknown demo {cfg.demo!r}; choose one of {', '.join(DEMOS)}")
+    _check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = cfg.out or Path("runs") / "reinforce" / cfg.demo
@@ -79,9 +98,11 @@ def main(cfg: ReinforceConfig) -> int:
     results = []
     for seed in cfg.seeds:
         seed_dir = out / f"seed_{seed}"
-        print(f"viprog reinforce: {cfg.demo} seed {seed}: MLE then reward tuning → {seed_dir}", flush=True)
+        print(f"viprog reinforce: {cfg.demo} seed {seed} on {cfg.device}: MLE then reward tuning → {seed_dir}",
+              flush=True)
         results.append(run(cfg.demo, seed, seed_dir, resume=cfg.resume, progress=cfg.progress,
-                           mle_steps=cfg.mle_steps, reward_steps=cfg.reward_steps, control=cfg.control))
+                           mle_steps=cfg.mle_steps, reward_steps=cfg.reward_steps, control=cfg.control,
+                           device=cfg.device))
     print(format_table(results))
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(f"viprog reinforce: metrics in {out}/seed_*/metrics.jsonl, results in {out / 'results.json'}")

@@ -3,7 +3,9 @@
 Why: they show that the tuner does what the paper claims on problems small enough for a
 CPU, and they are the recipe for users (build data, a policy, a batch function, a
 reward, an evaluation; hand them to `tuner.train`). Each demo reports its task metric on
-a held-out split after MLE and after reward tuning.
+a held-out split after MLE and after reward tuning. `device` puts the model and every
+batch there; the rewards read the samples back to the CPU (NumPy) and the tuner moves
+them to the log-probabilities' device.
 
 - segmentation: per-pixel classes (background + 3 shapes; colour is uninformative),
   reward = per-image panoptic quality of the sampled map (each connected region of a
@@ -62,8 +64,8 @@ class Demo:
     evaluated after it); None tunes `policy` itself"""
 
 
-def _images(s: Shapes, idx: np.ndarray) -> Tensor:
-    return torch.from_numpy(s.images[idx]).permute(0, 3, 1, 2).float().div(255.0)
+def _images(s: Shapes, idx: np.ndarray, device: torch.device) -> Tensor:
+    return torch.from_numpy(s.images[idx]).to(device).permute(0, 3, 1, 2).float().div(255.0)
 
 
 def _batches(n: int, batch_size: int, seed: int, make: Callable[[np.ndarray, np.random.Generator], Batch]
@@ -75,7 +77,8 @@ def _batches(n: int, batch_size: int, seed: int, make: Callable[[np.ndarray, np.
     return batch
 
 
-def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300) -> Demo:
+def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300,
+                 device: str | torch.device = "cpu") -> Demo:
     """Noisy scenes of up to 4 small shapes; a `PixelPolicy` over background + 3 classes,
     reward-tuned as a `RegionPolicy`. The training pool is large enough that the MLE model
     does not memorise it (with 1500 images its greedy reward on the pool was 0.997 and on
@@ -83,22 +86,24 @@ def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300) 
     train_set = generate(train_size, seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     test = generate(test_size, 10_000 + seed, noise=50.0, min_radius=3.0, max_radius=6.5, max_shapes=4)
     k = len(CLASSES) + 1
+    dev = torch.device(device)
     torch.manual_seed(seed)
-    policy = PixelPolicy(3, k)
+    policy = PixelPolicy(3, k).to(dev)
 
     def make(idx: np.ndarray, _rng: np.random.Generator) -> Batch:
-        return {"x": _images(train_set, idx), "y": torch.from_numpy(train_set.semantic[idx])}
+        return {"x": _images(train_set, idx, dev), "y": torch.from_numpy(train_set.semantic[idx]).to(dev)}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
-        gts = [_components(g) for g in batch["y"].numpy()]
-        return np.array([[_pq([_components(m)], [gts[i]]) for m in maps] for i, maps in enumerate(samples.numpy())])
+        gts = [_components(g) for g in batch["y"].cpu().numpy()]
+        return np.array([[_pq([_components(m)], [gts[i]]) for m in maps]
+                         for i, maps in enumerate(samples.cpu().numpy())])
 
     test_segments = [_components(m) for m in test.semantic]
 
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
-        pred = torch.cat([p.sample(_images(test, np.arange(i, min(i + 100, test_size))), 1, temperature=0)[:, 0]
-                          for i in range(0, test_size, 100)]).numpy()
+        pred = torch.cat([p.sample(_images(test, np.arange(i, min(i + 100, test_size)), dev), 1, temperature=0)[:, 0]
+                          for i in range(0, test_size, 100)]).cpu().numpy()
         pq = _pq([_components(m) for m in pred], test_segments)
         return {"pq": 100 * pq, "miou": 100 * rewards.miou(pred, test.semantic, k, reduce="dataset")}
 
@@ -124,22 +129,24 @@ def _pq(predictions: list[dict], ground_truths: list[dict]) -> float:
     return rewards.panoptic_quality(predictions, ground_truths, void_id=-1)["pq"]
 
 
-def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_objects: int = 5) -> Demo:
+def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_objects: int = 5,
+              device: str | torch.device = "cpu") -> Demo:
     """Noisy scenes of up to 5 small shapes; a `SeqPolicy` emitting pix2seq box tokens."""
     world = {"max_shapes": max_objects, "noise": 30.0, "min_radius": 3.0, "max_radius": 6.5}
     train_set, test = generate(train_size, seed, **world), generate(test_size, 10_000 + seed, **world)
     tok = BoxTokenizer(32, len(CLASSES), max_objects)
+    dev = torch.device(device)
     torch.manual_seed(seed)
-    policy = SeqPolicy(tok)
+    policy = SeqPolicy(tok).to(dev)
 
     def make(idx: np.ndarray, rng: np.random.Generator) -> Batch:
         seqs = np.stack([tok.encode(train_set.boxes[i], train_set.labels[i], rng) for i in idx])
-        return {"x": _images(train_set, idx), "y": torch.from_numpy(seqs),
+        return {"x": _images(train_set, idx, dev), "y": torch.from_numpy(seqs).to(dev),
                 "gt": [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in idx]}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
         b, n = samples.shape[:2]
-        preds = [tok.decode(s) for s in samples.reshape(b * n, -1).numpy()]
+        preds = [tok.decode(s) for s in samples.reshape(b * n, -1).cpu().numpy()]
         gts = [g for g in batch["gt"] for _ in range(n)]
         return rewards.detection_reward(preds, gts).reshape(b, n)
 
@@ -147,10 +154,10 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
     def evaluate(p: nn.Module) -> dict[str, float]:
         preds = []
         for i in range(0, test_size, 100):
-            x = _images(test, np.arange(i, min(i + 100, test_size)))
+            x = _images(test, np.arange(i, min(i + 100, test_size)), dev)
             seqs = p.sample(x, 1, temperature=0)
             logp = p.token_log_probs(x, seqs)
-            preds += [tok.decode(s, lp) for s, lp in zip(seqs[:, 0].numpy(), logp[:, 0].numpy())]
+            preds += [tok.decode(s, lp) for s, lp in zip(seqs[:, 0].cpu().numpy(), logp[:, 0].cpu().numpy())]
         gts = [{"boxes": bx, "labels": lb} for bx, lb in zip(test.boxes, test.labels)]
         n_pred = sum(len(q["labels"]) for q in preds)
         return {"map": 100 * rewards.coco_map(preds, gts), "boxes_per_object": n_pred / sum(map(len, test.labels)),
@@ -184,25 +191,28 @@ def colorization_reward(colours: np.ndarray, grey: np.ndarray, luma_weight: floa
     return t["colorfulness"] / 25.0 - luma_weight * t["luma_err"] - edge_weight * t["colour_edges"]
 
 
-def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300) -> Demo:
+def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300,
+                 device: str | torch.device = "cpu") -> Demo:
     """Palette scenes shown in grey; a `PixelPolicy` over the 12 palette colours."""
     train_set, test = generate(train_size, seed, colorization=True), generate(test_size, 10_000 + seed,
                                                                             colorization=True)
     train_grey, test_grey = train_set.grey(), test.grey()
+    dev = torch.device(device)
     torch.manual_seed(seed)
-    policy = PixelPolicy(1, len(PALETTE))
+    policy = PixelPolicy(1, len(PALETTE)).to(dev)
 
     def make(idx: np.ndarray, _rng: np.random.Generator) -> Batch:
-        return {"x": torch.from_numpy(train_grey[idx]).unsqueeze(1), "y": torch.from_numpy(train_set.colours[idx])}
+        return {"x": torch.from_numpy(train_grey[idx]).unsqueeze(1).to(dev),
+                "y": torch.from_numpy(train_set.colours[idx]).to(dev)}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
         b, n = samples.shape[:2]
-        grey = batch["x"][:, 0].numpy().repeat(n, 0)
-        return colorization_reward(samples.reshape(b * n, *samples.shape[2:]).numpy(), grey).reshape(b, n)
+        grey = batch["x"][:, 0].cpu().numpy().repeat(n, 0)
+        return colorization_reward(samples.reshape(b * n, *samples.shape[2:]).cpu().numpy(), grey).reshape(b, n)
 
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
-        out = p.sample(torch.from_numpy(test_grey).unsqueeze(1), 1, temperature=0)[:, 0].numpy()
+        out = p.sample(torch.from_numpy(test_grey).unsqueeze(1).to(dev), 1, temperature=0)[:, 0].cpu().numpy()
         terms = {k: float(v.mean()) for k, v in colorization_terms(out, test_grey).items()}
         return {**terms, "reward": float(colorization_reward(out, test_grey).mean()),
                 "gt_colorfulness": float(rewards.colorfulness(test.images).mean()),
@@ -234,15 +244,17 @@ class DemoResult:
 
 
 def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progress: bool = True,
-        mle_steps: int | None = None, reward_steps: int | None = None, control: bool = False) -> DemoResult:
-    """Build a demo, train it with MLE, evaluate, tune it with its reward, evaluate.
+        mle_steps: int | None = None, reward_steps: int | None = None, control: bool = False,
+        device: str | torch.device = "cpu") -> DemoResult:
+    """Build a demo on `device` (its model, batches and rewards), train it with MLE,
+    evaluate, tune it with its reward, evaluate.
 
     Writes `<out_dir>/{mle,reward}.pt` and `metrics.jsonl` (and, with `control`, the same
     under `<out_dir>/control/`). Without `resume`, earlier files there are replaced.
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown demo {name!r}; choose one of {', '.join(DEMOS)}")
-    demo = BUILDERS[name](seed)
+    demo = BUILDERS[name](seed, device=device)
     demo.mle = replace(demo.mle, steps=mle_steps if mle_steps is not None else demo.mle.steps)
     demo.reward = replace(demo.reward, steps=reward_steps if reward_steps is not None else demo.reward.steps)
     out = Path(out_dir)

@@ -7,8 +7,10 @@ segmentation, colorization into colour bins), and an autoregressive sequence of 
 (pix2seq-style boxes, or VQ codes that a frozen decoder turns into pixels). One small
 reference model of each family lives here, plus the pix2seq box tokenizer. Both are
 small enough to train on a CPU in a minute; a user's own model replaces them by
-implementing the same two methods. `RegionPolicy` turns a per-pixel model into one whose
-samples relabel whole regions, which is what lets reward tuning move panoptic quality.
+implementing the same two methods. `log_prob` takes the temperature and top-k that
+`sample` drew with and scores under that same distribution (`tempered`), as REINFORCE
+needs. `RegionPolicy` turns a per-pixel model into one whose samples relabel whole
+regions, which is what lets reward tuning move panoptic quality.
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-def _draw(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
-    """Sample the last axis of `logits`; temperature 0 means argmax."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
+def tempered(logits: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+    """The logits that sampling at (`temperature`, `top_k`) draws from: divided by the
+    temperature (> 0), everything below the k-th largest at −inf. `log_prob` scores with
+    the same function, so the tuner's log-probabilities are those of the distribution
+    its samples came from. At (1, None) the logits come back unchanged."""
+    if temperature != 1:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+def _draw(logits: Tensor, temperature: float, top_k: int | None) -> Tensor:
+    """Sample the last axis of `tempered(logits)`; temperature 0 means argmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = tempered(logits, temperature, top_k)
     flat = logits.reshape(-1, logits.shape[-1])
     return torch.multinomial(flat.softmax(-1), 1).reshape(logits.shape[:-1])
 
@@ -61,9 +73,11 @@ class PixelPolicy(nn.Module):
         logits = self.logits(x).unsqueeze(1).expand(-1, n, -1, -1, -1)
         return _draw(logits, temperature, top_k)
 
-    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
-        """Sum over pixels of log p(y_ij | x): y (B, n, H, W) → (B, n)."""
-        logp = self.logits(x).log_softmax(-1).unsqueeze(1).expand(-1, y.shape[1], -1, -1, -1)
+    def log_prob(self, x: Tensor, y: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+        """Sum over pixels of log p(y_ij | x) under the distribution `sample` draws from at
+        the same temperature and top-k: y (B, n, H, W) → (B, n)."""
+        logp = tempered(self.logits(x), temperature, top_k).log_softmax(-1).unsqueeze(1)
+        logp = logp.expand(-1, y.shape[1], -1, -1, -1)
         return logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).flatten(2).sum(-1)
 
 
@@ -148,8 +162,9 @@ class RegionPolicy(nn.Module):
         classes = _draw(rl, temperature, top_k)  # (B, n, R)
         return classes.gather(2, ids.unsqueeze(1).expand(-1, n, -1)).view(x.shape[0], n, *x.shape[-2:])
 
-    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
-        """Sum over regions of log p(region's class): y (B, n, H, W) → (B, n)."""
+    def log_prob(self, x: Tensor, y: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+        """Sum over regions of log p(region's class) at the temperature and top-k the
+        samples were drawn with: y (B, n, H, W) → (B, n)."""
         last, self._last = self._last, None
         ids, counts = last[2] if last is not None and last[0] is x and last[1] == x._version else self.regions(x)
         b, n = y.shape[:2]
@@ -158,7 +173,8 @@ class RegionPolicy(nn.Module):
         classes = flat.new_zeros(b, n, int(ids.max()) + 1).scatter(2, index, flat)  # (B, n, R): a pixel's class per region
         if not torch.equal(classes.gather(2, index), flat):
             raise ValueError("RegionPolicy.log_prob scores only maps constant on its regions (its own samples)")
-        logp = self.region_logits(x, ids).log_softmax(-1).unsqueeze(1).expand(-1, n, -1, -1)
+        logp = tempered(self.region_logits(x, ids), temperature, top_k).log_softmax(-1)
+        logp = logp.unsqueeze(1).expand(-1, n, -1, -1)
         picked = logp.gather(-1, classes.unsqueeze(-1)).squeeze(-1)
         live = torch.arange(classes.shape[-1], device=ids.device) < counts.unsqueeze(1)
         return (picked * live.unsqueeze(1)).sum(-1)
@@ -270,16 +286,17 @@ class SeqPolicy(nn.Module):
                 break
         return seq.view(x.shape[0], n, -1)
 
-    def token_log_probs(self, x: Tensor, y: Tensor) -> Tensor:
-        """log p of each token, 0 on PAD after EOS: y (B, n, L) → (B, n, L)."""
+    def token_log_probs(self, x: Tensor, y: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+        """log p of each token at the sampling temperature and top-k, 0 on PAD after EOS:
+        y (B, n, L) → (B, n, L)."""
         b, n, length = y.shape
         mem = self.memory(x).repeat_interleave(n, 0)
         flat = y.reshape(b * n, length)
-        logp = self._logits(mem, flat).log_softmax(-1)
+        logp = tempered(self._logits(mem, flat), temperature, top_k).log_softmax(-1)
         live = torch.cumsum((flat == self.tok.EOS).long(), 1) - (flat == self.tok.EOS).long() == 0
         tok = logp.gather(-1, flat.unsqueeze(-1)).squeeze(-1)
         return torch.where(live, tok, torch.zeros_like(tok)).view(b, n, length)
 
-    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
-        """log p(y | x) of whole sequences: y (B, n, L) → (B, n)."""
-        return self.token_log_probs(x, y).sum(-1)
+    def log_prob(self, x: Tensor, y: Tensor, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
+        """log p(y | x) of whole sequences, sampled at `temperature` / `top_k`: y (B, n, L) → (B, n)."""
+        return self.token_log_probs(x, y, temperature, top_k).sum(-1)
