@@ -2,8 +2,9 @@
 
 A task is one class registered in `TASKS` with `@TASKS.register("name")`. It yields
 `Example`s for a split, loads an example's pixels, turns an `ExecutionResult` into a
-coarse reward in [0, 1], aggregates metrics, names its default primitive profile, and
-carries its few-shot seed programs (never taken from its own test split).
+coarse reward in [0, 1], aggregates metrics, names its default primitive profile and its
+default train / eval splits, and carries its few-shot seed programs (never taken from
+its own test split).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Task:
     default_profile: ClassVar[str] = "neural"
     #: primitive names shown in this task's API section (None: all)
     primitives: ClassVar[tuple[str, ...] | None] = None
+    #: (train split, eval split) used when the user names none
+    default_splits: ClassVar[tuple[str, str]] = ("train", "test")
 
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None

@@ -14,6 +14,11 @@ folder saved with `datasets`' `save_to_disk` (columns `question`, `answer`, `ima
 optional `id`, `imageId`, `types`) is read the same way. Reward: exact match after
 GQA-style answer normalisation; metrics: accuracy, overall and per question type (GQA's
 structural type by default: verify / query / choose / logical / compare).
+
+Default splits: train for the self-training pool, testdev for evaluation — the balanced
+test-dev split (12,578 questions on 398 images) is what ViperGPT and ViReP report GQA
+accuracy on, and it ships with GQA's question files and on the hub; val (132,062
+questions) stays free for choosing settings.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class GQATask(Task):
     #: which of the record's `types` names the question type in metrics
     question_type_key: ClassVar[str] = "structural"
     hf_name: ClassVar[str] = "lmms-lab/GQA"
+    #: evaluation on testdev, as ViperGPT and ViReP report GQA (see the module docstring)
+    default_splits: ClassVar[tuple[str, str]] = ("train", "testdev")
 
     def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
         super().__init__(data_dir, **options)

@@ -183,6 +183,7 @@ class ShapesTask(_ShapesWorld, GQATask):
     name: ClassVar[str] = "shapes"
     default_profile: ClassVar[str] = "shapes"
     question_type_key: ClassVar[str] = "detailed"
+    default_splits: ClassVar[tuple[str, str]] = ("train", "test")
 
     def splits(self) -> list[str]:
         return ["train", "val", "test"]

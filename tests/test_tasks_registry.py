@@ -1,4 +1,5 @@
-"""Every registered task: a real default profile, ≤ 8 seed programs that compile, a docstring."""
+"""Every registered task: a real default profile, default splits it has, ≤ 8 seed programs that
+compile, a docstring."""
 
 from __future__ import annotations
 
@@ -39,3 +40,15 @@ def test_shapes_seed_queries_are_not_test_questions(tmp_path):
     task = TASKS.get("shapes")(data_dir=tmp_path / "w", questions={"train": 10, "val": 5, "test": 300}, progress=False)
     test_queries = {ex.query for ex in task.examples("test")}
     assert not test_queries & {q for q, _ in task.seed_programs()}
+
+
+
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "jsonl"])  # jsonl's splits are its folder's files
+def test_default_splits_are_splits_of_the_task(name):
+    task = TASKS.get(name)()
+    assert len(task.default_splits) == 2 and set(task.default_splits) <= set(task.splits())
+
+
+def test_gqa_evaluates_on_testdev_and_shapes_on_test():
+    assert TASKS.get("gqa").default_splits == ("train", "testdev")
+    assert TASKS.get("shapes").default_splits == TASKS.get("shapes-hard").default_splits == ("train", "test")
