@@ -2,17 +2,22 @@
 
 A task is one class registered in `TASKS` with `@TASKS.register("name")`. It yields
 `Example`s for a split, loads an example's pixels, turns an `ExecutionResult` into a
-coarse reward in [0, 1], aggregates metrics, names its default primitive profile, and
-carries its few-shot seed programs (never taken from its own test split).
+coarse reward in [0, 1], aggregates metrics, names its default primitive profile and its
+default train / eval splits, and carries its few-shot seed programs (never taken from
+its own test split). Datasets too big to load whole as Python objects (GQA's train split)
+are read member by member with `iter_json_object`.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -160,3 +165,128 @@ class Task:
     def seed_programs(self) -> list[tuple[str, str]]:
         """Few-shot (query, program) pairs, written for this task (≤ 8)."""
         return []
+
+
+def cache_root() -> Path:
+    """Where tasks keep what they derive from data (generated worlds, file indexes)."""
+    return Path(os.environ.get("VIPROG_CACHE") or Path.home() / ".cache" / "viprog")
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+_CHUNK_CHARS = 1 << 22
+_NUMBER = frozenset("-+.eE0123456789")
+
+
+class _JSONChunks:
+    """The text of a JSON file, read a chunk at a time, with the line and column of its
+    first character kept for error messages (as `json.load` would report them)."""
+
+    def __init__(self, path: Path, fh: IO[str], bar: Any) -> None:
+        self.path, self.fh, self.bar = path, fh, bar
+        self.text, self.pos, self.eof = "", 0, False
+        self.offset, self.line, self.col = 0, 1, 1  # of text[0] in the whole file
+
+    def read_more(self) -> None:
+        """Drop the text before `pos` and append the next chunk (sets `eof` at the end)."""
+        done = self.text[:self.pos]
+        newline = done.rfind("\n")
+        if newline < 0:
+            self.col += len(done)
+        else:
+            self.line += done.count("\n")
+            self.col = len(done) - newline
+        self.offset += len(done)
+        try:
+            new = self.fh.read(max(_CHUNK_CHARS, len(self.text) - self.pos))  # a value larger than a chunk: doubling
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.path}: cannot read ({exc.__class__.__name__})") from None
+        self.bar.update(len(new))
+        self.eof = not new
+        self.text, self.pos = self.text[self.pos:] + new, 0
+
+    def error(self, message: str, pos: int) -> DataError:
+        line = self.line + self.text.count("\n", 0, pos)
+        newline = self.text.rfind("\n", 0, pos)
+        col = pos - newline if newline >= 0 else self.col + pos
+        return DataError(f"{self.path}: not valid JSON (line {line}, column {col}: {message})")
+
+    def next_char(self) -> str:
+        """The next character that is not white space ('' at the end of the file)."""
+        while True:
+            self.pos = _SPACE.match(self.text, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.text) or self.eof:
+                return self.text[self.pos:self.pos + 1]
+            self.read_more()
+
+    def value(self, decode: Any) -> tuple[Any, int, int]:
+        """The JSON value at `pos` with its start and end offsets in the file's text."""
+        while True:
+            try:
+                value, end = decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                if self.eof:
+                    raise self.error(exc.msg, exc.pos) from None
+            else:  # a number cut at the chunk's end ("12" of "12.5") would look whole
+                if self.eof or (end < len(self.text) and (self.text[self.pos] not in _NUMBER
+                                                          or self.text[end] not in _NUMBER)):
+                    start, self.pos = self.offset + self.pos, end
+                    return value, start, self.offset + end
+            self.read_more()
+
+
+def iter_json_object(path: Path, expected: str = "an object", encoding: str = "utf-8",
+                     progress: bool = False) -> Iterator[tuple[str, Any, int, int]]:
+    """Each member of the JSON object in `path` as (key, value, start, end), in file order,
+    holding one chunk of text (4 M characters) and one value in memory at a time, where
+    `json.load` builds the whole file's objects first.
+
+    start / end are offsets of the value's text; with `encoding="latin-1"` they are the
+    file's byte offsets (`json.loads` of those bytes gives the value back), and keys are
+    read back as UTF-8. Bad JSON: one-line `DataError` with `json.load`'s line, column and
+    message; a file whose top level is not an object: "expected <expected>, got a list".
+    A key given twice is yielded twice (`json.load` keeps the last value).
+    """
+    from tqdm import tqdm
+
+    decode = json.JSONDecoder().raw_decode
+    try:
+        fh = open(path, encoding=encoding, newline="")  # noqa: SIM115  (closed by the `with` below)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    with fh, tqdm(total=os.fstat(fh.fileno()).st_size, unit="B", unit_scale=True, desc=f"reading {path.name}", delay=2.0,
+                  disable=not progress) as bar:
+        text = _JSONChunks(path, fh, bar)
+        first = text.next_char()
+        if first == "[":  # not read further: it may be large
+            raise DataError(f"{path}: expected {expected}, got a list")
+        if first != "{":
+            scalar, _, _ = text.value(decode)  # or json.load's error
+            raise DataError(f"{path}: expected {expected}, got a {type(scalar).__name__}")
+        text.pos += 1
+        after = text.next_char()
+        while after != "}":
+            if after != '"':
+                raise text.error("Expecting property name enclosed in double quotes", text.pos)
+            key, key_start, key_end = text.value(decode)
+            if encoding == "latin-1" and not key.isascii():  # decode the key's bytes as the UTF-8 they are
+                key = json.loads(text.text[key_start - text.offset:key_end - text.offset].encode("latin-1"))
+            if text.next_char() != ":":
+                raise text.error("Expecting ':' delimiter", text.pos)
+            text.pos += 1
+            text.next_char()
+            value, start, end = text.value(decode)
+            yield key, value, start, end
+            after = text.next_char()
+            if after == ",":
+                text.pos += 1
+                after = text.next_char()
+                if after == "}":
+                    raise text.error("Expecting property name enclosed in double quotes", text.pos)
+            elif after != "}":
+                raise text.error("Expecting ',' delimiter", text.pos)
+        text.pos += 1
+        if text.next_char():
+            raise text.error("Extra data", text.pos)
+

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from viprog.tasks.answers import AnswerOrBoxReward, example_reward
-from viprog.tasks.base import TASKS, DataError, Example, Task
+from viprog.tasks.base import TASKS, DataError, Example, Task, cache_root
 from viprog.tasks.gqa import GQATask, read_json
 from viprog.tasks.shapes_world import WorldConfig
 
@@ -42,10 +42,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 MARKER = "world.json"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("VIPROG_CACHE") or Path.home() / ".cache" / "viprog")
 
 
 def balance(rng: random.Random, items: Sequence[T], n: int, kind: Callable[[T], str],

@@ -1,4 +1,5 @@
-"""Every registered task: a real default profile, ≤ 8 seed programs that compile, a docstring."""
+"""Every registered task: a real default profile, default splits it has, ≤ 8 seed programs that
+compile, a docstring."""
 
 from __future__ import annotations
 
@@ -41,8 +42,12 @@ def test_shapes_seed_queries_are_not_test_questions(tmp_path):
     assert not test_queries & {q for q, _ in task.seed_programs()}
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "jsonl"])  # jsonl: the files name its splits
-def test_a_tasks_default_splits_are_two_of_its_splits(name: str) -> None:
+@pytest.mark.parametrize("name", [n for n in BUILTIN if n != "jsonl"])  # jsonl's splits are its folder's files
+def test_default_splits_are_splits_of_the_task(name):
     task = TASKS.get(name)()
-    train, held_out = task.default_splits
-    assert train != held_out and {train, held_out} <= set(task.splits())
+    assert len(task.default_splits) == 2 and set(task.default_splits) <= set(task.splits())
+
+
+def test_gqa_holds_out_val_and_shapes_test():
+    assert TASKS.get("gqa").default_splits == ("train", "val")  # testdev: the final viprog eval
+    assert TASKS.get("shapes").default_splits == TASKS.get("shapes-hard").default_splits == ("train", "test")
