@@ -109,8 +109,8 @@ def fake_vllm(monkeypatch):
     vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     lora = types.ModuleType("vllm.lora")
     request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = lambda name, int_id, path: types.SimpleNamespace(lora_name=name, lora_int_id=int_id,
-                                                                           lora_path=path)
+    request.LoRARequest = lambda lora_name, lora_int_id, lora_path: types.SimpleNamespace(
+        lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
     for name, module in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request}.items():
         monkeypatch.setitem(sys.modules, name, module)
     return vllm

@@ -5,7 +5,7 @@ import json
 import pytest
 from selftrain_fixtures import SHAPES, build_tiny_policy, query_for, right_program
 
-from viprog.finetune import LoraSettings, TrainSettings, completion_for, finetune
+from viprog.finetune import LoraSettings, TrainSettings, completion_for, finetune, sft_options
 
 PROMPT = "# Query: {}\ndef execute_command(image):\n"
 
@@ -34,7 +34,28 @@ def test_finetune_publishes_an_adapter_and_lowers_the_loss(tiny, tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert json.loads((tmp_path / "adapter" / "train_stats.json").read_text())["train/steps"] == stats["train/steps"] == 8
     assert stats["train/loss_last"] < stats["train/loss_first"]
+    assert stats["train/checkpointing"] == 1  # the LoRA weights learn through checkpointed layers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # no temporaries left
+
+
+def test_on_cuda_training_checkpoints_activations_in_bf16(tmp_path):
+    """The GPU settings, read without a GPU: TRL's SFTConfig takes the options as given
+    (bf16 needs a GPU to construct, so the built config is checked with it off)."""
+    from trl import SFTConfig
+
+    options = sft_options(TrainSettings(), tmp_path, cuda=True, bf16=True)
+    assert options["bf16"] is True and options["use_cpu"] is False
+    config = SFTConfig(**(options | {"bf16": False, "use_cpu": True}))
+    assert config.gradient_checkpointing is True
+    off = SFTConfig(**sft_options(TrainSettings(checkpointing=False), tmp_path, cuda=False, bf16=False))
+    assert off.gradient_checkpointing is False  # explicit, not TRL's default (True)
+
+
+def test_checkpointing_off_reaches_the_model(tiny, tmp_path):
+    path, tokenizer = tiny
+    stats = finetune(path, tokenizer, pairs(), tmp_path / "adapter",
+                     train=TrainSettings(epochs=1, batch_size=4, checkpointing=False))
+    assert stats["train/checkpointing"] == 0 and stats["train/steps"] == 2
 
 
 def test_continuing_an_adapter_starts_where_it_stopped(tiny, tmp_path):

@@ -7,10 +7,17 @@ loss falls on the program tokens only (`completion_only_loss`) — and publishes
 adapter atomically. Training uses its own copy of the base weights, loaded from the
 folder the policy was loaded from, so the policy's sampling model is never modified in
 place and can switch to the new adapter with `Policy.load_adapter` afterwards.
+
+On a GPU that copy shares the device with the policy's engine (put to sleep by
+`Policy.release_caches` first) and the neural primitives, so training checkpoints its
+activations (every layer's activations of a 7B model at the GPU preset's batch would not fit
+beside its weights; the README's memory plan has the numbers) and hands its cached blocks
+back to the driver when done, so the engine can wake up into them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -45,6 +52,7 @@ class TrainSettings:
     max_length: int = 512
     seed: int = 0
     report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",): the trainer's report_to
+    checkpointing: bool = True  # recompute each layer's activations in the backward pass instead of keeping them
 
 
 def completion_for(prompt: str, program: str) -> str:
@@ -78,6 +86,40 @@ def base_model_path(policy: Any) -> str:
     return str(path)
 
 
+def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf16: bool) -> dict[str, Any]:
+    """The keyword arguments of TRL's `SFTConfig` for one round of training.
+
+    Activation checkpointing is set explicitly rather than left to TRL's default; with a PEFT
+    model TRL then also makes the input embeddings require gradients, which checkpointing
+    needs for the LoRA weights to get any. transformers renamed the option from
+    `gradient_checkpointing` to `activation_checkpointing`; the name it has is used.
+    """
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {
+        "output_dir": str(output_dir),
+        "completion_only_loss": True,
+        "max_length": train.max_length,
+        "learning_rate": train.learning_rate,
+        "num_train_epochs": train.epochs,
+        "per_device_train_batch_size": train.batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": list(train.report_to) or "none",
+        "seed": train.seed,
+        "bf16": bf16,
+        "use_cpu": not cuda,
+        "dataloader_num_workers": 0,
+        "shuffle_dataset": True,
+        checkpointing: train.checkpointing,
+    }
+
+
 def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
              lora: LoraSettings = LoraSettings(), train: TrainSettings = TrainSettings(),
              init_adapter: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -85,7 +127,8 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
 
     init_adapter: continue training this adapter (rounds that continue from the last
         adapter) instead of starting a fresh one on the base model.
-    Returns `train/*` metrics (loss, steps, examples, tokens, seconds); they are also saved
+    Returns `train/*` metrics (loss, steps, examples, tokens, seconds, whether activations
+    were checkpointed, and on a GPU the peak memory training allocated); they are also saved
     beside the adapter as `train_stats.json`. Nothing exists at `out_dir` until the adapter
     is complete.
     """
@@ -113,27 +156,11 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
-    args = SFTConfig(
-        output_dir=str(work / "trainer"),
-        completion_only_loss=True,
-        max_length=train.max_length,
-        learning_rate=train.learning_rate,
-        num_train_epochs=train.epochs,
-        per_device_train_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accum,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=list(train.report_to) or "none",
-        seed=train.seed,
-        bf16=bf16,
-        use_cpu=not cuda,
-        dataloader_num_workers=0,
-        shuffle_dataset=True,
-    )
+    args = SFTConfig(**sft_options(train, work / "trainer", cuda=cuda, bf16=bf16))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with torch.enable_grad():  # a policy in this process may have turned gradients off globally
         output = trainer.train()
@@ -149,12 +176,19 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         "train/tokens": tokens,
         "train/seconds": round(seconds, 3),
         "train/tokens_per_s": tokens * float(train.epochs) / max(seconds, 1e-9),
+        # what `is_activation_checkpointing` reads (older transformers: `is_gradient_checkpointing`)
+        "train/checkpointing": int(any(getattr(m, "gradient_checkpointing", False) is True
+                                       for m in trainer.model.modules())),
     }
+    if cuda:
+        stats["train/peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     adapter = work / "adapter"
     trainer.model.save_pretrained(str(adapter))
     write_json_atomic(adapter / "train_stats.json", stats)
     del trainer, model
     gc.collect()
+    if cuda:  # hand the cached blocks back to the driver: the sleeping engine wakes up into them
+        torch.cuda.empty_cache()
     publish_dir(adapter, out_dir)
     import shutil
 

@@ -6,11 +6,23 @@ samples of a prompt after one prefill, and `LoRARequest` applies each round's ad
 to the loaded base without merging or reloading it. Tensor parallelism spreads the
 model over every visible GPU unless told otherwise. vLLM is an optional extra
 (`pip install 'viprog[gpu]'`), imported only when the policy first samples.
+
+Why sleep mode: sampling, executing and fine-tuning share one GPU, and the engine holds
+`gpu_memory_utilization` of it (weights + KV cache) for as long as it lives. Before
+training, `release_caches` puts it to sleep at level 1 (weights copied to CPU memory, KV
+cache dropped; the GPU keeps only the CUDA context and graphs), and the next use of the
+engine wakes it: a host-to-device copy of the weights instead of a new engine (weights read
+from disk, compile and CUDA-graph capture again). Level 2 would drop the weights too, but
+waking from it leaves them undefined until reloaded, and ours never change (the adapter is
+applied per request). scripts/check_vllm.py checks every vLLM name used here against the
+installed package (`make check-vllm`).
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,21 +48,27 @@ class VLLMPolicy(Policy):
 
     tensor_parallel_size: GPUs to shard over (None: all visible GPUs).
     max_lora_rank: the largest LoRA rank an adapter may have (ViReP uses 16).
-    engine_options: passed to `vllm.LLM` as they are (e.g. max_model_len, gpu_memory_utilization).
+    sleep_mode: let `release_caches` put the engine to sleep (level 1) so fine-tuning gets the
+        GPU; the weights wait in CPU memory meanwhile (14 GiB for a 7B model in bf16). False:
+        `release_caches` shuts the engine down and the next sample starts a new one.
+    engine_options: passed to `vllm.LLM` as they are (e.g. max_model_len, enforce_eager).
     """
 
     name = "vllm"
 
     def __init__(self, model: str, *, device: str = "cuda", dtype: str = "auto", tensor_parallel_size: int | None = None,
                  max_lora_rank: int = 64, gpu_memory_utilization: float = 0.85, seed: int = 0,
-                 adapter: str | Path | None = None, progress: bool = True, **engine_options: Any) -> None:
+                 adapter: str | Path | None = None, progress: bool = True, sleep_mode: bool = True,
+                 **engine_options: Any) -> None:
         if not device.startswith("cuda"):
             raise UsageError(f"the vllm policy runs on CUDA GPUs, not {device!r}; use the hf policy on a CPU")
         self.model_path = str(model)
         self.dtype_name, self.tensor_parallel_size = dtype, tensor_parallel_size
         self.max_lora_rank, self.gpu_memory_utilization, self.seed = max_lora_rank, gpu_memory_utilization, seed
-        self.progress, self.engine_options = progress, engine_options
+        self.progress, self.sleep_mode, self.engine_options = progress, sleep_mode, engine_options
         self._llm: Any = None
+        self._asleep = False
+        self._tokenizer: Any = None
         self._lora: Any = None
         self._adapters_loaded = 0
         if adapter is not None:
@@ -58,7 +76,12 @@ class VLLMPolicy(Policy):
 
     @property
     def llm(self) -> Any:
-        """The `vllm.LLM` engine, started on first use."""
+        """The `vllm.LLM` engine, started on first use and woken up if `release_caches` put it to sleep."""
+        if self._asleep:
+            start = time.perf_counter()
+            self._llm.wake_up()
+            self._asleep = False
+            log.info("vllm engine woken up in %.1fs", time.perf_counter() - start)
         if self._llm is None:
             vllm = _vllm()
             tp = self.tensor_parallel_size
@@ -69,13 +92,28 @@ class VLLMPolicy(Policy):
             self._llm = vllm.LLM(model=self.model_path, dtype=self.dtype_name, tensor_parallel_size=tp,
                                  enable_prefix_caching=True, enable_lora=True, max_lora_rank=self.max_lora_rank,
                                  max_loras=1, gpu_memory_utilization=self.gpu_memory_utilization, seed=self.seed,
-                                 **self.engine_options)
+                                 enable_sleep_mode=self.sleep_mode, **self.engine_options)
             log.info("vllm engine on %s (tensor parallel %d)", self.model_path, tp)
         return self._llm
 
     @property
     def tokenizer(self) -> Any:
-        return self.llm.get_tokenizer()
+        """The model's transformers tokenizer, loaded from its folder as vLLM loads it.
+
+        Not `LLM.get_tokenizer()`: that one is a copy whose special tokens, vocabulary and
+        length are frozen when the engine starts (TRL may set a pad token on it), and asking
+        for it would start or wake the engine right when fine-tuning needs the GPU."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            source = str(self.engine_options.get("tokenizer") or self.model_path)
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(
+                    source, trust_remote_code=bool(self.engine_options.get("trust_remote_code", False)))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"no tokenizer at {source!r} ({str(exc).splitlines()[0]}); the vllm policy needs a "
+                                 "local model folder or a reachable hub name") from None
+        return self._tokenizer
 
     def sample(self, prompts: Sequence[str], params: SamplingParams) -> list[list[str]]:
         """`params.n` completions per prompt; one request per prompt, the adapter on each.
@@ -103,11 +141,27 @@ class VLLMPolicy(Policy):
         from vllm.lora.request import LoRARequest
 
         self._adapters_loaded += 1  # a fresh id per load: vLLM caches adapters by id
-        self._lora = LoRARequest(f"round{self._adapters_loaded}", self._adapters_loaded, str(Path(path).resolve()))
+        self._lora = LoRARequest(lora_name=f"round{self._adapters_loaded}", lora_int_id=self._adapters_loaded,
+                                 lora_path=str(Path(path).resolve()))
+
+    def release_caches(self) -> None:
+        """Give the GPU back before fine-tuning: sleep at level 1 (or shut down without sleep mode)."""
+        if self._llm is None or self._asleep:
+            return
+        if not self.sleep_mode:
+            self.close()
+            log.info("vllm engine shut down to free the GPU (sleep_mode=False); the next sample starts a new one")
+            return
+        start = time.perf_counter()
+        self._llm.sleep(level=1)
+        self._asleep = True
+        log.info("vllm engine asleep in %.1fs: weights in CPU memory, KV cache released", time.perf_counter() - start)
 
     def close(self) -> None:
-        self._llm = None
+        self._llm, self._asleep = None, False
+        gc.collect()  # the engine's finaliser stops its GPU worker processes
 
     def info(self) -> dict[str, Any]:
         return {"policy": self.name, "model": self.model_path,
-                "adapter": getattr(self._lora, "lora_path", None), "tensor_parallel_size": self.tensor_parallel_size}
+                "adapter": getattr(self._lora, "lora_path", None), "tensor_parallel_size": self.tensor_parallel_size,
+                "sleep_mode": self.sleep_mode}
