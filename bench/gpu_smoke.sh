@@ -7,7 +7,7 @@
 # Parts, each with its own time limit (7.5 minutes together at most; ~2.5 minutes on a busy 2-core CPU):
 #   tiny models   build the tiny Qwen2 policy and the neural profile's tiny models
 #   hf policy     sample and decode greedily through the hf policy in bf16 on the device (few-shot
-#                 prompts: a shared prefix, as in a self-training round)
+#                 prompts with a shared prefix, as in a self-training round, and short prompts without one)
 #   neural        find / exists / best_text_match / verify_property / simple_query / compute_depth
 #                 through the neural profile, in fp16 on a GPU (fp32 on the CPU)
 #   lora step     one viprog.finetune step (TRL + PEFT, activation checkpointing) on the device
@@ -74,11 +74,14 @@ prompts = [f"{shots}# Query: {q}\ndef execute_command(image):\n" for q in ("Is t
 sampled = policy.sample(prompts, SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=0))
 greedy = policy.sample(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=24))
 again = policy.sample(prompts, SamplingParams(n=1, temperature=0.0, max_new_tokens=24))
+short = policy.sample(["# Query: Is it red?\ndef execute_command(image):\n", "# Query: How many?\ndef execute_command(image):\n"],
+                      SamplingParams(n=2, temperature=1.0, max_new_tokens=12, seed=0))  # no shared prefix: once NaN
+assert [len(s) for s in short] == [2, 2]
 weight = next(policy.model.parameters())
 assert weight.dtype == torch.bfloat16 and weight.device.type == torch.device(device).type, (weight.dtype, weight.device)
 assert [len(s) for s in sampled] == [3, 3] and all(isinstance(t, str) for s in sampled for t in s)
 assert greedy == again, "greedy decoding is not deterministic"
-print(f"{weight.dtype} on {weight.device}: 2 prompts x 3 samples + greedy twice, equal")
+print(f"{weight.dtype} on {weight.device}: 2 prompts x 3 samples + greedy twice, equal; short prompts sample")
 EOF
 
 part "neural" 90 <<'EOF'
