@@ -1,8 +1,11 @@
-"""`viprog run`: one program on one image in the sandbox, its ExecutionResult as JSON.
+"""`viprog run`: one program on one image in the sandbox, its ExecutionResult as JSON;
+`viprog doctor`: which of the sandbox's kernel-level layers this machine allows.
 
 For trying a program by hand, or a policy's output, exactly as self-training runs it:
 same restricted compile, same worker limits, same PrimitiveServer. Exit status 0 when the
 program returned an answer, 1 when it failed (the JSON says how), 2 for bad input.
+`doctor` asks a real sandbox worker what it applied, since containers differ in what
+they refuse (namespaces, seccomp, capabilities).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from viprog.errors import UsageError
 
@@ -72,3 +76,40 @@ def main(config: RunConfig) -> int:
     print(json.dumps(result.to_json(), indent=config.indent))
     print(f"viprog run: {'answer' if result.ok else result.error_kind + ' error'} printed to stdout", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+@dataclass
+class DoctorConfig:
+    """List the sandbox's kernel-level layers and whether each is active on this machine."""
+
+    json: bool = False
+    """Print the layers as one JSON object ({layer: null when active, else why not})."""
+
+
+def doctor_main(config: DoctorConfig) -> int:
+    """Start one sandbox worker, run one program in it, and report the layers it applied.
+    Exit status 0 when every layer is active, 1 when the machine refused some."""
+    from viprog.executor.layers import LAYERS
+    from viprog.executor.pool import Executor, Job
+
+    with Executor("scene-graph", workers=1, slots=1) as ex:
+        result = ex.run(Job("def execute_command(image):\n    return 1 + 1\n", "doctor", _blank))
+        layers = dict(ex.layers)
+    if config.json:
+        print(json.dumps({"layers": layers, "program": result.to_json()}, indent=2))
+    else:
+        print(f"sandbox worker: program {'ran' if result.answer == 2 else 'FAILED: ' + str(result.error)}")
+        for name, what in LAYERS.items():
+            reason = layers.get(name, "not reported by the worker")
+            print(f"  {name:<10} {'active ' if reason is None else 'REFUSED'}  {what}"
+                  + ("" if reason is None else f"\n             why: {reason}"))
+    refused = [name for name in LAYERS if layers.get(name, "missing") is not None]
+    print(f"viprog doctor: {len(LAYERS) - len(refused)} of {len(LAYERS)} kernel layers active"
+          + (f" (refused: {', '.join(refused)})" if refused else ""), file=sys.stderr)
+    return 0 if not refused and result.answer == 2 else 1
+
+
+def _blank() -> Any:
+    import numpy as np
+
+    return np.zeros((4, 4, 3), np.uint8)
