@@ -124,3 +124,15 @@ def test_a_worker_killed_from_outside_costs_nobody_a_result() -> None:
         results = ex.run_many(jobs)
         killer.join()
     assert [r.answer for r in results] == [expected(i) for i in range(40)]
+
+
+def test_generator_functions_still_behave_as_generators() -> None:
+    source = ("class Walk:\n    def steps(self, n):\n        for i in range(n):\n            yield i\n"
+              "def chain(n):\n    yield from Walk().steps(n)\n    yield (lambda: 7)()\n"
+              "def echo():\n    got = yield 0\n    yield got * 2\n"
+              "def execute_command(image, query):\n"
+              "    e = echo()\n    next(e)\n"
+              "    return [list(chain(3)), e.send(21), sum(x for x in chain(4)), query]\n")
+    with Executor(Fake(), workers=1) as ex:
+        result = ex.run(Job(source, "img0", IMAGE, query="q"))
+    assert result.answer == [[0, 1, 2, 7], 42, 13, "q"], result

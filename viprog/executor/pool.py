@@ -102,8 +102,8 @@ class Executor:
     batch_size, batch_wait: a primitive's batch runs when it holds batch_size calls, when
         every program in flight waits for a result, or after batch_wait seconds.
     max_output_bytes: the answer as JSON; max_result_bytes: answer and trace as JSON;
-    max_run_bytes: all results of one `run_many` / `run_iter` call (None: no limit); a
-        result past a budget is an `output` error that names the budget.
+    max_run_bytes: all results of one `run_many` call, which holds them (None: no limit);
+        a result past a budget is an `output` error that names the budget.
     layers: apply the kernel layers; collect: close generators and collect garbage per job
         (both on unless measuring what they cost).
     """
@@ -148,6 +148,7 @@ class Executor:
         self._solo: list[WorkerHandle] = []
         self._retired: list[Any] = []  # processes of solo workers that finished their program
         self._wall_checked = 0.0
+        self._busy = False  # a run_iter is under way
 
     # -- public API ----------------------------------------------------------------------
     def run(self, job: Job) -> ExecutionResult:
@@ -156,19 +157,23 @@ class Executor:
     def run_many(self, jobs: Sequence[Job], progress: bool | str = False) -> list[ExecutionResult]:
         """Run every job; results in job order, one `ExecutionResult` each."""
         results: list[ExecutionResult | None] = [None] * len(jobs)
-        for index, result in self.run_iter(jobs, progress):
+        for index, result in self.run_iter(jobs, progress, max_bytes=self.max_run_bytes):
             results[index] = result
         return results  # type: ignore[return-value]
 
-    def run_iter(self, jobs: Iterable[Job], progress: bool | str = False,
-                 ordered: bool = False) -> Iterator[tuple[int, ExecutionResult]]:
+    def run_iter(self, jobs: Iterable[Job], progress: bool | str = False, ordered: bool = False,
+                 max_bytes: int | None = None) -> Iterator[tuple[int, ExecutionResult]]:
         """Run every job, yielding `(index, result)` as each finishes (in job order when
         `ordered`), so a caller can write results out instead of holding them. Jobs are
-        read from `jobs` as workers have room for them. Stopping early cancels the rest."""
+        read from `jobs` as workers have room for them. Stopping early cancels the rest.
+        max_bytes: a budget for all results yielded (`run_many` passes max_run_bytes)."""
         from tqdm.auto import tqdm
 
         if not self._workers:
             raise RuntimeError("the Executor is closed")
+        if self._busy:
+            raise RuntimeError("the Executor is running another run_iter: finish or close it first")
+        self._busy = True
         source = enumerate(jobs)
         ahead = 2 * self.slots * len(self._workers)
         bar = tqdm(total=len(jobs) if isinstance(jobs, Sized) else None, disable=not progress, unit="prog",
@@ -178,7 +183,7 @@ class Executor:
         following = 0
         try:
             while left or more:
-                while more and len(self._queue) < ahead:
+                while more and len(self._queue) + len(self._states) < ahead:
                     item = next(source, None)
                     if item is None:
                         more = False
@@ -193,9 +198,9 @@ class Executor:
                 bar.update(len(finished))
                 for state, result in finished:
                     size = state.size or state.trace_bytes + 512
-                    if self.max_run_bytes is not None and spent + size > self.max_run_bytes:
+                    if max_bytes is not None and spent + size > max_bytes:
                         result = ExecutionResult.failure(
-                            "output", f"the run's results passed {self.max_run_bytes} bytes (max_run_bytes); "
+                            "output", f"the run's results passed {max_bytes} bytes (max_run_bytes); "
                             "this one was dropped", seconds=result.seconds)
                         size = 512
                     spent += size
@@ -210,6 +215,7 @@ class Executor:
             self._reset()
             raise
         finally:
+            self._busy = False
             bar.close()
 
     def worker_pids(self) -> list[int]:

@@ -11,10 +11,20 @@ that program overruns its time, and knows whom to blame.
 
 Limits set here, once per worker process: address space (`RLIMIT_AS`: the worker's own
 footprint plus `memory_mb` for its programs), no file writes (`RLIMIT_FSIZE` 0), no core
-files, an empty environment, cwd `/`, the recursion limit; per program run
+files, an empty environment, cwd `/`, the recursion limit, and the kernel layers of
+`viprog.executor.layers` (reported to the parent in the first message); per program run
 by the token holder: a CPU-time soft limit (a backstop in case the parent is slow to
-kill), a cap on primitive calls and on the size of the returned value. Messages are JSON
-both ways: nothing the program produced is ever unpickled by the parent.
+kill), a wall-clock cap (run time plus primitive waits), a cap on primitive calls and on
+the size of the answer and trace. Messages are JSON both ways: nothing the program
+produced is ever unpickled by the parent.
+
+Finalizers. The only program code that can run when an object dies is a suspended
+generator's `finally` / `except` block (programs cannot define `__del__`, weakref or
+async code). The compile wraps every generator function, the job keeps its generators
+alive and closes them when it ends, in its own turn; then its garbage is collected while
+the worker still holds the run token, so neither its finalizers nor its leftover memory
+are ever charged to the next program. The worker's own objects are frozen out of the
+collector (`gc.freeze`), so the per-job collection scans only what programs made.
 """
 
 from __future__ import annotations
@@ -356,8 +366,8 @@ class Worker:
             self.conn.send_bytes(message)
 
     def done_message(self, job: _Job, out: dict[str, Any]) -> bytes:
-        """The job's outcome and its trace, within max_result_bytes; past it the answer is
-        dropped (an `output` error) and the trace keeps as many leading entries as fit."""
+        """The job's outcome and its trace, within max_result_bytes; past it an answer is
+        dropped (an `output` error; an error stays) and the trace keeps its leading entries."""
         budget = self.s["max_result_bytes"]
         if "error" in out:
             out = {"error": _one_line(out["error"]), "kind": out["kind"]}
@@ -366,7 +376,8 @@ class Worker:
             message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
             if len(message) <= budget:
                 return message
-            out = {"error": f"answer and trace larger than {budget} bytes (max_result_bytes)", "kind": "output"}
+            if "answer" in out:
+                out = {"error": f"answer and trace larger than {budget} bytes (max_result_bytes)", "kind": "output"}
             while True:
                 trace = trace[:len(trace) // 2]
                 message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
