@@ -21,7 +21,8 @@ Part 1 also runs the Executor side by side with its kernel layers and per-job co
 off, alternating rounds (the ratio is the cost of issue 14's hardening). Everything is
 written to bench/results/executor.json with the machine's load.
 
-Usage: python bench/executor.py [--quick] [--soak]   (quick: smaller counts; soak: only part 3)
+Usage: python bench/executor.py [--quick] [--soak | --part N]
+(quick: smaller counts; soak: only part 3, printed; part N: only that part, merged into the results)
 """
 
 from __future__ import annotations
@@ -312,26 +313,36 @@ def bench_stream(n: int) -> None:
 RESULTS: dict = {}
 
 
+def machine(quick: bool) -> dict:
+    return {"cpus": psutil.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
+            "uptime": subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip(),
+            "quick": quick}
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     if "--soak" in sys.argv:
         bench_soak(1000 if quick else 10000, 0.5)
         return
+    parts = {
+        1: lambda: bench_throughput(2000 if quick else 10000),
+        2: lambda: bench_batching(128 if quick else 512, 8 if quick else 32),
+        3: lambda: bench_soak(1000 if quick else 10000, 0.5),
+        4: lambda: bench_mixed(72 if quick else 200),
+        5: lambda: bench_stream(1000 if quick else 10000),
+    }
+    chosen = [int(sys.argv[sys.argv.index("--part") + 1])] if "--part" in sys.argv else list(parts)
     print(f"executor benchmarks ({psutil.cpu_count()} CPUs{', quick' if quick else ''})")
-    load_before = os.getloadavg()
-    bench_throughput(2000 if quick else 10000)
-    bench_batching(128 if quick else 512, 8 if quick else 32)
-    bench_soak(1000 if quick else 10000, 0.5)
-    bench_mixed(72 if quick else 200)
-    bench_stream(1000 if quick else 10000)
-    RESULTS["machine"] = {"cpus": psutil.cpu_count(), "load_before": [round(x, 2) for x in load_before],
-                          "load_after": [round(x, 2) for x in os.getloadavg()],
-                          "uptime": subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip(),
-                          "quick": quick}
     out = Path(__file__).parent / "results" / "executor.json"
+    merged = json.loads(out.read_text()) if out.exists() and len(chosen) < len(parts) else {}
+    for part in chosen:
+        before, known = machine(quick), set(RESULTS)
+        parts[part]()
+        for key in set(RESULTS) - known:
+            RESULTS[key]["machine"] = {"before": before, "after": machine(quick)}
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(RESULTS, indent=2) + "\n")
-    print(f"\nload {RESULTS['machine']['uptime']}\nresults written to {out}")
+    out.write_text(json.dumps({**merged, **RESULTS}, indent=2) + "\n")
+    print(f"\nload {machine(quick)['uptime']}\nresults written to {out}")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_a_thousand_calls_of_16_kb_arguments_hit_the_wall_clock_cap() -> None:
         assert flood.error_kind == "timeout" and "wall_timeout" in flood.error, flood.error
         assert len(flood.dumps()) <= 1_048_576 + 4096
     assert [r.answer for r in results[2:]] == [2 + i for i in range(20)]
-    assert seconds < 3.0 + 5.0 and profile.calls < 2 * 1000
+    assert seconds < 3.0 + 5.0 and profile.calls < 600, "the cap bounds the model time a flood takes"
 
 
 def test_waiting_for_the_run_token_is_not_charged_to_the_wall_clock() -> None:

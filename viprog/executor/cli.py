@@ -35,6 +35,8 @@ class RunConfig:
     """JSON file of annotations for the image (e.g. a scene graph for --profile scene-graph)."""
     timeout: float = 10.0
     """Seconds of the program's own run time (time waiting for primitives excluded)."""
+    wall_timeout: float | None = None
+    """Seconds of run time plus time waiting for primitives (default 6 x --timeout)."""
     memory_mb: int = 1024
     """Memory the program may allocate, in MB."""
     indent: int | None = 2
@@ -62,6 +64,8 @@ def _read_inputs(config: RunConfig) -> tuple[str, dict | None]:
             raise UsageError(f"cannot read annotations {config.meta} ({exc.__class__.__name__}); give a JSON file") from None
     if config.timeout <= 0 or config.memory_mb < 16:
         raise UsageError("--timeout must be > 0 and --memory-mb at least 16")
+    if config.wall_timeout is not None and config.wall_timeout < config.timeout:
+        raise UsageError("--wall-timeout must be at least --timeout (it counts the run time too)")
     return source, meta
 
 
@@ -71,7 +75,8 @@ def main(config: RunConfig) -> int:
 
     source, meta = _read_inputs(config)
     PROFILES.get(config.profile)  # unknown name → one-line error with suggestions (exit 2)
-    with Executor(config.profile, workers=1, slots=1, timeout=config.timeout, memory_mb=config.memory_mb) as ex:
+    with Executor(config.profile, workers=1, slots=1, timeout=config.timeout, wall_timeout=config.wall_timeout,
+                  memory_mb=config.memory_mb) as ex:
         result = ex.run(Job(source, str(config.image), config.image, config.query, meta))
     print(json.dumps(result.to_json(), indent=config.indent))
     print(f"viprog run: {'answer' if result.ok else result.error_kind + ' error'} printed to stdout", file=sys.stderr)

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 _POLL = 0.05  # seconds between watchdog checks
 _GRACE = 0.2  # seconds past a program's deadline before its worker is killed
 _REQUEUES = 8  # runs lost to neighbours before a program is run alone
+_SOLO = 4  # workers of one program each, at a time, per shared worker (they mostly wait for primitives)
 _WARNED: set[str] = set()  # kernel layers already reported as refused by this process
 
 
@@ -335,7 +336,7 @@ class Executor:
             self._send(w, {"op": "run", "jobs": batch})
 
     def _dispatch(self) -> None:
-        while self._alone and len(self._solo) < len(self._workers):
+        while self._alone and len(self._solo) < _SOLO * len(self._workers):
             w = start_worker(self._ctx, self.settings, solo=True)
             self._solo.append(w)
             self._start(w, [self._alone.popleft()])
@@ -462,7 +463,7 @@ class Executor:
             if key >= 0 and key == again and now > deadline + _GRACE and (int(key) in w.keys or
                                                                           int(key) in w.cancelled):
                 self._lose(w, int(key), "timeout", f"ran longer than its timeout ({self.timeout:g} s of "
-                           f"computing, {self.wall_timeout:g} s with primitive waits)")
+                           f"computing, timeout; {self.wall_timeout:g} s with primitive waits, wall_timeout)")
         if now - self._wall_checked < _POLL:
             return
         self._wall_checked = now
