@@ -11,19 +11,33 @@
    recursion, huge answers, call floods, escapes, syntax errors), run 1,000 at a time
    with the results dropped after each chunk: every result returned, the parent's RSS
    printed at start, after the first chunk and at the end.
+4. Mixed run (issue 14): innocent programs sharing workers with hostile ones (SIGSEGV by
+   C-stack overflow, a generator's finally block in a cycle, 1,000 calls of 16 kB, an
+   answer and trace past max_result_bytes): innocents affected, hostiles misblamed.
+5. Streaming: 10,000 programs each returning ~1 MB through `run_iter`, results dropped as
+   they come: the parent's RSS at start, after 1,000 and at the end.
 
-Usage: python bench/executor.py [--quick] [--soak]   (quick: smaller counts; soak: only part 3)
+Part 1 also runs the Executor side by side with its kernel layers and per-job collection
+off, alternating rounds (the ratio is the cost of issue 14's hardening). Everything is
+written to bench/results/executor.json with the machine's load.
+
+Usage: python bench/executor.py [--quick] [--soak | --part N]
+(quick: smaller counts; soak: only part 3, printed; part N: only that part, merged into the results)
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
 from multiprocessing import get_context
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -78,18 +92,64 @@ def bench_throughput(n: int) -> None:
         pool.map(_exec_trivial, range(n), chunksize=64)
         pool_rate = n / (time.perf_counter() - start)
 
-    with Executor(SlowFind(), workers=2) as ex:
-        ex.run_many([Job(TRIVIAL, "i", IMAGE)] * 200)
-        start = time.perf_counter()
-        results = ex.run_many([Job(TRIVIAL, "i", IMAGE)] * n)
-        sandbox_rate = n / (time.perf_counter() - start)
-    assert all(r.answer == 2 for r in results)
+    rates = side_by_side(n)
+    sandbox_rate = rates["hardened"]
     print(f"   in-process exec      {exec_rate:9.0f} programs/s")
     print(f"   subprocess each      {sub_rate:9.1f} programs/s")
     print(f"   multiprocessing.Pool {pool_rate:9.0f} programs/s (no sandbox)")
     print(f"   Executor (sandboxed) {sandbox_rate:9.0f} programs/s")
     print(f"   Executor / subprocess = {sandbox_rate / sub_rate:.0f}x (target >= 100x); "
           f"Executor / exec = {sandbox_rate / exec_rate:.2f}x (target >= 0.2x)")
+    RESULTS["throughput"] = {"programs": n, "exec_per_s": round(exec_rate), "subprocess_per_s": round(sub_rate, 1),
+                             "pool_per_s": round(pool_rate), "executor_per_s": round(sandbox_rate)}
+
+
+def _cpu_seconds(ex: Executor) -> float:
+    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in ex.worker_pids())
+
+
+def side_by_side(n: int, rounds: int = 16) -> dict[str, float]:
+    """Clean-program throughput with the kernel layers and the per-job generator closing and
+    collection (hardened) against both off (the executor before issue 14 collected the
+    young generation per job and had no layers: 'plain' is, if anything, faster than it).
+    Rounds alternate A B B A so that a change of the machine's load falls on both; the
+    median rate of each is compared, and the CPU time per program (workers + parent)."""
+    variants = {"hardened": {}, "plain": {"layers": False, "collect": False}}
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    executors = {k: Executor(SlowFind(), workers=2, **v) for k, v in variants.items()}
+    me = psutil.Process()
+    per_round = max(200, n // rounds)
+    try:
+        for ex in executors.values():
+            ex.run_many([Job(TRIVIAL, "i", IMAGE)] * 200)
+        for r in range(rounds):
+            for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+                ex = executors[name]
+                before = _cpu_seconds(ex) + sum(me.cpu_times()[:2])
+                start = time.perf_counter()
+                results = ex.run_many([Job(TRIVIAL, "i", IMAGE)] * per_round)
+                samples[name].append(per_round / (time.perf_counter() - start))
+                cpu[name].append((_cpu_seconds(ex) + sum(me.cpu_times()[:2]) - before) / per_round * 1e6)
+                assert all(r.answer == 2 for r in results)
+    finally:
+        for ex in executors.values():
+            ex.close()
+    rates = {k: statistics.median(v) for k, v in samples.items()}
+    micros = {k: statistics.median(v) for k, v in cpu.items()}
+    ratio = rates["hardened"] / rates["plain"]
+    print(f"   side by side, median of {rounds} alternating rounds of {per_round}: hardened {rates['hardened']:.0f}/s, "
+          f"layers and per-job collection off {rates['plain']:.0f}/s: ratio {ratio:.2f} (target >= 0.8); "
+          f"CPU per program {micros['hardened']:.0f} us vs {micros['plain']:.0f} us "
+          f"(ratio {micros['plain'] / micros['hardened']:.2f})")
+    RESULTS["side_by_side"] = {"rounds": rounds, "programs_per_round": per_round,
+                               "hardened_per_s": [round(x) for x in samples["hardened"]],
+                               "plain_per_s": [round(x) for x in samples["plain"]],
+                               "median_hardened_per_s": round(rates["hardened"]),
+                               "median_plain_per_s": round(rates["plain"]), "ratio": round(ratio, 3),
+                               "cpu_us_per_program": {k: round(v, 1) for k, v in micros.items()},
+                               "cpu_ratio": round(micros["plain"] / micros["hardened"], 3)}
+    return rates
 
 
 def _batching_jobs(n: int, images: int, seed: int = 0) -> list[Job]:
@@ -135,6 +195,8 @@ def bench_batching(n: int, images: int) -> None:
           f"(sizes {sorted(sizes, reverse=True)[:8]}...)")
     print(f"   speed-up vs one by one = {one_by_one / batched:.1f}x (target >= 10x); "
           f"vs ideal = {batched / ideal:.2f}x (target <= 1.3x)")
+    RESULTS["batching"] = {"programs": n, "one_by_one_s": round(one_by_one, 3), "executor_s": round(batched, 3),
+                           "ideal_s": round(ideal, 3), "speedup": round(one_by_one / batched, 2)}
 
 
 FAULTS = {
@@ -183,6 +245,78 @@ def bench_soak(n: int, timeout: float) -> None:
     print(f"   healthy programs that failed: {len(wrong)} {wrong[:3]}")
     print(f"   parent RSS: start {rss[0] / 2**20:.1f} MB, after the first {chunk} {rss[1] / 2**20:.1f} MB, "
           f"end {rss[-1] / 2**20:.1f} MB")
+    RESULTS["soak"] = {"programs": n, "seconds": round(seconds, 1), "kinds": dict(sorted(kinds.items())),
+                       "healthy_failed": len(wrong), "rss_mb": [round(rss[0] / 2**20, 1), round(rss[-1] / 2**20, 1)]}
+
+
+HOSTILE = {  # issue 14's findings: program -> the error kind it must be blamed with
+    "crash": "def execute_command(image):\n    t = ()\n    for i in range(300000):\n        t = (t,)\n"
+             "    return hash(t)\n",
+    "policy": "def gen(box):\n    try:\n        yield 1\n    finally:\n        try:\n            getattr(box, '_x')\n"
+              "        except Exception:\n            pass\ndef execute_command(image):\n    box = []\n    g = gen(box)\n"
+              "    box.append(g)\n    next(g)\n    keep = [[j] for j in range(50000)]\n    return len(keep)\n",
+    "timeout": "def execute_command(image):\n    p = ImagePatch(image)\n    for i in range(1000):\n"
+               "        p.find(str(i) + 'x' * 16000)\n    return 1\n",
+    "output": "def execute_command(image):\n    p = ImagePatch(image)\n    for i in range(60):\n"
+              "        p.find('y' * 16000 + str(i))\n    return 'z' * 900000\n",
+}
+
+
+def bench_mixed(innocents: int) -> None:
+    print(f"\n4. mixed run: {innocents} innocent programs sharing 2 workers with {len(HOSTILE) * 4} hostile ones")
+    rng = random.Random(2)
+    jobs, expected = [], []
+    for i in range(innocents):
+        jobs.append(Job(GOOD.format(name=rng.choice(NAMES), i=i), f"img{i % 16}", IMAGE))
+        expected.append(None)
+    for kind, source in HOSTILE.items():
+        for _ in range(4):
+            at = rng.randrange(len(jobs))
+            jobs.insert(at, Job(source, "img0", IMAGE))
+            expected.insert(at, kind)
+    with Executor(SlowFind(), workers=2, timeout=2.0, wall_timeout=6.0) as ex:
+        truth = {i: r.answer for i, r in enumerate(ex.run_many([j for j, e in zip(jobs, expected) if e is None]))}
+        start = time.perf_counter()
+        results = ex.run_many(jobs)
+        seconds = time.perf_counter() - start
+    clean = iter(truth.values())
+    affected = sum(1 for r, e in zip(results, expected) if e is None and r.answer != next(clean))
+    misblamed = [f"{e}->{r.error_kind}" for r, e in zip(results, expected) if e is not None and r.error_kind != e]
+    print(f"   {seconds:.1f} s; innocent programs affected: {affected} of {innocents} (target 0); "
+          f"hostile programs blamed for another's doing or not blamed: {len(misblamed)} {misblamed[:4]} (target 0)")
+    RESULTS["mixed"] = {"innocents": innocents, "hostile": {k: 4 for k in HOSTILE}, "seconds": round(seconds, 1),
+                        "innocents_affected": affected, "hostile_misblamed": len(misblamed)}
+
+
+def bench_stream(n: int) -> None:
+    print(f"\n5. streaming: {n} programs each returning ~1 MB, read with run_iter and dropped")
+    source = "def execute_command(image):\n    return 'r' * 990000\n"
+    me = psutil.Process()
+    with Executor(SlowFind(), workers=2) as ex:
+        ex.run_many([Job(TRIVIAL, "i", IMAGE)] * 20)
+        rss = [me.memory_info().rss]
+        start = time.perf_counter()
+        total = 0
+        for k, (_, result) in enumerate(ex.run_iter(Job(source, "i", IMAGE) for _ in range(n))):
+            total += len(result.answer)
+            if k == min(999, n - 1):
+                rss.append(me.memory_info().rss)
+        seconds = time.perf_counter() - start
+        rss.append(me.memory_info().rss)
+    growth = (rss[-1] - rss[0]) / 2**20
+    print(f"   {total / 2**30:.1f} GiB of answers in {seconds:.1f} s; parent RSS start {rss[0] / 2**20:.0f} MB, "
+          f"after 1000 {rss[1] / 2**20:.0f} MB, end {rss[-1] / 2**20:.0f} MB: +{growth:.0f} MB (target <= +200 MB)")
+    RESULTS["stream"] = {"programs": n, "answer_bytes": total, "seconds": round(seconds, 1),
+                         "rss_mb": [round(x / 2**20, 1) for x in rss], "rss_growth_mb": round(growth, 1)}
+
+
+RESULTS: dict = {}
+
+
+def machine(quick: bool) -> dict:
+    return {"cpus": psutil.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
+            "uptime": subprocess.run(["uptime"], check=True, capture_output=True, text=True).stdout.strip(),
+            "quick": quick}
 
 
 def main() -> None:
@@ -190,10 +324,25 @@ def main() -> None:
     if "--soak" in sys.argv:
         bench_soak(1000 if quick else 10000, 0.5)
         return
+    parts = {
+        1: lambda: bench_throughput(2000 if quick else 10000),
+        2: lambda: bench_batching(128 if quick else 512, 8 if quick else 32),
+        3: lambda: bench_soak(1000 if quick else 10000, 0.5),
+        4: lambda: bench_mixed(72 if quick else 200),
+        5: lambda: bench_stream(1000 if quick else 10000),
+    }
+    chosen = [int(sys.argv[sys.argv.index("--part") + 1])] if "--part" in sys.argv else list(parts)
     print(f"executor benchmarks ({psutil.cpu_count()} CPUs{', quick' if quick else ''})")
-    bench_throughput(2000 if quick else 10000)
-    bench_batching(128 if quick else 512, 8 if quick else 32)
-    bench_soak(1000 if quick else 10000, 0.5)
+    out = Path(__file__).parent / "results" / "executor.json"
+    merged = json.loads(out.read_text()) if out.exists() and len(chosen) < len(parts) else {}
+    for part in chosen:
+        before, known = machine(quick), set(RESULTS)
+        parts[part]()
+        for key in set(RESULTS) - known:
+            RESULTS[key]["machine"] = {"before": before, "after": machine(quick)}
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({**merged, **RESULTS}, indent=2) + "\n")
+    print(f"\nload {machine(quick)['uptime']}\nresults written to {out}")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,10 @@ def test_bad_input_is_one_line_and_exit_two(tmp_path: Path, image: Path, capsys:
     code = main(["run", *[f"--{k}={v}" for k, v in args.items()]])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and ("shapes" in err if what == "profile" else what in err)
+
+
+def test_wall_timeout_below_timeout_is_bad_input(tmp_path: Path, image: Path, capsys: pytest.CaptureFixture) -> None:
+    prog = write(tmp_path, "def execute_command(image):\n    return 1\n")
+    code = main(["run", "--program", str(prog), "--image", str(image), "--timeout", "2", "--wall-timeout", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--wall-timeout" in err

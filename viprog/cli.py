@@ -17,6 +17,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("viprog.executor.cli:RunConfig", "viprog.executor.cli:main",
             "run one program on one image in the sandbox and print its ExecutionResult as JSON"),
+    "doctor": ("viprog.executor.cli:DoctorConfig", "viprog.executor.cli:doctor_main",
+               "list the sandbox's kernel-level layers (network, seccomp, limits) active on this machine"),
     "eval": ("viprog.evaluate:EvalConfig", "viprog.evaluate:main",
              "score programs (a JSONL file, or a policy's) on a task split; print a JSON metrics report"),
     "selftrain": ("viprog.selftrain:SelfTrainConfig", "viprog.selftrain:main",

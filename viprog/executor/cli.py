@@ -1,8 +1,11 @@
-"""`viprog run`: one program on one image in the sandbox, its ExecutionResult as JSON.
+"""`viprog run`: one program on one image in the sandbox, its ExecutionResult as JSON;
+`viprog doctor`: which of the sandbox's kernel-level layers this machine allows.
 
 For trying a program by hand, or a policy's output, exactly as self-training runs it:
 same restricted compile, same worker limits, same PrimitiveServer. Exit status 0 when the
 program returned an answer, 1 when it failed (the JSON says how), 2 for bad input.
+`doctor` asks a real sandbox worker what it applied, since containers differ in what
+they refuse (namespaces, seccomp, capabilities).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from viprog.errors import UsageError
 
@@ -31,6 +35,8 @@ class RunConfig:
     """JSON file of annotations for the image (e.g. a scene graph for --profile scene-graph)."""
     timeout: float = 10.0
     """Seconds of the program's own run time (time waiting for primitives excluded)."""
+    wall_timeout: float | None = None
+    """Seconds of run time plus time waiting for primitives (default 6 x --timeout)."""
     memory_mb: int = 1024
     """Memory the program may allocate, in MB."""
     indent: int | None = 2
@@ -58,6 +64,8 @@ def _read_inputs(config: RunConfig) -> tuple[str, dict | None]:
             raise UsageError(f"cannot read annotations {config.meta} ({exc.__class__.__name__}); give a JSON file") from None
     if config.timeout <= 0 or config.memory_mb < 16:
         raise UsageError("--timeout must be > 0 and --memory-mb at least 16")
+    if config.wall_timeout is not None and config.wall_timeout < config.timeout:
+        raise UsageError("--wall-timeout must be at least --timeout (it counts the run time too)")
     return source, meta
 
 
@@ -67,8 +75,46 @@ def main(config: RunConfig) -> int:
 
     source, meta = _read_inputs(config)
     PROFILES.get(config.profile)  # unknown name → one-line error with suggestions (exit 2)
-    with Executor(config.profile, workers=1, slots=1, timeout=config.timeout, memory_mb=config.memory_mb) as ex:
+    with Executor(config.profile, workers=1, slots=1, timeout=config.timeout, wall_timeout=config.wall_timeout,
+                  memory_mb=config.memory_mb) as ex:
         result = ex.run(Job(source, str(config.image), config.image, config.query, meta))
     print(json.dumps(result.to_json(), indent=config.indent))
     print(f"viprog run: {'answer' if result.ok else result.error_kind + ' error'} printed to stdout", file=sys.stderr)
     return 0 if result.ok else 1
+
+
+@dataclass
+class DoctorConfig:
+    """List the sandbox's kernel-level layers and whether each is active on this machine."""
+
+    json: bool = False
+    """Print the layers as one JSON object ({layer: null when active, else why not})."""
+
+
+def doctor_main(config: DoctorConfig) -> int:
+    """Start one sandbox worker, run one program in it, and report the layers it applied.
+    Exit status 0 when every layer is active, 1 when the machine refused some."""
+    from viprog.executor.layers import LAYERS
+    from viprog.executor.pool import Executor, Job
+
+    with Executor("scene-graph", workers=1, slots=1) as ex:
+        result = ex.run(Job("def execute_command(image):\n    return 1 + 1\n", "doctor", _blank))
+        layers = dict(ex.layers)
+    if config.json:
+        print(json.dumps({"layers": layers, "program": result.to_json()}, indent=2))
+    else:
+        print(f"sandbox worker: program {'ran' if result.answer == 2 else 'FAILED: ' + str(result.error)}")
+        for name, what in LAYERS.items():
+            reason = layers.get(name, "not reported by the worker")
+            print(f"  {name:<10} {'active ' if reason is None else 'REFUSED'}  {what}"
+                  + ("" if reason is None else f"\n             why: {reason}"))
+    refused = [name for name in LAYERS if layers.get(name, "missing") is not None]
+    print(f"viprog doctor: {len(LAYERS) - len(refused)} of {len(LAYERS)} kernel layers active"
+          + (f" (refused: {', '.join(refused)})" if refused else ""), file=sys.stderr)
+    return 0 if not refused and result.answer == 2 else 1
+
+
+def _blank() -> Any:
+    import numpy as np
+
+    return np.zeros((4, 4, 3), np.uint8)

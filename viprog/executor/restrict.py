@@ -58,6 +58,8 @@ FORBIDDEN_ATTRIBUTES = frozenset({
 
 ENTRY_POINT = "execute_command"
 FILENAME = "<program>"
+#: the decorator the compile puts on each generator function (the worker defines it)
+TRACK_GENERATOR = "_track_generator_"
 
 
 class PolicyViolation(Exception):
@@ -128,7 +130,10 @@ def _policy() -> type:
 
         def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
             self.bound.add(node.name)
-            return super().visit_FunctionDef(node)
+            node = super().visit_FunctionDef(node)
+            if _yields(node.body):  # innermost decorator: the worker sees every generator it makes
+                node.decorator_list.append(ast.copy_location(ast.Name(TRACK_GENERATOR, ast.Load()), node))
+            return node
 
         def visit_ClassDef(self, node: ast.ClassDef) -> Any:
             self.bound.add(node.name)
@@ -152,6 +157,23 @@ def _policy() -> type:
 
     _POLICY = Policy
     return Policy
+
+
+def _yields(body: list[ast.stmt]) -> bool:
+    """Whether a function with this body is a generator function: a yield in its own scope
+    (nested functions and classes are scopes of their own, their decorators and defaults not)."""
+    todo: list[ast.AST] = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo += [*getattr(node, "decorator_list", ()), *node.args.defaults, *(d for d in node.args.kw_defaults if d)]
+        elif isinstance(node, ast.ClassDef):
+            todo += [*node.decorator_list, *node.bases, *node.keywords]
+        else:
+            todo += ast.iter_child_nodes(node)
+    return False
 
 
 def _line(error: str) -> int:

@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-ErrorKind = Literal["syntax", "policy", "runtime", "timeout", "memory", "primitive", "output"]
-ERROR_KINDS: tuple[str, ...] = ("syntax", "policy", "runtime", "timeout", "memory", "primitive", "output")
+ErrorKind = Literal["syntax", "policy", "runtime", "timeout", "memory", "primitive", "output", "crash"]
+ERROR_KINDS: tuple[str, ...] = ("syntax", "policy", "runtime", "timeout", "memory", "primitive", "output", "crash")
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class ExecutionResult:
     answer: the returned value as JSON-able data (an ImagePatch becomes a dict with
         `type: "ImagePatch"` and its `box` as [x0, y0, x1, y1] pixels, origin top-left).
     error: one line saying what went wrong, or None.
-    error_kind: one of ERROR_KINDS, or None when the program returned normally.
+    error_kind: one of ERROR_KINDS, or None when the program returned normally
+        (`crash`: the program killed its worker process, e.g. SIGSEGV from a C-stack overflow).
     trace: the primitive calls made, in order: dicts with `primitive`, `box`, `args`,
         `result` (and `error` for a failed call).
     seconds: wall-clock time of the run.

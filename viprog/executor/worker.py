@@ -11,10 +11,20 @@ that program overruns its time, and knows whom to blame.
 
 Limits set here, once per worker process: address space (`RLIMIT_AS`: the worker's own
 footprint plus `memory_mb` for its programs), no file writes (`RLIMIT_FSIZE` 0), no core
-files, an empty environment, cwd `/`, the recursion limit; per program run
+files, an empty environment, cwd `/`, the recursion limit, and the kernel layers of
+`viprog.executor.layers` (reported to the parent in the first message); per program run
 by the token holder: a CPU-time soft limit (a backstop in case the parent is slow to
-kill), a cap on primitive calls and on the size of the returned value. Messages are JSON
-both ways: nothing the program produced is ever unpickled by the parent.
+kill), a wall-clock cap (run time plus primitive waits), a cap on primitive calls and on
+the size of the answer and trace. Messages are JSON both ways: nothing the program
+produced is ever unpickled by the parent.
+
+Finalizers. The only program code that can run when an object dies is a suspended
+generator's `finally` / `except` block (programs cannot define `__del__`, weakref or
+async code). The compile wraps every generator function, the job keeps its generators
+alive and closes them when it ends, in its own turn; then its garbage is collected while
+the worker still holds the run token, so neither its finalizers nor its leftover memory
+are ever charged to the next program. The worker's own objects are frozen out of the
+collector (`gc.freeze`), so the per-job collection scans only what programs made.
 """
 
 from __future__ import annotations
@@ -33,10 +43,20 @@ from multiprocessing.connection import Connection
 from types import CodeType, TracebackType
 from typing import Any
 
-from viprog.executor.restrict import ENTRY_POINT, FILENAME, CodeCache, PolicyViolation, base_namespace, take_violation
+from viprog.executor import layers
+from viprog.executor.restrict import (
+    ENTRY_POINT,
+    FILENAME,
+    TRACK_GENERATOR,
+    CodeCache,
+    PolicyViolation,
+    base_namespace,
+    take_violation,
+)
 from viprog.primitives import patch as P
 
 _CACHE_SIZE = 50_000
+_PRUNE_GENERATORS = 4096  # finished generators are dropped from a job's list this often
 
 
 class _Limit(Exception):
@@ -47,8 +67,10 @@ class _Job:
     __slots__ = (
         "calls",
         "event",
+        "generators",
         "image",
         "key",
+        "mark",
         "program",
         "query",
         "remaining",
@@ -56,6 +78,7 @@ class _Job:
         "resumed",
         "sticky",
         "trace",
+        "waited",
     )
 
     def __init__(self, key: int, program: str, image: P.ImageRef, query: str | None, timeout: float) -> None:
@@ -63,6 +86,9 @@ class _Job:
         self.reply: dict[str, Any] | None = None
         self.event = threading.Event()
         self.remaining = timeout
+        self.waited = 0.0  # seconds spent waiting for primitive results
+        self.generators: list[Any] = []  # the program's generators, closed in its own turn at its end
+        self.mark = 0  # the worker's count of old-generation collections when the job began
         self.resumed = 0.0
         self.calls = 0
         self.sticky: tuple[str, str] | None = None  # (error kind, message) that catching cannot undo
@@ -145,11 +171,13 @@ class Worker:
         self.codes = CodeCache()
         self.cache: dict[str, str] = {}  # primitive results this worker has seen: request → result JSON
         self.inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self.promotions = 0  # collections of generation 1 or 2 so far (they move objects to the oldest)
+        gc.callbacks.append(self.count_collection)
         for spec in settings["specs"]:
             P.install(spec)
         writable = (P.ImagePatch, dict, list)
         extra: dict[str, Any] = {"ImagePatch": P.ImagePatch, "distance": P.distance, "bool_to_yesno": P.bool_to_yesno,
-                                 "coerce_to_numeric": P.coerce_to_numeric, **P.FUNCTIONS}
+                                 "coerce_to_numeric": P.coerce_to_numeric, TRACK_GENERATOR: self.track, **P.FUNCTIONS}
         self.namespace = base_namespace(extra, writable)
         P.set_transport(self.transport)
 
@@ -158,7 +186,7 @@ class Worker:
         self.token.acquire()
         self.local.job = job
         job.resumed = now = time.monotonic()
-        self.shared[1] = now + job.remaining
+        self.shared[1] = now + max(0.0, min(job.remaining, self.wall_left(job)))
         self.shared[0] = job.key
         cpu = time.process_time() + job.remaining + 1.0
         resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(cpu), resource.RLIM_INFINITY))
@@ -167,6 +195,48 @@ class Worker:
         self.shared[0] = -1.0
         job.remaining -= time.monotonic() - job.resumed
         self.token.release()
+
+    def wall_left(self, job: _Job) -> float:
+        """Seconds left of the wall-clock cap: run time plus primitive waits (waits for the
+        run token are the neighbours' doing and do not count)."""
+        return self.s["wall_timeout"] - (self.s["timeout"] - job.remaining) - job.waited
+
+    def track(self, function: Any) -> Any:
+        """Wraps each generator function of a program (the restricted compile adds it): the
+        job keeps its generators alive until its end and closes them then, in its own turn,
+        so that a `finally:` block can never run later as another program."""
+        def generator_function(*args: Any, **kwargs: Any) -> Any:
+            generator = function(*args, **kwargs)
+            kept = self.local.job.generators
+            kept.append(generator)
+            if len(kept) % _PRUNE_GENERATORS == 0:
+                kept[:] = [g for g in kept if g.gi_frame is not None]
+            return generator
+
+        generator_function.__wrapped__ = function  # type: ignore[attr-defined]
+        return generator_function
+
+    def close_generators(self, job: _Job) -> None:
+        """At the end of a job's turn: its generators' finally blocks run now, as this
+        program, under its deadline and its policy; they are its last code to run."""
+        while job.generators:
+            try:
+                job.generators.pop().close()
+            except BaseException:  # noqa: BLE001, S110 — a finally block's own error; policy violations stay recorded
+                pass
+
+    def count_collection(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] >= 1:
+            self.promotions += 1
+
+    def collect(self, job: _Job) -> None:
+        """Free the job's garbage cycles before the next program runs, so that memory it left
+        is never charged to another. No program code runs here (its generators are closed,
+        programs cannot define `__del__`), so the time is nobody's: the job's clock is off.
+        The young generations hold all the job made, unless a collection of generation 1 or
+        2 moved some of it to the oldest since the job began: then a full collection."""
+        if self.s["collect"]:
+            gc.collect() if self.promotions != job.mark else gc.collect(1)
 
     # -- the transport that ImagePatch's primitive methods use ---------------------------
     def transport(self, name: str, patches: list[tuple[Any, ...]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -189,13 +259,20 @@ class Worker:
         text = self.cache.get(body)
         if text is None:
             self.pause(job)  # the program's clock stops before the send, which may wait for the parent
+            used = self.s["timeout"] - job.remaining
+            sent = time.monotonic()
             with self.send_lock:
-                self.conn.send_bytes(b'{"op": "call", "key": %d, "call": %s}' % (job.key, body.encode()))
+                self.conn.send_bytes(b'{"op": "call", "key": %d, "used": %.6f, "call": %s}'
+                                     % (job.key, used, body.encode()))
             job.event.wait()
             job.event.clear()
+            job.waited += time.monotonic() - sent
             self.resume(job)
             reply, job.reply = job.reply, None
             assert reply is not None
+            if self.wall_left(job) <= 0:
+                job.sticky = job.sticky or ("timeout", self.s["wall_message"])
+                raise _Limit(job.sticky[1])
             if "error" in reply:
                 entry["result"], entry["error"] = None, reply["error"]
                 job.sticky = job.sticky or ("primitive", reply["error"])
@@ -216,11 +293,19 @@ class Worker:
         namespace = dict(self.namespace)
         take_violation()
         try:
+            out = self.evaluate(job, code, namespace)
+        finally:
+            self.close_generators(job)
+            namespace.clear()  # the program's functions and its globals form a cycle: break it
+        return self.sticky(job) or out
+
+    def evaluate(self, job: _Job, code: CodeType, namespace: dict[str, Any]) -> dict[str, Any]:
+        try:
             exec(code, namespace)  # noqa: S102 — restricted code object, guarded namespace
             fn = namespace.get(ENTRY_POINT)
             if not callable(fn):
                 return {"error": f"{ENTRY_POINT} is not a function", "kind": "runtime"}
-            takes_query = getattr(getattr(fn, "__code__", None), "co_argcount", 1) > 1
+            takes_query = getattr(getattr(getattr(fn, "__wrapped__", fn), "__code__", None), "co_argcount", 1) > 1
             answer = fn(job.image, job.query) if takes_query else fn(job.image)
         except BaseException as exc:  # noqa: BLE001 — every failure of untrusted code becomes a result
             return self.failure(job, exc)
@@ -263,35 +348,41 @@ class Worker:
 
     def run_job(self, job: _Job) -> None:
         self.resume(job)
+        job.mark = self.promotions
         message = b""
         try:
             try:
                 out = self.execute(job)
-                # the program's garbage cycles (its namespace, suspended generators) are
-                # finalized now, still as this program: a finally block that misbehaves is its own
-                gc.collect(1)
-                out = self.sticky(job) or out
             except MemoryError:
                 out = {"error": "out of memory", "kind": "memory"}
             message = self.done_message(job, out)
         finally:
             del self.jobs[job.key]
             self.local.job = None
+            self.shared[0] = -1.0  # off the job's clock, still holding the run token
+            self.collect(job)
             self.pause(job)
         with self.send_lock:
             self.conn.send_bytes(message)
 
     def done_message(self, job: _Job, out: dict[str, Any]) -> bytes:
-        """The job's outcome and its trace (as many leading entries as max_output_bytes allows)."""
+        """The job's outcome and its trace, within max_result_bytes; past it an answer is
+        dropped (an `output` error; an error stays) and the trace keeps its leading entries."""
+        budget = self.s["max_result_bytes"]
         if "error" in out:
             out = {"error": _one_line(out["error"]), "kind": out["kind"]}
         trace = job.trace
         try:
+            message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
+            if len(message) <= budget:
+                return message
+            if "answer" in out:
+                out = {"error": f"answer and trace larger than {budget} bytes (max_result_bytes)", "kind": "output"}
             while True:
-                message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
-                if len(message) <= self.s["max_message_bytes"] or not trace:
-                    return message
                 trace = trace[:len(trace) // 2]
+                message = json.dumps({"op": "done", "key": job.key, "trace": trace, **out}).encode()
+                if len(message) <= budget or not trace:
+                    return message
         except Exception:  # noqa: BLE001 — never leave the parent waiting for this job
             return json.dumps({"op": "done", "key": job.key, "kind": "output",
                                "error": "the result could not be encoded as JSON"}).encode()
@@ -326,6 +417,12 @@ class Worker:
                     if job is not None:
                         job.reply = reply
                         job.event.set()
+            elif message["op"] == "cancel":  # the parent gave up waiting: the job ran past its wall clock
+                job = self.jobs.get(message["key"])
+                if job is not None:
+                    job.sticky = job.sticky or ("timeout", self.s["wall_message"])
+                    job.reply = {"error": self.s["wall_message"]}
+                    job.event.set()
 
 
 def _vm_bytes() -> int:
@@ -336,14 +433,16 @@ def _vm_bytes() -> int:
     return 0
 
 
-def harden(settings: dict[str, Any]) -> None:
-    """Process-wide settings, before any thread starts."""
+def harden(settings: dict[str, Any]) -> dict[str, str | None]:
+    """Process-wide settings, before any thread starts; returns the early kernel layers."""
+    early = layers.apply_early() if settings["layers"] else {}
     os.environ.clear()
     os.chdir("/")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file write fails with EFBIG instead of killing
     threading.stack_size(settings["stack_kb"] * 1024)
     sys.setrecursionlimit(settings["recursion_limit"] + 40)  # + the worker's own frames
+    return early
 
 
 def limit(settings: dict[str, Any]) -> None:
@@ -355,8 +454,12 @@ def limit(settings: dict[str, Any]) -> None:
 
 def worker_main(conn: Connection, shared: Any, settings: dict[str, Any]) -> None:
     """Entry point of a worker process (started by the Executor through forkserver)."""
-    harden(settings)
+    active = harden(settings)
     worker = Worker(conn, shared, settings)
     worker.start_slots()
     limit(settings)
+    if settings["layers"]:
+        active.update(layers.apply_late())
+    gc.freeze()  # the worker's own objects: a per-job collection scans only what programs made
+    conn.send_bytes(json.dumps({"op": "hello", "layers": active}).encode())
     worker.serve()
