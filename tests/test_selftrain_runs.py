@@ -83,3 +83,17 @@ def test_metrics_log_has_one_line_per_finished_round(tmp_path):
     run.rebuild_metrics_log()
     run.rebuild_metrics_log()
     assert [json.loads(line)["round"] for line in run.metrics_path.read_text().splitlines()] == [0, 1]
+
+
+def test_an_atomic_jsonl_appears_whole_on_close_and_not_at_all_on_error(tmp_path):
+    from viprog.runs import AtomicJsonl, iter_jsonl
+
+    with AtomicJsonl(tmp_path / "rows.jsonl") as sink:
+        sink.write({"a": 1})
+        assert not (tmp_path / "rows.jsonl").exists()  # nothing under the final name until it is whole
+        sink.write({"a": 2})
+    assert [r["a"] for r in iter_jsonl(tmp_path / "rows.jsonl")] == [1, 2]
+    with pytest.raises(RuntimeError), AtomicJsonl(tmp_path / "broken.jsonl") as sink:
+        sink.write({"a": 1})
+        raise RuntimeError("killed half-way")
+    assert list(tmp_path.iterdir()) == [tmp_path / "rows.jsonl"]

@@ -23,7 +23,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from viprog.executor.result import ExecutionResult
 from viprog.policy.base import Policy, SamplingParams
 from viprog.primitives.patch import PrimitiveError
 from viprog.primitives.profile import PROFILES, Profile
-from viprog.runs import Appender, read_partial
+from viprog.runs import Appender, AtomicJsonl, read_partial
 from viprog.tasks.base import Example, Task
 
 log = logging.getLogger(__name__)
@@ -221,34 +221,71 @@ def question_row(ex: Example) -> dict[str, Any]:
             "question_type": ex.question_type, "gold": ex.answer if ex.answer is not None else ex.box}
 
 
+#: what `execute_programs` returns per row when the rows themselves go to a file
+SUMMARY_FIELDS = ("question_id", "question_type", "sample", "program", "reward", "error_kind", "error", "seconds")
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A row without its answer, trace and completion (the parts that can be large)."""
+    out = {key: row.get(key) for key in SUMMARY_FIELDS}
+    if isinstance(out["error"], str) and len(out["error"]) > 500:
+        out["error"] = out["error"][:500] + "…"
+    return out
+
+
 def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str, list[tuple[str, str]]], *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
-                     timeout: float = 10.0,
-                     desc: str = "execute") -> list[dict[str, Any]]:
+                     timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
+                     ) -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
     image is missing from `images` are left out. Returns one row per program, in order.
     `profile` is a built `Profile` (its models kept across calls) or a profile name.
+    With `out`, each row is written to that JSONL file as its program finishes (the file
+    appears whole, by a rename, at the end) and only its `summary` is returned, so the
+    parent holds no answers or traces however many programs a rollout has.
     """
     from viprog.executor import Executor, Job
 
-    jobs, owners = [], []
-    for ex in examples:
-        if ex.image_key not in images:
-            continue
-        for i, (completion, program) in enumerate(programs.get(ex.id, ())):
-            jobs.append(Job(program, ex.image_key, images[ex.image_key], query=ex.query, meta=dict(ex.meta)))
-            owners.append((ex, i, completion, program))
-    if not jobs:
+    owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
+              for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
+    if not owners:
+        if out is not None:
+            AtomicJsonl(out).close()
         return []
+    jobs = (Job(program, ex.image_key, images[ex.image_key], query=ex.query, meta=dict(ex.meta))
+            for ex, _, _, program in owners)
+
+    def row(index: int, result: ExecutionResult) -> dict[str, Any]:
+        ex, i, completion, program = owners[index]
+        return {**question_row(ex), "sample": i, "completion": completion, "program": program, **result.to_json(),
+                "reward": float(task.reward(ex, result))}
+
     with Executor(profile, workers=workers, timeout=timeout) as executor:
-        results = executor.run_many(jobs, progress=desc)
-    rows = []
-    for (ex, i, completion, program), result in zip(owners, results):
-        rows.append({**question_row(ex), "sample": i, "completion": completion, "program": program,
-                     **result.to_json(), "reward": float(task.reward(ex, result))})
-    return rows
+        results = executor.run_iter(_Sized(jobs, len(owners)), progress=desc, ordered=True)
+        if out is None:
+            return [row(index, result) for index, result in results]
+        rows = []
+        with AtomicJsonl(out) as sink:
+            for index, result in results:
+                full = row(index, result)
+                sink.write(full)
+                rows.append(summary(full))
+        return rows
+
+
+class _Sized:
+    """An iterator that knows its length (so the progress bar has a total)."""
+
+    def __init__(self, items: Iterator[Any], n: int) -> None:
+        self.items, self.n = items, n
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.items
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def rows_to_results(rows: Sequence[dict[str, Any]]) -> list[ExecutionResult]:

@@ -41,6 +41,51 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+class AtomicJsonl:
+    """Write JSONL rows one at a time to a temporary file that becomes `path` on `close`
+    (a rename): rows go to disk as they come, and the artifact still appears whole or not
+    at all. Leaving the `with` block by an exception removes the temporary file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f"{self.path.name}{TMP_MARK}{os.getpid()}")
+        self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed by close / __exit__)
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.file.write(json.dumps(row, default=str) + "\n")
+        self.rows += 1
+
+    def close(self) -> Path:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL artifact one at a time (a file too large to hold as a list)."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    raise UsageError(f"{path}:{n}: not a JSON line; the artifact is damaged") from None
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

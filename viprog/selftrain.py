@@ -40,7 +40,8 @@ from viprog.metrics import (
     summary_line,
     task_metrics,
 )
-from viprog.runs import Run, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from viprog.rollout import summary
+from viprog.runs import Run, iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("viprog.selftrain")
 
@@ -235,8 +236,9 @@ def make_prompt_fn(prompter: Any, style: str, library: Library | None, shots: in
 
 
 def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any], str], params: Any,
-            name: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Sample (resumably), extract, execute and reward; returns rows and `sample/` metrics."""
+            name: str, out: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Sample (resumably), extract, execute and reward; returns rows and `sample/` metrics.
+    With `out`, the rows stream to that file and their summaries are returned."""
     from viprog.policy import extract_program
     from viprog.rollout import execute_programs, load_images, sample_completions
 
@@ -246,7 +248,8 @@ def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any
     programs = {qid: [(c, extract_program(c, ctx.cfg.prompt_style)) for c in outs] for qid, outs in completions.items()}
     start = time.perf_counter()
     rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
-                            workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute")
+                            workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute",
+                            out=out)
     failed = [r for r in rows if r.get("error_kind") == "primitive"]
     if rows and len(failed) == len(rows):
         raise UsageError(f"every program of round {k} {name} failed inside a primitive, e.g. {failed[0]['error']}; "
@@ -310,18 +313,21 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
 
         def sample() -> dict[str, Any]:  # sample → execute → reward
             rows, sample_metrics = rollout(ctx, k, examples, make_prompt_fn(ctx.prompter, style, library,
-                                                                             cfg.library_shots), params, "samples")
-            write_jsonl_atomic(run.artifact(k, "samples.jsonl"), rows)
+                                                                             cfg.library_shots), params, "samples",
+                                           out=run.artifact(k, "samples.jsonl"))  # streamed: rows are summaries
             return {**sample_metrics, **reward_metrics(rows), **exec_metrics(rows),
                     "sample/questions": len(examples)}
 
         metrics |= step(ctx, k, "sample", sample)
 
         def keep() -> dict[str, Any]:  # filter: reward ≥ τ, dedup, cap
-            samples = read_jsonl(run.artifact(k, "samples.jsonl"))
-            kept = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+            path = run.artifact(k, "samples.jsonl")
+            samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
+            chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+            wanted = {(r["question_id"], r["sample"]) for r in chosen}
+            kept = [row for row in iter_jsonl(path) if (row["question_id"], row["sample"]) in wanted]
             write_jsonl_atomic(run.artifact(k, "kept.jsonl"), kept)
-            return filter_stats(samples, kept)
+            return filter_stats(samples, chosen)
 
         metrics |= step(ctx, k, "filter", keep)
 
