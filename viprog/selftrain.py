@@ -139,9 +139,8 @@ class SelfTrainConfig(TaskPolicyConfig):
         command line wins, including one whose value equals a dataclass default."""
         import tyro
 
-        cfg = tyro.cli(cls, args=list(args), **tyro_options)
-        if cfg.preset:
-            cfg = tyro.cli(cls, args=list(args), default=cls.from_preset(cfg.preset), **tyro_options)
+        preset = _named_preset(args)  # looked up first, so that --help shows the preset's values too
+        cfg = tyro.cli(cls, args=list(args), default=cls.from_preset(preset) if preset else None, **tyro_options)
         if cfg.resume:
             saved = saved_config(cfg)
             if saved is not None:
@@ -172,6 +171,17 @@ def virep_gpu() -> SelfTrainConfig:
 
 
 PRESETS: dict[str, Callable[[], SelfTrainConfig]] = {"embedded": embedded, "virep-gpu": virep_gpu}
+
+
+def _named_preset(args: Sequence[str]) -> str | None:
+    """The preset `--preset NAME` / `--preset=NAME` names (the last one), if it is one."""
+    name = None
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--preset="):
+            name = arg.split("=", 1)[1]
+    return name if name in PRESETS else None
 
 
 def default_run_name(cfg: SelfTrainConfig) -> str:
