@@ -94,7 +94,7 @@ from viprog.primitives.backends.tiny import build_tiny_models
 from viprog.primitives.local import LocalServer
 
 device, work = sys.argv[1:3]
-options = {k: v for k, v in build_tiny_models(f"{work}/neural").items() if k != "yolo"}
+options = build_tiny_models(f"{work}/neural")
 profile = get_profile("neural", device=device, batch_size=8, **options)
 pixels = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
 with LocalServer(profile) as server:

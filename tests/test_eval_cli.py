@@ -116,3 +116,17 @@ def test_a_folder_without_the_train_split_is_evaluated_and_the_baseline_reported
     code = main(["eval", "--task", "gqa", "--data-dir", str(data), "--programs", str(programs), "--profile",
                  "scene-graph", "--baseline-split", "train"])
     assert code == 2 and "train_balanced_questions.json" in capsys.readouterr().err
+
+
+def test_a_profile_that_cannot_answer_any_question_is_a_one_line_error(tmp_path, capsys):
+    from test_tasks_gqa import write_gqa
+
+    data = write_gqa(tmp_path / "gqa", split="testdev")
+    (data / "testdev_sceneGraphs.json").unlink()  # as GQA ships testdev: no scene graphs
+    programs = tmp_path / "p.jsonl"
+    program = "def execute_command(image):\n    return ImagePatch(image).simple_query('what is it?')\n"
+    programs.write_text("".join(json.dumps({"question_id": q, "program": program}) + "\n" for q in ("201", "202", "203")))
+    code = main(["eval", "--task", "gqa", "--data-dir", str(data), "--split", "testdev", "--programs", str(programs),
+                 "--profile", "scene-graph"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "every program" in err[-1] and "scene graph" in err[-1]

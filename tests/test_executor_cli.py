@@ -58,3 +58,21 @@ def test_wall_timeout_below_timeout_is_bad_input(tmp_path: Path, image: Path, ca
     code = main(["run", "--program", str(prog), "--image", str(image), "--timeout", "2", "--wall-timeout", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--wall-timeout" in err
+
+
+def test_the_neural_profile_runs_on_the_models_profile_options_name(tmp_path: Path, image: Path,
+                                                                      tiny_models_dir: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from viprog.primitives.backends.tiny import build_tiny_models
+
+    options = json.dumps(build_tiny_models(tiny_models_dir / "neural"))
+    prog = write(tmp_path, "def execute_command(image):\n    return len(ImagePatch(image).find('ball')) >= 0\n")
+    code = main(["run", "--program", str(prog), "--image", str(image), "--profile", "neural", "--profile-options",
+                 options])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["answer"] is True and out["trace"][0]["primitive"] == "find"
+    missing = json.dumps({**json.loads(options), "detector": str(tmp_path / "nothing.pt")})
+    code = main(["run", "--program", str(prog), "--image", str(image), "--profile", "neural", "--profile-options",
+                 missing])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert code == 2 and len(errors) == 1 and "nothing.pt" in errors[0]

@@ -5,8 +5,10 @@ component, every artifact is written, the neural primitives answer without error
 
 What stands in for what: the tiny Qwen2 (hf backend, int8 on the CPU as `auto` picks) for
 the 7B under vLLM; `build_tiny_models` for OWLv2 / CLIP / BLIP / Depth Anything; a
-hand-written GQA folder for GQA. Sizes are shrunk on the command line, and the base policy
-is prompted with the short prompt (the tiny model knows no other); everything else is the
+hand-written GQA folder for GQA. Sizes are shrunk on the command line. Two settings differ
+from the preset, both because the stand-ins are random: the base policy is prompted with
+the short prompt (the tiny model knows no other), and τ is 0 (random VQA answers are
+rarely right, so τ = 1 would keep nothing and train no adapter). Everything else is the
 preset's (LoRA r=16, alpha=32, the short prompt for the tuned policy, no library shots).
 """
 
@@ -82,7 +84,19 @@ def neural_calls(rows: list[dict]) -> set[str]:
 
 
 @pytest.mark.parametrize("policy", ["hf", "scripted"])
-def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, policy: str) -> None:
+def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, policy: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from viprog.primitives.backends.neural import NeuralProfile
+
+    loads = []  # (profile, model) each time a model is loaded: once per run, not per rollout
+    original = NeuralProfile._model
+
+    def counted(self: NeuralProfile, key: str, *args: object) -> object:
+        if key not in self.models:
+            loads.append((id(self), key))
+        return original(self, key, *args)
+
+    monkeypatch.setattr(NeuralProfile, "_model", counted)
     s = gqa_setup
     model = s["policy"] if policy == "hf" else s["scripted"]
     rounds = "1" if policy == "hf" else "0"
@@ -91,8 +105,8 @@ def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, poli
                        "--questions-per-round", "3", "--samples-per-question", "2", "--eval-size", "3",
                        "--batch-questions", "2", "--workers", "1", "--max-new-tokens", "96", "--batch-size", "2",
                        "--grad-accum", "1", "--max-length", "1024", "--tau", "0", "--runs-dir", str(s["runs"]),
-                       "--run-name", policy, "--base-prompt", "short", "--no-report")
-    assert status == 0
+                       "--run-name", policy, "--base-prompt", "short")
+    assert status == 0 and len({profile for profile, _ in loads}) == 1 and len(loads) == len(set(loads))
     run = s["runs"] / policy
     config = read_json(run / "config.json")
     # options given on the command line won, the preset's own settings stayed
@@ -103,10 +117,12 @@ def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, poli
     evaluated = read_jsonl(run / "round_0" / "eval.jsonl")
     assert len(evaluated) == 3 and neural_calls(evaluated) == NEURAL
     assert not [r for r in evaluated if r["error_kind"] == "primitive"]
+    assert (run / "report.html").is_file() and len(read_jsonl(run / "metrics.jsonl")) == int(rounds) + 1
     if policy == "scripted":
         return
     for name in ("samples.jsonl", "kept.jsonl", "eval.jsonl", "metrics.json", "adapter/adapter_config.json"):
         assert (run / "round_1" / name).is_file(), name
+    assert len(read_jsonl(run / "library.jsonl")) == len(read_jsonl(run / "round_1" / "kept.jsonl")) > 0
     samples = read_jsonl(run / "round_1" / "samples.jsonl")
     assert len(samples) == 6 and neural_calls(samples) == NEURAL
     assert not [r for r in samples if r["error_kind"] == "primitive"]
@@ -127,3 +143,13 @@ def test_a_primitive_model_that_cannot_load_stops_the_run_before_any_round(gqa_s
     assert status == 2 and len(errors) == 1 and errors[0].startswith("viprog selftrain: error:")
     assert "VQA model" in errors[0] and "no-such-blip" in errors[0] and "--profile-options" in errors[0]
     assert not (tmp_path / "runs").exists()  # nothing written half-way
+
+
+def test_bad_input_found_before_any_step_finished_leaves_no_run_folder(gqa_setup: dict, tmp_path: Path) -> None:
+    s = gqa_setup
+    programs = tmp_path / "other.jsonl"  # programs for other questions: the scripted policy has none for these
+    programs.write_text(json.dumps({"query": "Is the sky blue?", "program": PROGRAM}) + "\n")
+    status = selftrain("--preset", "virep-gpu", "--data-dir", str(s["data"]), "--policy", "scripted", "--model",
+                       str(programs), "--device", "cpu", "--profile-options", s["options"], "--rounds", "0",
+                       "--eval-size", "2", "--runs-dir", str(tmp_path / "runs"), "--run-name", "r")
+    assert status == 2 and not (tmp_path / "runs" / "r").exists()

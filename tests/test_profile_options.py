@@ -47,3 +47,12 @@ def test_the_library_runs_programs_under_the_options_given_at_load():
     lib = Library([], config={"task": "shapes", "profile": "neural"}, profile_options={"detector": "missing.pt"})
     with pytest.raises(UsageError, match="missing.pt"):
         lib.run_program("def execute_command(image):\n    return 1\n", np.zeros((8, 8, 3), np.uint8), "q")
+
+
+def test_a_missing_local_policy_model_is_refused_before_the_profile_loads(tmp_path, monkeypatch):
+    from viprog.primitives.backends.neural import NeuralProfile
+
+    monkeypatch.setattr(NeuralProfile, "preflight", lambda self: pytest.fail("the profile was loaded first"))
+    for policy in ("scripted", "hf"):
+        with pytest.raises(UsageError, match="no such"):
+            build(SelfTrainConfig(task="gqa", policy=policy, model=str(tmp_path / "missing")))

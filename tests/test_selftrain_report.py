@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from viprog.report import trace_boxes, write_report
+from viprog.report import render_image, trace_boxes, write_report
 from viprog.runs import Run, write_json_atomic, write_jsonl_atomic
 
 
@@ -54,6 +54,15 @@ def test_gallery_images_show_the_boxes_from_the_trace(run_dir):
     edge = image[5 * scale:11 * scale, 4 * scale]
     assert (edge[:, 2] > 200).all() and (edge[:, 0] < 100).all()
     assert (image[20 * scale, 20 * scale] == 240).all()  # background untouched away from the box
+
+
+def test_a_box_with_no_width_or_height_is_drawn_not_refused(tmp_path):
+    image = tmp_path / "img.png"
+    Image.fromarray(np.full((40, 48, 3), 240, np.uint8)).save(image)
+    flat = {"primitive": "find", "box": [0, 0, 48, 40], "args": ["ball"], "result": [[24, 1, 48, 1], [5, 5, 5, 9]]}
+    row = {"image": str(image), "trace": [flat], "answer": {"box": [3, 3, 3, 8]}, "gold": [7, 7, 9, 7], "reward": 0}
+    uri = render_image(row)
+    assert uri is not None and uri.startswith("data:image/png;base64,")
 
 
 @pytest.mark.slow

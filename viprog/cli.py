@@ -80,6 +80,11 @@ def run_command(command: str, rest: list[str], prog: str) -> int:
         return int(resolve(main_target)(config) or 0)
     except (UsageError, RegistryError, DataError) as exc:
         return fail(command, str(exc))
+    except BrokenPipeError:  # `viprog ... | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -123,7 +123,7 @@ def baseline_prior(cfg: EvalConfig, task: Task, split: str, examples: list[Any])
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """The metrics report (what `viprog eval` prints)."""
     from viprog.executor.result import ExecutionResult
-    from viprog.rollout import build, execute_programs, load_images, rows_to_results
+    from viprog.rollout import build, check_primitives_answered, execute_programs, load_images, rows_to_results
     from viprog.runs import write_jsonl_atomic
     from viprog.tasks import TASKS
 
@@ -161,6 +161,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         images = load_images(task, examples)
         rows = execute_programs(task, examples, {qid: [("", p)] for qid, p in programs.items()},
                                 profile=parts.profile, images=images, workers=cfg.workers, timeout=cfg.timeout)
+        check_primitives_answered(rows, f"the {split} split")
     finally:
         parts.close()
     by_id = {row["question_id"]: row for row in rows}

@@ -93,19 +93,26 @@ def render_image(row: dict[str, Any], size: int = 256) -> str | None:
     scale = max(1, size // max(image.size))
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(image)
+
+    def box(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+        """Scaled corners; a box with no width or height is drawn as a line, not refused."""
+        x0, x1 = sorted((x0 * scale, x1 * scale - 1))
+        y0, y1 = sorted((y0 * scale, y1 * scale - 1))
+        return [x0, y0, x1, y1]
+
     for (x0, y0, x1, y1), label in trace_boxes(row.get("trace") or (), image.height // scale):
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=(30, 100, 230), width=2)
+        draw.rectangle(box(x0, y0, x1, y1), outline=(30, 100, 230), width=2)
         if label:
             draw.text((x0 * scale + 2, y0 * scale + 1), label, fill=(30, 100, 230))
     answer = row.get("answer")
     if isinstance(answer, dict) and isinstance(answer.get("box"), list):
         x0, y0, x1, y1 = answer["box"]
         color = (20, 160, 40) if row.get("reward", 0) > 0 else (210, 40, 40)
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=color, width=3)
+        draw.rectangle(box(x0, y0, x1, y1), outline=color, width=3)
     gold = row.get("gold")
     if isinstance(gold, (list, tuple)) and len(gold) == 4:
         x0, y0, x1, y1 = gold
-        draw.rectangle([x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1], outline=(230, 190, 0), width=1)
+        draw.rectangle(box(x0, y0, x1, y1), outline=(230, 190, 0), width=1)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -119,6 +119,17 @@ def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str
                     tokenizer=getattr(policy, "tokenizer", None))
 
 
+def _check_model_path(policy: str, model: str | None) -> None:
+    """A `UsageError` for a policy model given as a local path that is not there (a hub name,
+    `namespace/name`, is left to the loader)."""
+    if model is None:
+        return
+    local = policy == "scripted" or model.startswith(("/", "./", "../", "~"))
+    if local and not Path(model).expanduser().exists():
+        what = "programs file" if policy == "scripted" else "model folder"
+        raise UsageError(f"--model {model}: no such {what}")
+
+
 @dataclass
 class Components:
     """What a rollout needs, built once per run: the task, its primitive profile (models
@@ -143,11 +154,18 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     from viprog.tasks import TASKS
 
     c = _config_dict(config)
+    device = c.get("device") or "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}, but this machine has no CUDA device; use --device cpu")
     if task is None:
         task = TASKS.get(c["task"])(data_dir=c.get("data_dir"), strict=bool(c.get("strict", False)))
-    device = c.get("device") or "cpu"
     name = c.get("profile") or task.default_profile
     options = profile_options if profile_options is not None else c.get("profile_options")
+    if with_policy and c.get("policy"):
+        _check_model_path(c["policy"], c.get("model"))  # cheap, before the profile's models load
     profile = build_profile(name, options, device=device)
     policy = prompter = None
     if with_policy and c.get("policy"):
@@ -286,6 +304,16 @@ class _Sized:
 
     def __len__(self) -> int:
         return self.n
+
+
+def check_primitives_answered(rows: Sequence[dict[str, Any]], where: str) -> None:
+    """A `UsageError` when every program failed inside a primitive: the profile does not work
+    on this data or machine (a model, an annotation it needs), and scoring or training on such
+    rows would only report zeros."""
+    failed = [r for r in rows if r.get("error_kind") == "primitive"]
+    if rows and len(failed) == len(rows):
+        raise UsageError(f"every program of {where} failed inside a primitive, e.g. {failed[0]['error']}; "
+                         "the profile cannot answer here (check --profile and --profile-options)")
 
 
 def rows_to_results(rows: Sequence[dict[str, Any]]) -> list[ExecutionResult]:

@@ -22,13 +22,14 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from viprog.config import TaskPolicyConfig
-from viprog.errors import UsageError
+from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_samples, filter_stats
 from viprog.library import Library
 from viprog.metrics import (
@@ -40,8 +41,9 @@ from viprog.metrics import (
     summary_line,
     task_metrics,
 )
-from viprog.rollout import summary
-from viprog.runs import Run, iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from viprog.registry import RegistryError
+from viprog.rollout import check_primitives_answered, summary
+from viprog.runs import AtomicJsonl, Run, iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("viprog.selftrain")
 
@@ -260,10 +262,7 @@ def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any
     rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
                             workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute",
                             out=out)
-    failed = [r for r in rows if r.get("error_kind") == "primitive"]
-    if rows and len(failed) == len(rows):
-        raise UsageError(f"every program of round {k} {name} failed inside a primitive, e.g. {failed[0]['error']}; "
-                         "the profile's models do not work here (check --profile-options)")
+    check_primitives_answered(rows, f"round {k} {name}")
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(time.perf_counter() - start, 3),
@@ -335,8 +334,10 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
             samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
             chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
             wanted = {(r["question_id"], r["sample"]) for r in chosen}
-            kept = [row for row in iter_jsonl(path) if (row["question_id"], row["sample"]) in wanted]
-            write_jsonl_atomic(run.artifact(k, "kept.jsonl"), kept)
+            with AtomicJsonl(run.artifact(k, "kept.jsonl")) as kept:  # the full rows, copied one at a time
+                for row in iter_jsonl(path):
+                    if (row["question_id"], row["sample"]) in wanted:
+                        kept.write(row)
             return filter_stats(samples, chosen)
 
         metrics |= step(ctx, k, "filter", keep)
@@ -430,6 +431,10 @@ def main(cfg: SelfTrainConfig) -> int:
                 if left:
                     log.info("ETA: about %.0f min for the %d round(s) left", left * sum(durations) / len(durations) / 60,
                              left)
+    except (UsageError, DataError, RegistryError):
+        if not cfg.resume and not any(run.root.glob("round_*/*.metrics.json")):
+            shutil.rmtree(run.root, ignore_errors=True)  # bad input found before any step finished: no half run
+        raise
     finally:
         parts.close()
     if cfg.report:
@@ -437,5 +442,5 @@ def main(cfg: SelfTrainConfig) -> int:
 
         log.info("report written to %s", write_report(run.root))
     print(json.dumps({f"round_{m['round']}": m.get("eval/accuracy") for m in run.round_metrics()}))
-    log.info("run written to %s (metrics.jsonl, library.jsonl, round_*/)", run.root)
+    log.info("run written to %s (%s)", run.root, ", ".join(sorted(p.name for p in run.root.iterdir())))
     return 0

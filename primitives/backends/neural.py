@@ -96,7 +96,8 @@ class NeuralProfile(Profile):
             except (OSError, ValueError, RuntimeError, FileNotFoundError) as exc:
                 raise PrimitiveError(f"profile 'neural' cannot load its {what} {name!r} ({exc.__class__.__name__}: "
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}); give a hub name that can be "
-                                     f"downloaded or a local folder") from exc
+                                     f"downloaded or a local folder (offline: HF_HUB_OFFLINE=1 skips "
+                                     f"the download retries)") from exc
             log.info("neural: loaded %s %s on %s in %.1fs", what, name, self.device, time.perf_counter() - start)
         return self.models[key]
 
@@ -243,8 +244,8 @@ class NeuralProfile(Profile):
         for call, boxes in zip(calls, found):
             x0, y0, _, _ = call.patch.box_xyxy
             height = call.patch.image.shape[0]
-            out.append([[int(x0 + a), int(height - (y0 + d)), int(x0 + c), int(height - (y0 + b))]
-                        for a, b, c, d in boxes if c > a and d > b])
+            pixels = [[int(x0 + a), int(height - (y0 + d)), int(x0 + c), int(height - (y0 + b))] for a, b, c, d in boxes]
+            out.append([p for p in pixels if p[2] > p[0] and p[3] > p[1]])  # whole pixels: a box under 1 px is none
         return out
 
     def exists(self, calls: list[Call]) -> list[bool]:

@@ -31,6 +31,11 @@ class RunConfig:
     """Passed as the second argument when execute_command takes two."""
     profile: str = "shapes"
     """Primitive profile: neural, shapes, scene-graph, or a registered one."""
+    profile_options: str | None = None
+    """Options of the profile as a JSON object, e.g. '{"detector": "/models/owlv2", "device": "cuda"}'
+    (models are loaded and checked before the program runs)."""
+    device: str = "cpu"
+    """Device for the profile's models unless --profile-options names one."""
     meta: Path | None = None
     """JSON file of annotations for the image (e.g. a scene graph for --profile scene-graph)."""
     timeout: float = 10.0
@@ -74,8 +79,11 @@ def main(config: RunConfig) -> int:
     from viprog.primitives import PROFILES
 
     source, meta = _read_inputs(config)
+    from viprog.rollout import build_profile
+
     PROFILES.get(config.profile)  # unknown name → one-line error with suggestions (exit 2)
-    with Executor(config.profile, workers=1, slots=1, timeout=config.timeout, wall_timeout=config.wall_timeout,
+    profile = build_profile(config.profile, config.profile_options, device=config.device)
+    with Executor(profile, workers=1, slots=1, timeout=config.timeout, wall_timeout=config.wall_timeout,
                   memory_mb=config.memory_mb) as ex:
         result = ex.run(Job(source, str(config.image), config.image, config.query, meta))
     print(json.dumps(result.to_json(), indent=config.indent))
