@@ -163,6 +163,7 @@ def test_a_selftrain_round_trains_while_the_engine_sleeps(events, tiny_folder, t
         return real_finetune(model_path, tokenizer, pairs, out_dir, **kwargs)
 
     monkeypatch.setattr(viprog.finetune, "finetune", recording_finetune)
+    monkeypatch.setattr("viprog.rollout.require_device", lambda device: None)  # the fake engine stands in for a GPU
     cfg = SelfTrainConfig(task="toy-count", data_dir=str(tmp_path / "data"), policy="vllm", model=str(tiny_folder),
                           device="cuda", rounds=1, questions_per_round=4, samples_per_question=1, max_new_tokens=40,
                           base_prompt="short", tuned_prompt="short", train_prompt="short", library_shots=0,

@@ -56,3 +56,12 @@ def test_a_missing_local_policy_model_is_refused_before_the_profile_loads(tmp_pa
     for policy in ("scripted", "hf"):
         with pytest.raises(UsageError, match="no such"):
             build(SelfTrainConfig(task="gqa", policy=policy, model=str(tmp_path / "missing")))
+
+
+def test_a_cuda_run_on_a_machine_without_cuda_is_refused_up_front():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match="no CUDA device"):
+        build(SelfTrainConfig(task="gqa", policy=None, device="cuda"), with_policy=False)

@@ -119,6 +119,16 @@ def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str
                     tokenizer=getattr(policy, "tokenizer", None))
 
 
+def require_device(device: str) -> None:
+    """A `UsageError` for a CUDA device on a machine without one (found now, not after a
+    round has run on the CPU instead)."""
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}, but this machine has no CUDA device; use --device cpu")
+
+
 def _check_model_path(policy: str, model: str | None) -> None:
     """A `UsageError` for a policy model given as a local path that is not there (a hub name,
     `namespace/name`, is left to the loader)."""
@@ -155,11 +165,7 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
 
     c = _config_dict(config)
     device = c.get("device") or "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}, but this machine has no CUDA device; use --device cpu")
+    require_device(device)
     if task is None:
         task = TASKS.get(c["task"])(data_dir=c.get("data_dir"), strict=bool(c.get("strict", False)))
     name = c.get("profile") or task.default_profile
