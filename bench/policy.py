@@ -7,10 +7,17 @@
 2. Embedded-model sampling throughput (tokens/s aggregate, 64 new tokens, the ~360-token
    few-shot prompt of the issue): plain fp32 `generate` at 4 sequences vs the shared-prefix
    decoder at larger batches, fp32 and int8 (dynamically quantised copy).
+3. The engines in the embedded setting: a round's sampling step — 3 calls of 4 shapes
+   questions × 4 samples over the real ~2,100-token few-shot prompt, 96 new tokens,
+   temperature 1.0, top-p 0.9 — on hf (shared prefix, int8: the default before the engine)
+   and on llama.cpp (the shipped Q4_K_M GGUF). Each side runs in its own child process, one
+   after the other, so its peak RSS is its own; the first call encodes the prefix, the
+   next two reuse it.
 
-Usage: python bench/policy.py [--only tiny|embedded|throughput] [--quick]
+Usage: python bench/policy.py [--only tiny|embedded|throughput|engines] [--quick]
 Completions are not stopped early (no stop strings; only end-of-sequence), so both sides
 generate comparable token counts; tokens/s counts the tokens actually generated.
+Results are merged into bench/results/policy.json with the machine's load.
 """
 
 from __future__ import annotations
@@ -18,14 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from viprog.policy import SamplingParams
+from viprog.policy import Policy, SamplingParams
 from viprog.policy.hf import HFPolicy
+
+RESULTS = Path(__file__).parent / "results" / "policy.json"
+#: the embedded setting: calls × questions per call × samples per question
+CALLS, QUESTIONS, SAMPLES, NEW_TOKENS = 3, 4, 4, 96
 
 API_LINE = ("    def find(self, object_name: str) -> list[ImagePatch]:\n"
             "        \"\"\"Returns a list of ImagePatch objects matching object_name contained in the crop.\"\"\"\n")
@@ -44,7 +59,7 @@ def prompts_of(tokens: int, policy: HFPolicy, questions: int) -> list[str]:
             for i in range(questions)]
 
 
-def timed(fn: Callable[[], list[list[str]]], policy: HFPolicy) -> tuple[float, int]:
+def timed(fn: Callable[[], list[list[str]]], policy: Policy) -> tuple[float, int]:
     before = policy.stats["generated_tokens"]
     start = time.perf_counter()
     fn()
@@ -92,12 +107,84 @@ def throughput(model: str, quick: bool) -> list[dict[str, float]]:
     return rows
 
 
+def shapes_prompts(tokenizer: object, questions: int) -> list[str]:
+    """The real few-shot prompts of the embedded run for the first `questions` shapes
+    training questions."""
+    from viprog.policy import Prompter
+    from viprog.primitives.apidoc import api_section
+    from viprog.tasks import TASKS
+
+    task = TASKS.get("shapes")(progress=False)
+    prompter = Prompter(api_section(task="shapes"), task.seed_programs(), tokenizer=tokenizer)
+    return [prompter.few_shot(ex.query) for ex in task.examples("train", limit=questions)]
+
+
+def engine_side(side: str, calls: int) -> dict[str, object]:
+    """One backend on the embedded setting (run in a child process): tokens/s per call,
+    in all, and the process's peak RSS."""
+    from viprog.policy.embedded import ensure_gguf, ensure_model
+    from viprog.policy.llamacpp import LlamaCppPolicy
+
+    folder = str(ensure_model(progress=False))
+    batch = QUESTIONS * SAMPLES
+    policy: HFPolicy | LlamaCppPolicy = (
+        HFPolicy(folder, quantize="int8", batch_size=batch, progress=False) if side == "hf"
+        else LlamaCppPolicy(folder, gguf=ensure_gguf(progress=False), batch_size=batch, progress=False))
+    prompts = shapes_prompts(policy.tokenizer, QUESTIONS * calls)
+    policy.sample(["def f():"], SamplingParams(n=1, max_new_tokens=2))  # warm-up: loads, builds the int8 copy
+    rows = []
+    for c in range(calls):
+        params = SamplingParams(n=SAMPLES, temperature=1.0, top_p=0.9, max_new_tokens=NEW_TOKENS, seed=c)
+        seconds, tokens = timed(partial(policy.sample, prompts[c * QUESTIONS:(c + 1) * QUESTIONS], params), policy)
+        rows.append({"call": c + 1, "sequences": batch, "tokens": tokens, "seconds": round(seconds, 1),
+                     "tok_s": round(tokens / seconds, 2)})
+        print(json.dumps({side: rows[-1]}), file=sys.stderr, flush=True)
+    seconds, tokens = sum(r["seconds"] for r in rows), sum(r["tokens"] for r in rows)
+    return {"prompt_tokens": len(policy.tokenizer(prompts[0])["input_ids"]), "calls": rows,
+            "tok_s": round(tokens / seconds, 2), "first_call_tok_s": rows[0]["tok_s"],
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
+
+
+def engines(quick: bool) -> dict[str, object]:
+    """hf (int8, shared prefix) then llama.cpp on the embedded setting, each in a child."""
+    calls = 1 if quick else CALLS
+    out: dict[str, object] = {"setting": f"{calls} calls × {QUESTIONS} questions × {SAMPLES} samples, "
+                                         f"{NEW_TOKENS} new tokens, temperature 1.0, top-p 0.9",
+                              "load_before": os.getloadavg()}
+    for side in ("hf", "llamacpp"):
+        done = subprocess.run([sys.executable, __file__, "--side", side, "--calls", str(calls)], check=True,
+                              stdout=subprocess.PIPE, text=True)
+        out[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["load_after"] = os.getloadavg()
+    hf, engine = out["hf"], out["llamacpp"]
+    out["speedup"] = round(engine["tok_s"] / hf["tok_s"], 2)  # type: ignore[index]
+    out["first_call_speedup"] = round(engine["first_call_tok_s"] / hf["first_call_tok_s"], 2)  # type: ignore[index]
+    out["rss_ratio"] = round(engine["peak_rss_gb"] / hf["peak_rss_gb"], 2)  # type: ignore[index]
+    return out
+
+
+def save(results: dict[str, object]) -> None:
+    """Merge this run's sections into bench/results/policy.json, with the load."""
+    saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    uptime = subprocess.run(["uptime"], check=False, stdout=subprocess.PIPE, text=True).stdout.strip()
+    saved.update({k: {**v, "uptime": uptime} if isinstance(v, dict) else {"rows": v, "uptime": uptime}
+                  for k, v in results.items()})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+    print(f"results merged into {RESULTS}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("tiny", "embedded", "throughput"))
+    parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines"))
     parser.add_argument("--quick", action="store_true", help="smaller grids (a smoke run)")
+    parser.add_argument("--side", choices=("hf", "llamacpp"), help=argparse.SUPPRESS)  # a child of `engines`
+    parser.add_argument("--calls", type=int, default=CALLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.side:
+        print(json.dumps(engine_side(args.side, args.calls)))
+        return
     results: dict[str, object] = {}
     if args.only in (None, "tiny"):
         from viprog.policy.tiny import build_tiny_model
@@ -116,7 +203,10 @@ def main() -> None:
             print(json.dumps({"reuse_embedded": results["reuse_embedded"]}), flush=True)
         if args.only in (None, "throughput"):
             results["throughput_embedded"] = throughput(embedded, args.quick)
+    if args.only in (None, "engines"):
+        results["engines_embedded"] = engines(args.quick)
     print(json.dumps(results, indent=1))
+    save(results)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the same questions, which is how the default style was chosen.
 
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
+       [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl).
 """
 
@@ -35,13 +36,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16, help="questions per sampling call")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
+    parser.add_argument("--engine", choices=("auto", "llamacpp", "hf"), help="the embedded default's engine")
     parser.add_argument("--out", default="bench/policy_accuracy.jsonl")
     args = parser.parse_args()
 
     task = TASKS.get(args.task)(progress=False)
     examples = task.examples(args.split, limit=args.n)
     images = load_images(task, examples)
-    policy = load_policy(args.policy, model=args.model, batch_size=args.batch, quantize=args.quantize)
+    policy = load_policy(args.policy, model=args.model, batch_size=args.batch, quantize=args.quantize,
+                         **({"engine": args.engine} if args.engine else {}))
     report = {}
     with open(args.out, "w") as out:
         for style in (("completion", "chat") if args.style == "both" else (args.style,)):

