@@ -434,9 +434,10 @@ class Executor:
         entry["result" if ok else "error"] = value
         if not ok:
             entry["result"] = None
-        if state.trace_bytes < self.max_result_bytes:  # the worker's own trace replaces this one
+        size = len(json.dumps(entry)) + 2
+        if state.trace_bytes + size <= self.max_result_bytes:  # the worker's own trace replaces this one
             state.trace.append(entry)
-            state.trace_bytes += len(json.dumps(entry))
+            state.trace_bytes += size
         replies.setdefault(id(state.worker), []).append([key, {"result": value} if ok else {"error": value}])
 
     def _watchdog(self) -> None:
