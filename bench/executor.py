@@ -18,8 +18,11 @@
    they come: the parent's RSS at start, after 1,000 and at the end.
 
 Part 1 also runs the Executor side by side with its kernel layers and per-job collection
-off, alternating rounds (the ratio is the cost of issue 14's hardening). Everything is
-written to bench/results/executor.json with the machine's load.
+off, alternating rounds. Part 6 runs it side by side with the executor as it was before
+issue 14 (commit d67dac6, extracted with `git archive` into a temporary folder): each in
+its own Python process running the same driver, PYTHONPATH pointing at its own `viprog`,
+alternating rounds (the ratio is the cost of issue 14's hardening and blame). Everything
+is written to bench/results/executor.json with the machine's load.
 
 Usage: python bench/executor.py [--quick] [--soak | --part N]
 (quick: smaller counts; soak: only part 3, printed; part N: only that part, merged into the results)
@@ -34,6 +37,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from multiprocessing import get_context
@@ -310,6 +314,83 @@ def bench_stream(n: int) -> None:
                          "rss_mb": [round(x / 2**20, 1) for x in rss], "rss_growth_mb": round(growth, 1)}
 
 
+BASELINE = "d67dac6"  # the last commit before issue 14's executor
+DRIVER = """
+import json, sys, time
+import numpy as np, psutil
+import viprog
+from viprog.executor import Executor, Job
+from viprog.primitives import Profile
+
+class Find(Profile):
+    name = "find"
+    def find(self, calls):
+        return [[[0, 0, 4, 4]] for _ in calls]
+
+program, image = "def execute_command(image):\\n    return 1 + 1\\n", np.zeros((48, 64, 3), np.uint8)
+me = psutil.Process()
+with Executor(Find(), workers=2) as ex:
+    ex.run_many([Job(program, "i", image)] * 200)
+    print(json.dumps({"viprog": viprog.__file__}), flush=True)
+    for line in sys.stdin:
+        n = int(line)
+        cpu = lambda: sum(sum(psutil.Process(p).cpu_times()[:2]) for p in ex.worker_pids()) + sum(me.cpu_times()[:2])
+        before, start = cpu(), time.perf_counter()
+        results = ex.run_many([Job(program, "i", image)] * n)
+        seconds = time.perf_counter() - start
+        assert all(r.answer == 2 for r in results)
+        print(json.dumps({"per_s": n / seconds, "cpu_us": (cpu() - before) / n * 1e6}), flush=True)
+"""
+
+
+def _driver(root: Path) -> subprocess.Popen:
+    """The DRIVER in a fresh Python whose `viprog` is the one under `root`."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env, cwd=root)
+    where = json.loads(proc.stdout.readline())["viprog"]  # type: ignore[union-attr]
+    assert Path(where).resolve().is_relative_to(root.resolve()), f"{root}: imported {where}"
+    return proc
+
+
+def bench_baseline(n: int, rounds: int = 16) -> None:
+    """Clean-program throughput of this executor against the one at BASELINE, each in its own
+    process with the same driver; rounds alternate A B B A, the medians are compared."""
+    print(f"\n6. throughput against the executor before issue 14 (commit {BASELINE}), {rounds} alternating rounds")
+    here = Path(__file__).resolve().parents[1]
+    per_round = max(200, n // rounds)
+    samples: dict[str, list[dict]] = {"current": [], "baseline": []}
+    with tempfile.TemporaryDirectory(prefix="viprog-baseline-") as tmp:
+        archive = subprocess.run(["git", "-C", str(here), "archive", BASELINE, "viprog"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        drivers = {"current": _driver(here), "baseline": _driver(Path(tmp))}
+        try:
+            for r in range(rounds):
+                for name in (list(drivers) if r % 2 == 0 else list(drivers)[::-1]):
+                    proc = drivers[name]
+                    proc.stdin.write(f"{per_round}\n")  # type: ignore[union-attr]
+                    proc.stdin.flush()  # type: ignore[union-attr]
+                    samples[name].append(json.loads(proc.stdout.readline()))  # type: ignore[union-attr]
+        finally:
+            for proc in drivers.values():
+                proc.stdin.close()  # type: ignore[union-attr]
+                proc.wait(timeout=60)
+    rates = {k: statistics.median(s["per_s"] for s in v) for k, v in samples.items()}
+    micros = {k: statistics.median(s["cpu_us"] for s in v) for k, v in samples.items()}
+    ratio = rates["current"] / rates["baseline"]
+    print(f"   median of {rounds} rounds of {per_round}: current {rates['current']:.0f}/s, "
+          f"{BASELINE} {rates['baseline']:.0f}/s: ratio {ratio:.2f} (target >= 0.8); CPU per program "
+          f"{micros['current']:.0f} us vs {micros['baseline']:.0f} us (ratio {micros['baseline'] / micros['current']:.2f})")
+    RESULTS["baseline"] = {"commit": BASELINE, "rounds": rounds, "programs_per_round": per_round,
+                           "current_per_s": [round(s["per_s"]) for s in samples["current"]],
+                           "baseline_per_s": [round(s["per_s"]) for s in samples["baseline"]],
+                           "median_current_per_s": round(rates["current"]),
+                           "median_baseline_per_s": round(rates["baseline"]), "ratio": round(ratio, 3),
+                           "cpu_us_per_program": {k: round(v, 1) for k, v in micros.items()},
+                           "cpu_ratio": round(micros["baseline"] / micros["current"], 3)}
+
+
 RESULTS: dict = {}
 
 
@@ -330,6 +411,7 @@ def main() -> None:
         3: lambda: bench_soak(1000 if quick else 10000, 0.5),
         4: lambda: bench_mixed(72 if quick else 200),
         5: lambda: bench_stream(1000 if quick else 10000),
+        6: lambda: bench_baseline(2000 if quick else 40000),
     }
     chosen = [int(sys.argv[sys.argv.index("--part") + 1])] if "--part" in sys.argv else list(parts)
     print(f"executor benchmarks ({psutil.cpu_count()} CPUs{', quick' if quick else ''})")

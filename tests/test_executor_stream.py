@@ -21,6 +21,10 @@ class Fake(Profile):
     def find(self, calls: list) -> list:
         return [[[0, 0, 2, 2]] for _ in calls]
 
+    def simple_query(self, calls: list) -> list:
+        time.sleep(1.5)  # a slow model: the program that asks waits, the others go on
+        return ["slow" for _ in calls]
+
 
 def job(i: int) -> Job:
     # later jobs finish sooner: the order of finishing is not the order of the jobs
@@ -75,3 +79,24 @@ def test_one_run_at_a_time() -> None:
             ex.run(job(1))
         assert [i for i, _ in stream] == [1]
         assert ex.run(job(1)).answer == 1
+
+
+def test_ordered_results_behind_a_slow_program_stay_bounded() -> None:
+    # one slow program, then many finished 200 kB results waiting for it to be yielded first
+    pulled = []
+    slow = Job("def execute_command(image):\n    return ImagePatch(image).simple_query('q')\n", "i", IMAGE)
+    large = Job("def execute_command(image):\n    return 'x' * 200000\n", "i", IMAGE)
+
+    def jobs() -> Iterator[Job]:
+        for i in range(400):
+            pulled.append(i)
+            yield slow if i == 0 else large
+
+    with Executor(Fake(), workers=1, slots=4) as ex:
+        stream = ex.run_iter(jobs(), ordered=True)
+        first = next(stream)
+        assert first[0] == 0 and first[1].answer == "slow"
+        assert len(pulled) <= 2 * 4 + 1, f"{len(pulled)} jobs read while the first was slow"
+        assert [i for i, r in stream if r.answer == "x" * 200000] == list(range(1, 400))
+        count, size = ex.held_high
+        assert 1 <= count <= 2 * 4 and size <= 2 * 4 * 201000, ex.held_high

@@ -111,19 +111,63 @@ def test_stack_overflow_is_blamed_alone_and_its_neighbours_answer() -> None:
         assert results[k].error_kind == "crash" and "SIGSEGV" in results[k].error, results[k]
 
 
-def test_a_worker_killed_from_outside_costs_nobody_a_result() -> None:
-    import os
-    import signal
-    import threading
+# -- a program that holds most of its worker's memory_mb while it waits for primitives ------
+MB = 2**20
+HOARDER = ("def execute_command(image):\n"
+           f"    held = 'h' * {440 * MB}\n"
+           "    for k in range(30):\n"  # waits for primitives, the run token free, its memory held
+           "        ImagePatch(image).find('w' * (k + 1))\n"
+           f"    more = 'm' * {120 * MB}\n"  # 560 MB: past memory_mb=512 even alone
+           "    return len(held) + len(more)\n")
 
-    jobs = [innocent(i) for i in range(40)]
-    with Executor(Fake(), workers=2, slots=8, timeout=5.0) as ex:
-        pids = ex.worker_pids()
-        killer = threading.Timer(0.3, lambda: os.kill(pids[0], signal.SIGKILL))
-        killer.start()
+
+def hungry(i: int) -> Job:
+    """Waits for three primitive results (the hoarder has its memory by then), then needs 120 MB."""
+    source = ("def execute_command(image):\n"
+              f"    n = len(ImagePatch(image).find('abcd'[:1 + {i} % 4]))\n"
+              "    for k in range(2):\n"
+              "        ImagePatch(image).find('q' * (k + 6))\n"
+              f"    junk = 'j' * {120 * MB}\n"
+              f"    return n * 1000 + {i} + len(junk) - {120 * MB}\n")
+    return Job(source, "img0", IMAGE)
+
+
+def test_memory_held_by_a_neighbour_is_not_blamed_on_the_innocent() -> None:
+    jobs = [Job(HOARDER, "img0", IMAGE)] + [hungry(i) for i in range(4)]
+    with Executor(Fake(), workers=1, slots=8, timeout=5.0, memory_mb=512) as ex:
         results = ex.run_many(jobs)
-        killer.join()
-    assert [r.answer for r in results] == [expected(i) for i in range(40)]
+    assert_innocents_answer(results, [0], list(range(4)))
+    assert results[0].error_kind == "memory", results[0]
+
+
+class Killing(Fake):
+    """simple_query kills `victim` (once) while the program that asked waits in it for the answer."""
+
+    victim = 0
+
+    def simple_query(self, calls: list) -> list:
+        import os
+        import signal
+
+        if self.victim:
+            os.kill(self.victim, signal.SIGKILL)
+            self.victim = 0
+            time.sleep(0.3)  # the parent sees the death while this call is still unanswered
+        return ["asked" for _ in calls]
+
+
+def test_a_worker_killed_from_outside_costs_nobody_a_result() -> None:
+    asker = Job("def execute_command(image):\n    return ImagePatch(image).simple_query('q')\n", "img0", IMAGE)
+    jobs = [innocent(i) for i in range(20)] + [asker] + [innocent(i) for i in range(20, 40)]
+    profile = Killing()
+    with Executor(profile, workers=1, slots=64, timeout=5.0) as ex:  # all 41 in flight in one worker
+        pids = ex.worker_pids()
+        profile.victim = pids[0]
+        results = ex.run_many(jobs)
+        assert profile.victim == 0, "the worker was killed while a program waited in it"
+        assert ex.worker_pids() != pids and ex.run(innocent(5)).answer == expected(5)
+    assert results[20].answer == "asked", results[20]
+    assert [r.answer for r in results[:20] + results[21:]] == [expected(i) for i in range(40)]
 
 
 def test_generator_functions_still_behave_as_generators() -> None:

@@ -93,6 +93,21 @@ def test_answer_and_trace_past_the_result_budget_are_an_output_error() -> None:
     assert [r.answer for r in results[2:]] == [2 + i for i in range(6)]
 
 
+def test_trace_of_a_program_stopped_while_it_waits_stays_within_the_result_budget() -> None:
+    # the parent stops it at its wall cap, waiting on a slow primitive: the parent's trace is its result
+    class Slow(Busy):
+        def simple_query(self, calls: list) -> list:
+            time.sleep(2.0)
+            return ["late" for _ in calls]
+
+    flood = program("p = ImagePatch(image)", "for i in range(8):", "    p.find(str(i) + 'x' * 16000)",
+                    "return p.simple_query('q')")
+    with Executor(Slow(), workers=1, timeout=1.0, wall_timeout=1.0, max_result_bytes=65536) as ex:
+        stopped = ex.run(Job(flood, "img", IMAGE))
+    assert stopped.error_kind == "timeout" and "wall_timeout" in stopped.error, stopped.error
+    assert 1 <= len(stopped.trace) < 8 and len(stopped.dumps()) <= 65536 + 1024
+
+
 def test_results_past_the_run_budget_are_dropped_with_an_output_error() -> None:
     jobs = [Job(program(f"return '{k}' * 30000"), "img", IMAGE) for k in range(10)]
     with Executor(Busy(), workers=1, slots=1, timeout=5.0, max_result_bytes=65536, max_run_bytes=100_000) as ex:

@@ -11,7 +11,8 @@ capability, another architecture) is reported, never fatal:
   single-threaded process: applied before the worker starts its threads.
 - `syscalls`: a seccomp filter (on all threads, `SECCOMP_FILTER_FLAG_TSYNC`) refuses with
   EPERM new sockets, new processes and threads (`fork`, `clone`, `execve`, ...), signals
-  to any process but the worker itself, `ptrace`, namespace and mount changes. Applied
+  to any process but the worker itself, `ptrace`, namespace and mount changes, and
+  io_uring (whose queued operations would bypass the checks on each syscall). Applied
   once the worker's threads exist, which is why new threads can be refused.
 - `processes`: `RLIMIT_NPROC` at the current count for a worker that does not run as
   root; the kernel exempts root, for whom this layer is the seccomp filter's refusals.
@@ -35,7 +36,7 @@ from typing import Any
 
 LAYERS: dict[str, str] = {
     "network": "no network: a new, empty network namespace",
-    "syscalls": "seccomp: no sockets, processes, threads, exec, ptrace or signals to others",
+    "syscalls": "seccomp: no sockets, processes, threads, exec, ptrace, io_uring or signals to others",
     "processes": "no new processes: RLIMIT_NPROC, or for root (exempt from it) the seccomp filter",
     "files": "RLIMIT_NOFILE: a few file descriptors above those the worker holds",
     "privileges": "no_new_privs, and no capabilities when the worker runs as root",
@@ -56,12 +57,14 @@ _ARCH: dict[str, tuple[int, int, dict[str, int], tuple[int, int]]] = {
         "execveat": 322, "ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "tkill": 200,
         "pidfd_open": 434, "pidfd_send_signal": 424, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
         "pivot_root": 155, "chroot": 161, "setuid": 105, "setgid": 106, "setresuid": 117, "setresgid": 119,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     }, (62, 234)),
     "aarch64": (0xC00000B7, 277, {
         "socket": 198, "socketpair": 199, "clone": 220, "clone3": 435, "execve": 221, "execveat": 281,
         "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "tkill": 130, "pidfd_open": 434,
         "pidfd_send_signal": 424, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41,
         "chroot": 51, "setuid": 146, "setgid": 144, "setresuid": 147, "setresgid": 149,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     }, (129, 131)),
 }
 

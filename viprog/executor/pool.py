@@ -19,13 +19,16 @@ with its worker and blamed; the other programs in that worker are run again. Whe
 worker dies otherwise (SIGSEGV of a C-stack overflow, SIGKILL of the OOM killer), nobody
 knows whose doing it was: each program that was in it runs again alone, in a fresh worker
 of its own, and only the one that kills its solitary worker is blamed (`crash`, or
-`memory` for SIGKILL, with the signal). Only JSON crosses back: answers, primitive
+`memory` for SIGKILL, with the signal). Likewise a program that runs out of memory in a
+shared worker (whose `memory_mb` a neighbour may be holding) runs again alone, and is
+blamed (`memory`) only if it runs out there too. Only JSON crosses back: answers, primitive
 requests, error lines; an answer and its trace stay within `max_result_bytes`, the
 results of one run within `max_run_bytes`.
 
 What is not isolated. Primitive results are computed in the parent by the profile,
 outside the sandbox. A program may use its whole CPU and memory budget, and it shares
-its worker's `memory_mb` with the programs waiting in that worker. Programs in the same
+its worker's `memory_mb` with the programs waiting in that worker (a neighbour that runs
+out of it costs a rerun alone, not a wrong result). Programs in the same
 worker share nothing they can write.
 """
 
@@ -39,15 +42,13 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
-
 from viprog.errors import DataError
+from viprog.executor.job import Job, State
+from viprog.executor.ordered import InOrder
 from viprog.executor.result import ExecutionResult
 from viprog.executor.server import PrimitiveServer
 from viprog.executor.spawn import WorkerHandle, death, start_forkserver, start_worker
@@ -59,38 +60,9 @@ log = logging.getLogger(__name__)
 _POLL = 0.05  # seconds between watchdog checks
 _GRACE = 0.2  # seconds past a program's deadline before its worker is killed
 _REQUEUES = 8  # runs lost to neighbours before a program is run alone
+_HELD_BYTES = 64 * 2**20  # results an ordered run_iter holds back for a slower one, at most (about)
 _SOLO = 4  # workers of one program each, at a time, per shared worker (they mostly wait for primitives)
 _WARNED: set[str] = set()  # kernel layers already reported as refused by this process
-
-
-@dataclass(frozen=True)
-class Job:
-    """One program to run on one image."""
-
-    program: str  # source defining execute_command(image) (or execute_command(image, query))
-    image_id: str  # cache key for pixels; jobs on the same image share it
-    image: str | Path | np.ndarray | Callable[[], np.ndarray]  # loaded lazily by the server, once per image_id
-    query: str | None = None  # passed as 2nd arg when execute_command takes two parameters
-    meta: Mapping[str, Any] | None = None  # annotations for the scene-graph profile (Example.meta)
-
-
-@dataclass
-class _State:
-    index: int
-    job: Job
-    key: int = -1
-    image: list[Any] = field(default_factory=list)  # [id, width, height] once acquired
-    trace: list[dict[str, Any]] = field(default_factory=list)
-    trace_bytes: int = 0
-    call: dict[str, Any] | None = None  # the call waiting for its reply
-    call_since: float = 0.0  # time.monotonic() when that call arrived
-    used: float = 0.0  # seconds computed, as the worker reported with its last call
-    waited: float = 0.0  # seconds waited for primitive results (answered calls)
-    started: float = 0.0
-    requeues: int = 0  # runs lost to a worker that was killed for another job
-    alone: bool = False  # runs in a worker of its own (its shared worker died)
-    size: int = 0  # bytes of its result as it came from the worker
-    worker: WorkerHandle | None = None
 
 
 class Executor:
@@ -141,15 +113,16 @@ class Executor:
         self._ctx = mp.get_context("forkserver")
         start_forkserver(self._ctx)
         self._keys = itertools.count()
-        self._states: dict[int, _State] = {}
-        self._queue: deque[_State] = deque()
-        self._alone: deque[_State] = deque()  # programs waiting for a worker of their own
-        self._finished: list[tuple[_State, ExecutionResult]] = []
+        self._states: dict[int, State] = {}
+        self._queue: deque[State] = deque()
+        self._alone: deque[State] = deque()  # programs waiting for a worker of their own
+        self._finished: list[tuple[State, ExecutionResult]] = []
         self._workers = [start_worker(self._ctx, self.settings) for _ in range(workers)]
         self._solo: list[WorkerHandle] = []
         self._retired: list[Any] = []  # processes of solo workers that finished their program
         self._wall_checked = 0.0
         self._busy = False  # a run_iter is under way
+        self.held_high = (0, 0)  # the last ordered run_iter's fullest buffer: (results, bytes)
 
     # -- public API ----------------------------------------------------------------------
     def run(self, job: Job) -> ExecutionResult:
@@ -166,7 +139,8 @@ class Executor:
                  max_bytes: int | None = None) -> Iterator[tuple[int, ExecutionResult]]:
         """Run every job, yielding `(index, result)` as each finishes (in job order when
         `ordered`), so a caller can write results out instead of holding them. Jobs are
-        read from `jobs` as workers have room for them. Stopping early cancels the rest.
+        read from `jobs` as workers have room for them; when `ordered`, results that wait
+        for a slower one count toward that room (and at most 64 MiB of them are held). Stopping early cancels the rest.
         max_bytes: a budget for all results yielded (`run_many` passes max_run_bytes)."""
         from tqdm.auto import tqdm
 
@@ -180,16 +154,15 @@ class Executor:
         bar = tqdm(total=len(jobs) if isinstance(jobs, Sized) else None, disable=not progress, unit="prog",
                    desc=progress if isinstance(progress, str) else "programs")
         left, more, spent = 0, True, 0
-        held: dict[int, ExecutionResult] = {}
-        following = 0
+        order = InOrder(ahead, _HELD_BYTES)
         try:
             while left or more:
-                while more and len(self._queue) + len(self._states) < ahead:
+                while more and len(self._queue) + len(self._states) + len(order) < ahead and not order.full():
                     item = next(source, None)
                     if item is None:
                         more = False
                     else:
-                        self._queue.append(_State(*item))
+                        self._queue.append(State(*item))
                         left += 1
                 self._dispatch()
                 self.server.set_running(sum(1 for state in self._states.values() if state.call is None))
@@ -208,14 +181,12 @@ class Executor:
                     if not ordered:
                         yield state.index, result
                         continue
-                    held[state.index] = result
-                    while following in held:
-                        yield following, held.pop(following)
-                        following += 1
+                    yield from order.add(state.index, result, size)
         except BaseException:
             self._reset()
             raise
         finally:
+            self.held_high = order.high
             self._busy = False
             bar.close()
 
@@ -265,16 +236,23 @@ class Executor:
         self._drop(w)
         for key in sorted(w.keys):
             state = self._states.pop(key)
-            state.trace, state.trace_bytes, state.call, state.worker = [], 0, None, None
-            state.used = state.waited = 0.0
+            self._forget_run(state)
             if key == culprit and kind is not None:
                 self._finish(state, ExecutionResult.failure(kind, message))  # type: ignore[arg-type]
             elif kind is None or state.requeues >= _REQUEUES:
-                state.alone = True
-                self._alone.append(state)
+                self._run_alone(state)
             else:
                 state.requeues += 1
                 self._queue.appendleft(state)
+
+    @staticmethod
+    def _forget_run(state: State) -> None:
+        state.trace, state.trace_bytes, state.call, state.worker = [], 0, None, None
+        state.used = state.waited = 0.0
+
+    def _run_alone(self, state: State) -> None:
+        state.alone = True
+        self._alone.append(state)
 
     def _died(self, w: WorkerHandle) -> None:
         w.proc.join(timeout=1)
@@ -312,7 +290,7 @@ class Executor:
         self._finished.clear()
 
     # -- the loop ------------------------------------------------------------------------
-    def _acquire(self, state: _State) -> bool:
+    def _acquire(self, state: State) -> bool:
         if state.image:
             return True
         try:
@@ -324,7 +302,7 @@ class Executor:
         state.image = [ref.id, ref.width, ref.height]
         return True
 
-    def _start(self, w: WorkerHandle, states: list[_State]) -> None:
+    def _start(self, w: WorkerHandle, states: list[State]) -> None:
         batch = []
         for state in states:
             state.key = next(self._keys)
@@ -412,6 +390,13 @@ class Executor:
                 w.cancelled.discard(key)
             return
         if message["op"] == "done":
+            del self._states[key]
+            w.keys.discard(key)
+            if message.get("kind") == "memory" and not w.solo:
+                # the worker's memory_mb is shared: whoever holds it may be a neighbour
+                self._forget_run(state)
+                self._run_alone(state)
+                return
             if "answer" in message:
                 result = ExecutionResult(answer=message["answer"])
             else:
@@ -419,8 +404,6 @@ class Executor:
             if isinstance(message.get("trace"), list):
                 state.trace = message["trace"]
             state.size = size
-            del self._states[key]
-            w.keys.discard(key)
             self._finish(state, result)
             if w.solo:
                 self._retire(w)
@@ -451,7 +434,7 @@ class Executor:
         entry["result" if ok else "error"] = value
         if not ok:
             entry["result"] = None
-        size = len(json.dumps(entry))
+        size = len(json.dumps(entry)) + 2  # with its separator in the trace's JSON list
         if state.trace_bytes + size <= self.max_result_bytes:  # the worker's own trace replaces this one
             state.trace.append(entry)
             state.trace_bytes += size
@@ -482,7 +465,7 @@ class Executor:
             self._send(w, {"op": "cancel", "key": state.key})
             self._finish(state, ExecutionResult.failure("timeout", self.wall_message))
 
-    def _finish(self, state: _State, result: ExecutionResult) -> None:
+    def _finish(self, state: State, result: ExecutionResult) -> None:
         if state.image:
             self.server.images.release(state.image[0])
         seconds = time.perf_counter() - state.started if state.started else 0.0
