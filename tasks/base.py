@@ -167,11 +167,6 @@ class Task:
         return []
 
 
-def cache_root() -> Path:
-    """Where tasks keep what they derive from data (generated worlds, file indexes)."""
-    return Path(os.environ.get("VIPROG_CACHE") or Path.home() / ".cache" / "viprog")
-
-
 _SPACE = re.compile(r"[ \t\n\r]*")
 _CHUNK_CHARS = 1 << 22
 _NUMBER = frozenset("-+.eE0123456789")

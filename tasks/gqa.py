@@ -47,8 +47,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from viprog.cache import cache_root
 from viprog.tasks.answers import exact_match
-from viprog.tasks.base import TASKS, DataError, Example, Task, cache_root, iter_json_object
+from viprog.tasks.base import TASKS, DataError, Example, Task, iter_json_object
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved
 
 if TYPE_CHECKING:

@@ -32,8 +32,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from viprog.cache import cache_root
 from viprog.tasks.answers import AnswerOrBoxReward, example_reward
-from viprog.tasks.base import TASKS, DataError, Example, Task, cache_root
+from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import GQATask, read_json
 from viprog.tasks.shapes_world import WorldConfig
 

