@@ -223,13 +223,11 @@ class Library:
             if self.run_dir is None:
                 raise UsageError("this library has no run folder, so no policy to write new programs; "
                                  "load it with viprog.load(run_dir)")
-            from viprog.rollout import build_prompter, load_scripted_or
+            from viprog.rollout import build_policy
             from viprog.tasks import TASKS
 
-            c = self.config
-            task = TASKS.get(c["task"])(data_dir=c.get("data_dir"))
-            self._policy = load_scripted_or(c["policy"], c.get("model"), c.get("device", "cpu"), c.get("quantize", "none"))
-            self._prompter = build_prompter(c["task"], task, self._policy, c.get("prompt_style", "completion"))
+            task = TASKS.get(self.config["task"])(data_dir=self.config.get("data_dir"))
+            self._policy, self._prompter = build_policy(self.config, task)
             self._policy.load_adapter(Run(self.run_dir).latest_adapter())
         return self._policy, self._prompter
 

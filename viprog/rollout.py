@@ -23,7 +23,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -173,11 +173,15 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     if with_policy and c.get("policy"):
         _check_model_path(c["policy"], c.get("model"))  # cheap, before the profile's models load
     profile = build_profile(name, options, device=device)
-    policy = prompter = None
-    if with_policy and c.get("policy"):
-        policy = load_scripted_or(c["policy"], c.get("model"), device, c.get("quantize", "none"))
-        prompter = build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
+    policy, prompter = build_policy(c, task) if with_policy and c.get("policy") else (None, None)
     return Components(task, name, profile, policy, prompter)
+
+
+def build_policy(config: Any, task: Task) -> tuple[Policy, Any]:
+    """The config's policy (base weights, no adapter) and the prompter for its task."""
+    c = _config_dict(config)
+    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"))
+    return policy, build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
 
 
 @dataclass
@@ -278,8 +282,8 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
         if out is not None:
             AtomicJsonl(out).close()
         return []
-    jobs = (Job(program, ex.image_key, images[ex.image_key], query=ex.query, meta=dict(ex.meta))
-            for ex, _, _, program in owners)
+    jobs = [Job(program, ex.image_key, images[ex.image_key], query=ex.query, meta=dict(ex.meta))
+            for ex, _, _, program in owners]  # light: the pixels are the ones `images` holds
 
     def row(index: int, result: ExecutionResult) -> dict[str, Any]:
         ex, i, completion, program = owners[index]
@@ -287,7 +291,7 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
                 "reward": float(task.reward(ex, result))}
 
     with Executor(profile, workers=workers, timeout=timeout) as executor:
-        results = executor.run_iter(_Sized(jobs, len(owners)), progress=desc, ordered=True)
+        results = executor.run_iter(jobs, progress=desc, ordered=True)
         if out is None:
             return [row(index, result) for index, result in results]
         rows = []
@@ -297,19 +301,6 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
                 sink.write(full)
                 rows.append(summary(full))
         return rows
-
-
-class _Sized:
-    """An iterator that knows its length (so the progress bar has a total)."""
-
-    def __init__(self, items: Iterator[Any], n: int) -> None:
-        self.items, self.n = items, n
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.items
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def check_primitives_answered(rows: Sequence[dict[str, Any]], where: str) -> None:

@@ -76,12 +76,10 @@ def _read_inputs(config: RunConfig) -> tuple[str, dict | None]:
 
 def main(config: RunConfig) -> int:
     from viprog.executor.pool import Executor, Job
-    from viprog.primitives import PROFILES
-
-    source, meta = _read_inputs(config)
     from viprog.rollout import build_profile
 
-    PROFILES.get(config.profile)  # unknown name → one-line error with suggestions (exit 2)
+    source, meta = _read_inputs(config)
+    # an unknown name is a one-line error with suggestions (exit 2); the models load and are checked now
     profile = build_profile(config.profile, config.profile_options, device=config.device)
     with Executor(profile, workers=1, slots=1, timeout=config.timeout, wall_timeout=config.wall_timeout,
                   memory_mb=config.memory_mb) as ex:
