@@ -2,7 +2,7 @@
 
 Runs the embedded preset (shapes world, Qwen2.5-Coder-0.5B on CPU, round 0 = few-shot
 baseline + 2 rounds) into runs/bench-selftrain, then prints a markdown table of held-out
-accuracy per round, seconds per phase and peak memory, for the README. Targets: round 2
+accuracy per round, seconds per phase and peak memory, for docs/selftrain.md. Targets: round 2
 beats round 0 by ≥ 10 points; peak memory ≤ 12 GB; the whole run ≤ 30 min on 2 cores.
 
     python bench/selftrain.py [--resume]

@@ -3,7 +3,7 @@
 Why: the reference programs are right by construction, so under `scene-graph` (perfect
 perception) they must score ~100 %, and the gap to `shapes` (classic vision on the
 pixels) is the perception error of that profile, per question type. Printed beside the
-program-free majority-answer baseline, this is the README's table and the acceptance
+program-free majority-answer baseline, this is docs/tasks.md's table and the acceptance
 check (≥ 99 % scene-graph, ≥ 90 % shapes, majority < 40 % on the test split).
 
     .venv/bin/python bench/shapes_reference.py [--task shapes] [--split test] [--limit N] [--json]

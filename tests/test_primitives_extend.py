@@ -1,10 +1,9 @@
-"""The README's "add your own primitive" example works as written: registered, documented,
+"""The docs' "add your own primitive" example works as written: registered, documented,
 answered by a profile, and callable inside the sandbox."""
 
 from __future__ import annotations
 
 import importlib.util
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,21 +11,19 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+import test_docs_examples as docs
+from PIL import Image
 
 from viprog.primitives import ImagePatch, all_specs
 from viprog.primitives.apidoc import api_section
 from viprog.primitives.local import run_unsandboxed
 from viprog.primitives.spec import SPECS
 
-DOC = Path(__file__).resolve().parents[1] / "README.md"
 PROGRAM = "def execute_command(image):\n    return ImagePatch(image).crop(0, 0, 10, 10).brightness()"
 
 
 def example_source() -> str:
-    text = DOC.read_text()
-    match = re.search(r"<!-- example: add-a-primitive -->\s*```python\n(.*?)```", text, re.DOTALL)
-    assert match, "README.md lost its add-a-primitive example"
-    return match.group(1)
+    return docs.example("add-a-primitive")
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +69,9 @@ def test_the_example_runs_inside_the_sandbox(example: ModuleType) -> None:
         result = executor.run(Job(PROGRAM, image_id="img", image=PIXELS))
     assert result.ok, result.error
     assert result.answer == pytest.approx(1.0)
+
+
+def test_the_usage_example_runs_on_a_photo(example: ModuleType, tmp_path: Path) -> None:
+    Image.fromarray(PIXELS).save(tmp_path / "photo.png")
+    _, printed = docs.run_block("use-a-primitive", tmp_path)
+    assert float(printed) == pytest.approx(PIXELS.mean() / 255.0)

@@ -98,10 +98,9 @@ def test_segmentation_tuning_raises_panoptic_quality(tmp_path) -> None:
 
 
 def test_plug_in_example_of_the_docs_runs(tmp_path, monkeypatch) -> None:
-    from pathlib import Path
+    from test_docs_examples import example
 
-    doc = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    code = doc.split("<!-- example: plug-in-your-own-model -->")[1].split("```python\n")[1].split("```")[0]
+    code = example("plug-in-your-own-model")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "example.py").write_text(code)
     runpy.run_path(str(tmp_path / "example.py"))

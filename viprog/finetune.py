@@ -11,7 +11,7 @@ place and can switch to the new adapter with `Policy.load_adapter` afterwards.
 On a GPU that copy shares the device with the policy's engine (put to sleep by
 `Policy.release_caches` first) and the neural primitives, so training checkpoints its
 activations (every layer's activations of a 7B model at the GPU preset's batch would not fit
-beside its weights; the README's memory plan has the numbers) and hands its cached blocks
+beside its weights; docs/gpu.md's memory plan has the numbers) and hands its cached blocks
 back to the driver when done, so the engine can wake up into them.
 """
 
