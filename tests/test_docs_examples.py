@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -147,3 +148,59 @@ def test_example_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_policy_example_runs_as_written_with_the_embedded_model(tmp_path: Path) -> None:
     ns, _ = run_block("policy", tmp_path)
     assert len(ns["programs"]) == 8
+
+
+COMMAND = re.compile(r"^(viprog \w[\w-]*|python selftrain\.py)\b(.*)$")
+
+
+def logical_lines(block: str) -> list[str]:
+    """Shell lines with `\\` continuations and quoted newlines joined."""
+    lines, pending = [], ""
+    for line in block.replace("\\\n", " ").splitlines():
+        pending = f"{pending} {line}" if pending else line
+        try:
+            shlex.split(pending, comments=True)
+        except ValueError:  # an open quote: the command goes on on the next line
+            continue
+        lines.append(pending)
+        pending = ""
+    return lines
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(page, command, arguments) for every `viprog <command> ...` and `python selftrain.py ...`
+    line of the bash blocks, continuation lines joined and comments dropped."""
+    found = []
+    for page in PAGES:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL):
+            for line in logical_lines(block):
+                match = COMMAND.match(line.strip())
+                if match:
+                    head, rest = match.groups()
+                    command = "selftrain" if head.startswith("python") else head.split()[1]
+                    found.append((page.name, command, shlex.split(rest, comments=True)))
+    return found
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(documented_commands()) >= 20
+
+
+@pytest.mark.parametrize("page,command,args", documented_commands(),
+                         ids=lambda v: v if isinstance(v, str) else " ".join(v)[:60])
+def test_every_documented_command_parses(page: str, command: str, args: list[str]) -> None:
+    """The flags the docs show exist and take the values shown (a renamed flag fails here)."""
+    from viprog.cli import COMMANDS, parse_command
+
+    assert command in COMMANDS, f"{page}: unknown command viprog {command}"
+    try:
+        parse_command(command, args, prog=f"viprog {command}")
+    except SystemExit as exc:
+        pytest.fail(f"{page}: viprog {command} {' '.join(args)} does not parse (exit {exc.code})")
+
+
+def test_a_renamed_flag_would_fail_the_check() -> None:
+    from viprog.cli import parse_command
+
+    with pytest.raises(SystemExit):
+        parse_command("selftrain", ["--samples-per-questoin", "8"], prog="selftrain.py")

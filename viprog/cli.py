@@ -64,20 +64,28 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
     return run_command(command, rest, prog=f"{prog} {command}" if prog == "viprog" else prog)
 
 
-def run_command(command: str, rest: list[str], prog: str) -> int:
+def parse_command(command: str, rest: list[str], prog: str) -> object:
+    """The subcommand's config parsed from `rest`, without running it (tyro exits with
+    status 2 on an unknown or malformed option, as on the command line)."""
     import tyro
 
+    from viprog.registry import resolve
+
+    config_target, _, help_ = COMMANDS[command]
+    config_cls = resolve(config_target)
+    # a config may parse itself over a base of its own (a preset, a saved run): `from_cli`
+    parse = getattr(config_cls, "from_cli", None)
+    return (parse(rest, prog=prog, description=help_) if parse is not None
+            else tyro.cli(config_cls, args=rest, prog=prog, description=help_))
+
+
+def run_command(command: str, rest: list[str], prog: str) -> int:
     from viprog.errors import DataError, UsageError
     from viprog.registry import RegistryError, resolve
 
-    config_target, main_target, help_ = COMMANDS[command]
-    config_cls = resolve(config_target)
     try:
-        # a config may parse itself over a base of its own (a preset, a saved run): `from_cli`
-        parse = getattr(config_cls, "from_cli", None)
-        config = (parse(rest, prog=prog, description=help_) if parse is not None
-                  else tyro.cli(config_cls, args=rest, prog=prog, description=help_))
-        return int(resolve(main_target)(config) or 0)
+        config = parse_command(command, rest, prog)
+        return int(resolve(COMMANDS[command][1])(config) or 0)
     except (UsageError, RegistryError, DataError) as exc:
         return fail(command, str(exc))
     except BrokenPipeError:  # `viprog ... | head`: the reader has what it wanted
