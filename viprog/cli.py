@@ -10,8 +10,15 @@ and exit status 2.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
+
+import tyro
+
+from viprog.errors import DataError, UsageError
+from viprog.registry import RegistryError, resolve
 
 #: subcommand -> (config target, main target, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -52,8 +59,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
         print(usage())
         return 0 if args else 2
     if args[0] == "--version":
-        from importlib.metadata import version
-
         print(version("viprog"))
         return 0
     command, rest = args[0], args[1:]
@@ -65,11 +70,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
 
 
 def run_command(command: str, rest: list[str], prog: str) -> int:
-    import tyro
-
-    from viprog.errors import DataError, UsageError
-    from viprog.registry import RegistryError, resolve
-
     config_target, main_target, help_ = COMMANDS[command]
     config_cls = resolve(config_target)
     try:
@@ -81,8 +81,6 @@ def run_command(command: str, rest: list[str], prog: str) -> int:
     except (UsageError, RegistryError, DataError) as exc:
         return fail(command, str(exc))
     except BrokenPipeError:  # `viprog ... | head`: the reader has what it wanted
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
     except KeyboardInterrupt:
