@@ -10,12 +10,15 @@ with its attributes, geometry and model-backed methods, then the module-level he
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Sequence
 
 from viprog.errors import UsageError
 from viprog.primitives import patch as _patch
+from viprog.primitives.profile import get_profile
 from viprog.primitives.spec import PrimitiveSpec, all_specs
+from viprog.tasks import TASKS
 
 #: ImagePatch members that need no model: shown in every API section (every profile has them)
 GEOMETRY: tuple[str, ...] = ("area", "crop", "overlaps_with", "crop_left_of_bbox", "crop_right_of_bbox",
@@ -54,8 +57,6 @@ def selected_specs(names: Sequence[str] | None) -> list[PrimitiveSpec]:
     known = {s.name for s in specs} | set(GEOMETRY) | set(HELPERS)
     unknown = [n for n in names if n not in known]
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise UsageError(f"unknown primitive {unknown[0]!r} in the API selection{hint}; "
@@ -73,9 +74,6 @@ def api_section(task: str | None = None, names: Sequence[str] | None = None) -> 
     helpers (distance, bool_to_yesno, coerce_to_numeric) are always shown.
     """
     if names is None and task is not None:
-        from viprog.primitives.profile import get_profile
-        from viprog.tasks import TASKS
-
         cls = TASKS.get(task)
         names = cls.primitives
         if names is None:

@@ -7,11 +7,14 @@ PrimitiveServer answers the same requests batched and cached.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Mapping
 from typing import Any, Self
 
 import numpy as np
 
+from viprog import primitives as P
 from viprog.primitives.patch import ImageRef, PrimitiveError, set_transport
 from viprog.primitives.profile import Call, PatchData, Profile, get_profile
 from viprog.primitives.spec import get_spec
@@ -61,11 +64,6 @@ class LocalServer:
 def run_unsandboxed(program: str, pixels: np.ndarray, profile: str | Profile, meta: Mapping[str, Any] | None = None,
                     query: str | None = None) -> Any:
     """Run a trusted program's `execute_command(image)` in this process (tests only)."""
-    import hashlib
-    import math
-
-    from viprog import primitives as P
-
     with LocalServer(profile) as server:
         # a content-derived id: profiles cache per image id, so two images never share one
         ref = server.add_image(hashlib.sha1(pixels.tobytes()).hexdigest()[:16], pixels, meta)

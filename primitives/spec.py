@@ -16,9 +16,11 @@ build `ImagePatch` methods from it without running any user code.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any, Literal
 
 from viprog.registry import DuplicateNameError, UnknownNameError
@@ -158,7 +160,6 @@ def load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from importlib import metadata
 
     for ep in metadata.entry_points(group="viprog.primitives"):
         ep.load()
@@ -170,8 +171,6 @@ def get_spec(name: str) -> PrimitiveSpec:
     try:
         return SPECS[name][0]
     except KeyError:
-        import difflib
-
         close = difflib.get_close_matches(name, SPECS, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise UnknownNameError(f"unknown primitive {name!r}{hint}") from None

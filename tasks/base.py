@@ -13,20 +13,20 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, ClassVar
+from typing import IO, Any, ClassVar
 
 import numpy as np
+from tqdm import tqdm
 
 from viprog.errors import DataError
+from viprog.executor.result import ExecutionResult
 from viprog.images import read_rgb
 from viprog.registry import Registry
-
-if TYPE_CHECKING:  # for annotations only: tasks do not need the executor at run time
-    from viprog.executor.result import ExecutionResult
+from viprog.tasks.answers import normalize_answer
 
 TASKS: Registry[type[Task]] = Registry("task", group="viprog.tasks")
 
@@ -110,8 +110,6 @@ class Task:
     def metrics(self, examples: Sequence[Example], results: Sequence[ExecutionResult],
                 rewards: Sequence[float]) -> dict[str, Any]:
         """Aggregate metrics: `accuracy` overall and per question type, error counts."""
-        from collections import defaultdict
-
         per_type: dict[str, list[float]] = defaultdict(list)
         for ex, r in zip(examples, rewards):
             per_type[ex.question_type].append(float(r))
@@ -130,11 +128,6 @@ class Task:
         train answer (for choice tasks: always pick the first choice). Scored with this
         task's own `reward`; `accuracy_by_type` also gives each type's own majority answer
         (a stronger, per-type prior). Box-only tasks have no answer prior: accuracy None."""
-        from collections import defaultdict
-
-        from viprog.executor.result import ExecutionResult
-        from viprog.tasks.answers import normalize_answer
-
         if test and all(ex.answer is None for ex in test):
             return {"answer": None, "accuracy": None, "n": len(test)}
         if test and all(ex.choices for ex in test):
@@ -241,8 +234,6 @@ def iter_json_object(path: Path, expected: str = "an object", encoding: str = "u
     message; a file whose top level is not an object: "expected <expected>, got a list".
     A key given twice is yielded twice (`json.load` keeps the last value).
     """
-    from tqdm import tqdm
-
     decode = json.JSONDecoder().raw_decode
     try:
         fh = open(path, encoding=encoding, newline="")  # noqa: SIM115  (closed by the `with` below)

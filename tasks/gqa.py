@@ -48,9 +48,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from viprog.cache import cache_root
+from viprog.runs import write_json_atomic
 from viprog.tasks.answers import exact_match
 from viprog.tasks.base import TASKS, DataError, Example, Task, iter_json_object
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved
+from viprog.tasks.seeds import GQA_SEEDS
 
 if TYPE_CHECKING:
     from viprog.executor.result import ExecutionResult
@@ -103,8 +105,6 @@ def graph_index(path: Path, progress: bool = True) -> dict[str, tuple[int, int]]
              for key, value, start, end in iter_json_object(path, "an object {imageId: scene graph}", "latin-1",
                                                             progress) if value}
     if cached is not None:
-        from viprog.runs import write_json_atomic
-
         try:
             write_json_atomic(cached, {"stamp": stamp, "index": index})
             log.info("scene-graph index of %s written to %s", path, cached)
@@ -295,6 +295,4 @@ class GQATask(Task):
         return exact_match(result.answer, example.answer)
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import GQA_SEEDS
-
         return list(GQA_SEEDS)

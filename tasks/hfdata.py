@@ -11,8 +11,10 @@ way with no network, which is how the tests exercise this path.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -44,9 +46,6 @@ def load_saved(path: Path, split: str) -> Any:
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (or `HF_ENDPOINT`) accepts a connection, in seconds
     rather than the minute `datasets` spends retrying when there is no network."""
-    import socket
-    from urllib.parse import urlparse
-
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 
 from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
+from viprog.tasks.seeds import JSONL_SEEDS
 
 
 def _box(value: Any, where: str) -> tuple[float, float, float, float]:
@@ -118,6 +119,4 @@ class JSONLTask(AnswerOrBoxReward, Task):
         return read_jsonl(self, self.path(split), limit)
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import JSONL_SEEDS
-
         return list(JSONL_SEEDS)

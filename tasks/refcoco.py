@@ -30,6 +30,7 @@ from viprog.tasks.answers import AnswerOrBoxReward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import read_json
 from viprog.tasks.hfdata import PREFIX, HFImages, column, is_saved_dataset, load_hub, load_saved
+from viprog.tasks.seeds import REFCOCO_SEEDS
 
 SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
 
@@ -169,6 +170,4 @@ class RefCOCOTask(AnswerOrBoxReward, Task):
         return super().load_image(example)
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import REFCOCO_SEEDS
-
         return list(REFCOCO_SEEDS)

@@ -32,11 +32,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from tqdm import tqdm
+
 from viprog.cache import cache_root
 from viprog.tasks.answers import AnswerOrBoxReward, example_reward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import GQATask, read_json
-from viprog.tasks.shapes_world import WorldConfig
+from viprog.tasks.jsonl import read_jsonl
+from viprog.tasks.seeds import SHAPES_CAPTION_SEEDS, SHAPES_REFER_SEEDS, SHAPES_SEEDS
+from viprog.tasks.shapes_captions import caption_candidates, refexps
+from viprog.tasks.shapes_questions import candidates
+from viprog.tasks.shapes_world import WorldConfig, render, sample_scene, scene_graph
+from viprog.tasks.sugarcrepe import read_sugarcrepe
 
 if TYPE_CHECKING:
     from viprog.executor.result import ExecutionResult
@@ -76,13 +83,6 @@ def balance(rng: random.Random, items: Sequence[T], n: int, kind: Callable[[T], 
 
 def generate(cfg: WorldConfig, out: Path, progress: bool = True) -> None:
     """Write the world for `cfg` into the new folder `out` (see the module docstring)."""
-    from tqdm import tqdm
-
-    from viprog.tasks.seeds import SHAPES_REFER_SEEDS, SHAPES_SEEDS
-    from viprog.tasks.shapes_captions import caption_candidates, refexps
-    from viprog.tasks.shapes_questions import candidates
-    from viprog.tasks.shapes_world import render, sample_scene, scene_graph
-
     seed_queries = {query for query, _ in SHAPES_SEEDS + SHAPES_REFER_SEEDS}  # seeds stay out of val and test
     (out / "images").mkdir(parents=True)
     counts: dict[str, dict[str, int]] = {}
@@ -190,8 +190,6 @@ class ShapesTask(_ShapesWorld, GQATask):
         return self.world()
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SHAPES_SEEDS
-
         return list(SHAPES_SEEDS)
 
 
@@ -211,8 +209,6 @@ class ShapesReferTask(_ShapesWorld, AnswerOrBoxReward, Task):
     default_profile: ClassVar[str] = "shapes"
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
-        from viprog.tasks.jsonl import read_jsonl
-
         root = self.world()
         graphs = read_json(root / f"{split}_sceneGraphs.json") if split in self.splits() else {}
         found = read_jsonl(self, root / f"{split}_refexps.jsonl", limit)
@@ -220,8 +216,6 @@ class ShapesReferTask(_ShapesWorld, AnswerOrBoxReward, Task):
                 for ex in found]
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SHAPES_REFER_SEEDS
-
         return list(SHAPES_REFER_SEEDS)
 
 
@@ -233,8 +227,6 @@ class ShapesCaptionsTask(_ShapesWorld, Task):
     default_profile: ClassVar[str] = "shapes"
 
     def examples(self, split: str, limit: int | None = None) -> list[Example]:
-        from viprog.tasks.sugarcrepe import read_sugarcrepe
-
         root = self.world()
         folder = root / "sugarcrepe" / split
         if not folder.is_dir():
@@ -249,6 +241,4 @@ class ShapesCaptionsTask(_ShapesWorld, Task):
         return example_reward(example, result)
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SHAPES_CAPTION_SEEDS
-
         return list(SHAPES_CAPTION_SEEDS)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from viprog.tasks.answers import example_reward
 from viprog.tasks.base import TASKS, DataError, Example, Task
 from viprog.tasks.gqa import read_json
+from viprog.tasks.seeds import SUGARCREPE_SEEDS
 
 if TYPE_CHECKING:
     from viprog.executor.result import ExecutionResult
@@ -116,6 +117,4 @@ class SugarCrepeTask(Task):
         return out
 
     def seed_programs(self) -> list[tuple[str, str]]:
-        from viprog.tasks.seeds import SUGARCREPE_SEEDS
-
         return list(SUGARCREPE_SEEDS)

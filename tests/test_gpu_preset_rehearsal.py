@@ -103,8 +103,8 @@ def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, poli
     status = selftrain("--preset", "virep-gpu", "--data-dir", str(s["data"]), "--policy", policy, "--model", str(model),
                        "--device", "cpu", "--profile-options", s["options"], "--rounds", rounds,
                        "--questions-per-round", "3", "--samples-per-question", "2", "--eval-size", "3",
-                       "--batch-questions", "2", "--workers", "1", "--max-new-tokens", "96", "--batch-size", "2",
-                       "--grad-accum", "1", "--max-length", "1024", "--tau", "0", "--runs-dir", str(s["runs"]),
+                       "--batch-questions", "2", "--workers", "1", "--max-new-tokens", "96", "--train.batch-size", "2",
+                       "--train.grad-accum", "1", "--train.max-length", "1024", "--tau", "0", "--runs-dir", str(s["runs"]),
                        "--run-name", policy, "--base-prompt", "short")
     assert status == 0 and len({profile for profile, _ in loads}) == 1 and len(loads) == len(set(loads))
     run = s["runs"] / policy
@@ -112,7 +112,7 @@ def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, poli
     # options given on the command line won, the preset's own settings stayed
     assert (config["device"], config["policy"], config["eval_split"], config["preset"]) == ("cpu", policy, "val",
                                                                                           "virep-gpu")
-    assert (config["lora_r"], config["lora_alpha"], config["tuned_prompt"]) == (16, 32, "short")
+    assert (config["lora"]["r"], config["lora"]["alpha"], config["tuned_prompt"]) == (16, 32, "short")
     assert json.loads(config["profile_options"]) == json.loads(s["options"])
     evaluated = read_jsonl(run / "round_0" / "eval.jsonl")
     assert len(evaluated) == 3 and neural_calls(evaluated) == NEURAL

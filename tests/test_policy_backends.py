@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from viprog.errors import UsageError
+from viprog.errors import DataError, UsageError
 from viprog.policy import DEFAULT_POLICY, POLICIES, Prompter, SamplingParams, load_policy
 from viprog.policy.scripted import query_of
 from viprog.registry import UnknownNameError
@@ -55,7 +55,7 @@ def test_scripted_reads_released_programs(tmp_path):
 def test_scripted_bad_jsonl_names_the_line(tmp_path):
     path = tmp_path / "programs.jsonl"
     path.write_text(json.dumps({"query": "q", "program": "p"}) + "\n{not json\n")
-    with pytest.raises(UsageError, match=r"programs.jsonl:2"):
+    with pytest.raises(DataError, match=r"programs.jsonl:2: not valid JSON"):
         load_policy("scripted", path=path)
 
 

@@ -150,11 +150,12 @@ def test_a_selftrain_round_trains_while_the_engine_sleeps(events, tiny_folder, t
     transformers tokenizer), evaluate with the new adapter (woken up)."""
     from transformers import PreTrainedTokenizerBase
 
-    import viprog.finetune
+    import viprog.selftrain
+    from viprog.finetune import LoraSettings, TrainSettings
     from viprog.selftrain import SelfTrainConfig
     from viprog.selftrain import main as selftrain
 
-    real_finetune = viprog.finetune.finetune
+    real_finetune = viprog.selftrain.finetune
     seen = {}
 
     def recording_finetune(model_path, tokenizer, pairs, out_dir, **kwargs):
@@ -162,12 +163,13 @@ def test_a_selftrain_round_trains_while_the_engine_sleeps(events, tiny_folder, t
         seen.update(tokenizer=tokenizer, device=kwargs["device"])
         return real_finetune(model_path, tokenizer, pairs, out_dir, **kwargs)
 
-    monkeypatch.setattr(viprog.finetune, "finetune", recording_finetune)
+    monkeypatch.setattr(viprog.selftrain, "finetune", recording_finetune)
     monkeypatch.setattr("viprog.rollout.require_device", lambda device: None)  # the fake engine stands in for a GPU
     cfg = SelfTrainConfig(task="toy-count", data_dir=str(tmp_path / "data"), policy="vllm", model=str(tiny_folder),
                           device="cuda", rounds=1, questions_per_round=4, samples_per_question=1, max_new_tokens=40,
                           base_prompt="short", tuned_prompt="short", train_prompt="short", library_shots=0,
-                          eval_size=4, epochs=1.0, batch_size=4, lora_r=4, lora_alpha=8, workers=1,
+                          eval_size=4, train=TrainSettings(epochs=1.0, batch_size=4), lora=LoraSettings(r=4, alpha=8),
+                          workers=1,
                           runs_dir=str(tmp_path / "runs"), run_name="vllm-fake")
     assert selftrain(cfg) == 0
     assert isinstance(seen["tokenizer"], PreTrainedTokenizerBase) and seen["device"] == "cuda"

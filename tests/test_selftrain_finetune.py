@@ -1,6 +1,7 @@
 """LoRA fine-tuning with TRL's SFTTrainer + PEFT (viprog.finetune), on a tiny Qwen2."""
 
 import json
+import logging
 
 import pytest
 from selftrain_fixtures import SHAPES, build_tiny_policy, query_for, right_program
@@ -83,3 +84,14 @@ def test_loss_falls_on_the_completion_only(tiny, tmp_path):
     n_completion = len(tokenizer(data[0]["completion"] + tokenizer.eos_token)["input_ids"])
     trained = [label for label in row["labels"] if label != -100]
     assert len(trained) == n_completion < len(row["input_ids"])
+
+
+def test_trainer_logs_go_to_the_logger_and_the_bar_not_stdout(tiny, tmp_path, capfd, caplog):
+    path, tokenizer = tiny
+    with caplog.at_level(logging.DEBUG, logger="viprog.finetune"):
+        stats = finetune(path, tokenizer, pairs(), tmp_path / "adapter", train=TrainSettings(epochs=1, batch_size=4))
+    out, err = capfd.readouterr()
+    assert "{'loss'" not in out and "'train_runtime'" not in out and "{'loss'" not in err
+    steps = [r for r in caplog.records if r.getMessage().startswith("trainer step")]
+    assert len(steps) == stats["train/steps"] == 2 and "'loss'" in steps[0].getMessage()
+    assert any(r.levelno == logging.INFO and "train_runtime" in r.getMessage() for r in caplog.records)

@@ -10,6 +10,7 @@ import pytest
 import selftrain_fixtures as F
 
 from viprog.cli import main
+from viprog.finetune import LoraSettings, TrainSettings
 from viprog.runs import read_jsonl
 from viprog.selftrain import SelfTrainConfig
 from viprog.selftrain import main as selftrain
@@ -18,10 +19,11 @@ from viprog.selftrain import main as selftrain
 def tiny_config(model, data_dir, runs_dir, **overrides):
     base = {"task": "toy-count", "data_dir": str(data_dir), "policy": "hf", "model": str(model), "rounds": 2,
             "questions_per_round": 16, "samples_per_question": 4, "max_new_tokens": 40, "base_prompt": "short",
-            "tuned_prompt": "short", "library_shots": 0, "eval_size": 24, "epochs": 8.0, "batch_size": 4,
-            "lora_r": 8, "lora_alpha": 16, "learning_rate": 1e-2, "workers": 1, "seed": 0,
-            "target_modules": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-            "runs_dir": str(runs_dir), "run_name": "tiny"}
+            "tuned_prompt": "short", "library_shots": 0, "eval_size": 24,
+            "train": TrainSettings(epochs=8.0, batch_size=4, learning_rate=1e-2),
+            "lora": LoraSettings(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                "up_proj", "down_proj")),
+            "workers": 1, "seed": 0, "runs_dir": str(runs_dir), "run_name": "tiny"}
     return SelfTrainConfig(**(base | overrides))
 
 
@@ -30,9 +32,10 @@ def cli_args(cfg):
             "--rounds", str(cfg.rounds), "--questions-per-round", str(cfg.questions_per_round),
             "--samples-per-question", str(cfg.samples_per_question), "--max-new-tokens", str(cfg.max_new_tokens),
             "--base-prompt", "short", "--tuned-prompt", "short", "--library-shots", "0", "--eval-size",
-            str(cfg.eval_size), "--lora-r", str(cfg.lora_r), "--lora-alpha", str(cfg.lora_alpha),
-            "--learning-rate", str(cfg.learning_rate), "--epochs", str(cfg.epochs), "--batch-size",
-            str(cfg.batch_size), "--workers", "1", "--runs-dir", cfg.runs_dir, "--run-name", cfg.run_name]
+            str(cfg.eval_size), "--lora.r", str(cfg.lora.r), "--lora.alpha", str(cfg.lora.alpha),
+            "--lora.target-modules", *cfg.lora.target_modules, "--train.learning-rate", str(cfg.train.learning_rate),
+            "--train.epochs", str(cfg.train.epochs), "--train.batch-size", str(cfg.train.batch_size),
+            "--workers", "1", "--runs-dir", cfg.runs_dir, "--run-name", cfg.run_name]
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,15 @@ and exit status 2.
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
+
+import tyro
+
+from viprog.errors import DataError, UsageError
+from viprog.registry import RegistryError, resolve
 
 #: subcommand -> (config target, main target, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -52,8 +59,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
         print(usage())
         return 0 if args else 2
     if args[0] == "--version":
-        from importlib.metadata import version
-
         print(version("viprog"))
         return 0
     command, rest = args[0], args[1:]
@@ -67,10 +72,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "viprog") -> int:
 def parse_command(command: str, rest: list[str], prog: str) -> object:
     """The subcommand's config parsed from `rest`, without running it (tyro exits with
     status 2 on an unknown or malformed option, as on the command line)."""
-    import tyro
-
-    from viprog.registry import resolve
-
     config_target, _, help_ = COMMANDS[command]
     config_cls = resolve(config_target)
     # a config may parse itself over a base of its own (a preset, a saved run): `from_cli`
@@ -80,17 +81,12 @@ def parse_command(command: str, rest: list[str], prog: str) -> object:
 
 
 def run_command(command: str, rest: list[str], prog: str) -> int:
-    from viprog.errors import DataError, UsageError
-    from viprog.registry import RegistryError, resolve
-
     try:
         config = parse_command(command, rest, prog)
         return int(resolve(COMMANDS[command][1])(config) or 0)
     except (UsageError, RegistryError, DataError) as exc:
         return fail(command, str(exc))
     except BrokenPipeError:  # `viprog ... | head`: the reader has what it wanted
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
     except KeyboardInterrupt:

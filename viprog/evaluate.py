@@ -16,14 +16,25 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from viprog.config import TaskPolicyConfig
 from viprog.errors import DataError, UsageError
+from viprog.executor.result import ExecutionResult
+from viprog.rollout import (
+    Components,
+    build,
+    check_primitives_answered,
+    execute_programs,
+    greedy_params,
+    load_images,
+    prompt_fn,
+    rows_to_results,
+    sample_programs,
+)
+from viprog.runs import read_programs, write_jsonl_atomic
+from viprog.tasks import TASKS
 from viprog.tasks.base import Task
-
-if TYPE_CHECKING:
-    from viprog.rollout import Components
 
 log = logging.getLogger("viprog.eval")
 
@@ -53,51 +64,20 @@ class EvalConfig(TaskPolicyConfig):
     """Also write one JSON line per evaluated question (program, answer, reward, trace) here."""
 
 
-def read_programs(path: str | Path) -> dict[str, str]:
-    """question id → program from a JSONL file; DataError naming the file and line otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (--programs expects a JSONL file of question_id/program lines)")
-    programs: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file; --programs expects JSONL") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be "
-                            '{"question_id": ..., "program": ...}') from None
-        if not isinstance(row, dict) or not isinstance(row.get("program"), str) or "question_id" not in row:
-            raise DataError(f'{path}:{n}: each line needs "question_id" and a string "program"')
-        programs[str(row["question_id"])] = row["program"]
-    if not programs:
-        raise DataError(f"{path}: no programs in the file")
-    return programs
-
-
 def policy_programs(cfg: EvalConfig, parts: Components, examples: list[Any]) -> dict[str, str]:
     """Greedy programs from the built policy, one per example."""
-    from viprog.policy import SamplingParams, extract_program
-    from viprog.rollout import sample_completions
-
     policy, prompter = parts.policy, parts.prompter
     assert policy is not None and prompter is not None
     if cfg.adapter:
         if not Path(cfg.adapter, "adapter_config.json").exists():
             raise UsageError(f"{cfg.adapter}: not a LoRA adapter folder (no adapter_config.json)")
         policy.load_adapter(cfg.adapter)
-    prompt = prompter.short if cfg.prompt == "short" else prompter.few_shot
-    params = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
-                            stop=tuple(prompter.stop()))
     with tempfile.TemporaryDirectory() as tmp:
-        completions, _ = sample_completions(policy, examples, lambda ex: prompt(ex.query), params,
-                                            partial=Path(tmp) / "eval.partial.jsonl",
-                                            batch_questions=cfg.batch_questions, desc="eval sample")
-    return {qid: extract_program(outs[0], cfg.prompt_style) for qid, outs in completions.items()}
+        programs, _ = sample_programs(policy, examples, prompt_fn(prompter, cfg.prompt),
+                                      greedy_params(prompter, cfg.max_new_tokens),
+                                      partial=Path(tmp) / "eval.partial.jsonl", style=cfg.prompt_style,
+                                      batch_questions=cfg.batch_questions, desc="eval sample")
+    return {qid: pairs[0][1] for qid, pairs in programs.items()}
 
 
 def baseline_prior(cfg: EvalConfig, task: Task, split: str, examples: list[Any]) -> tuple[str, list[Any] | None, str]:
@@ -122,11 +102,6 @@ def baseline_prior(cfg: EvalConfig, task: Task, split: str, examples: list[Any])
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """The metrics report (what `viprog eval` prints)."""
-    from viprog.executor.result import ExecutionResult
-    from viprog.rollout import build, check_primitives_answered, execute_programs, load_images, rows_to_results
-    from viprog.runs import write_jsonl_atomic
-    from viprog.tasks import TASKS
-
     if (cfg.programs is None) == (cfg.policy is None):
         raise UsageError("pass exactly one of --programs FILE.jsonl or --policy NAME")
     task = TASKS.get(cfg.task)(data_dir=cfg.data_dir, strict=cfg.strict)
@@ -136,7 +111,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     examples = task.examples(split, limit=cfg.limit)
     if not examples:
         raise DataError(f"task {cfg.task!r}: the {split} split has no questions")
-    programs = read_programs(cfg.programs) if cfg.programs is not None else None
+    programs = dict(read_programs(cfg.programs, "question_id")) if cfg.programs is not None else None
     baseline_split, prior, baseline_missing = baseline_prior(cfg, task, split, examples)
     parts = build(cfg, task=task, with_policy=programs is None)
     report: dict[str, Any] = {"task": cfg.task, "split": split, "profile": parts.profile_name}

@@ -20,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from viprog.errors import UsageError
 from viprog.runs import publish_dir, tmp_dir_for, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,13 @@ class LoraSettings:
     """PEFT LoRA hyper-parameters (ViReP: r=16, alpha=32 on q/k/v/o projections)."""
 
     r: int = 16
+    """LoRA rank."""
     alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
     dropout: float = 0.05
+    """LoRA dropout."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Modules that get LoRA adapters."""
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,19 @@ class TrainSettings:
     """Optimisation settings for one round of supervised fine-tuning."""
 
     learning_rate: float = 2e-4
+    """Learning rate (constant)."""
     epochs: float = 1.0
+    """Epochs over the round's training pairs."""
     batch_size: int = 2
+    """Batch size per device."""
     grad_accum: int = 1
+    """Gradient accumulation steps."""
     max_length: int = 512
-    seed: int = 0
-    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",) or ("wandb",): the trainer's report_to
-    checkpointing: bool = True  # recompute each layer's activations in the backward pass instead of keeping them
+    """Longest training sequence (prompt + program), in tokens."""
+    report_to: tuple[str, ...] = ()
+    """Trainer loggers (tensorboard, wandb): TRL's report_to."""
+    checkpointing: bool = True
+    """Recompute each layer's activations in the backward pass instead of keeping them."""
 
 
 def completion_for(prompt: str, program: str) -> str:
@@ -79,14 +91,13 @@ def base_model_path(policy: Any) -> str:
     model = getattr(policy, "model", None)
     path = getattr(model, "name_or_path", None)
     if not path:
-        from viprog.errors import UsageError
-
         raise UsageError(f"policy {getattr(policy, 'name', policy)!r} exposes no model weights to fine-tune; "
                          "self-training needs a transformers policy (hf, vllm or the embedded default)")
     return str(path)
 
 
-def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf16: bool) -> dict[str, Any]:
+def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf16: bool, seed: int = 0
+                ) -> dict[str, Any]:
     """The keyword arguments of TRL's `SFTConfig` for one round of training.
 
     Activation checkpointing is set explicitly rather than left to TRL's default; with a PEFT
@@ -111,7 +122,7 @@ def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf1
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": list(train.report_to) or "none",
-        "seed": train.seed,
+        "seed": seed,
         "bf16": bf16,
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
@@ -122,11 +133,11 @@ def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf1
 
 def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
              lora: LoraSettings = LoraSettings(), train: TrainSettings = TrainSettings(),
-             init_adapter: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
+             init_adapter: str | Path | None = None, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
     """Train a LoRA adapter on (prompt, completion) `pairs` and publish it at `out_dir`.
 
     init_adapter: continue training this adapter (rounds that continue from the last
-        adapter) instead of starting a fresh one on the base model.
+        adapter) instead of starting a fresh one on the base model. seed: the trainer's seed.
     Returns `train/*` metrics (loss, steps, examples, tokens, seconds, whether activations
     were checkpointed, and on a GPU the peak memory training allocated); they are also saved
     beside the adapter as `train_stats.json`. Nothing exists at `out_dir` until the adapter
@@ -137,6 +148,8 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
+
+    from viprog.trainlog import route_logs
 
     if not pairs:
         raise ValueError("no training pairs")
@@ -156,9 +169,9 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
-    args = SFTConfig(**sft_options(train, work / "trainer", cuda=cuda, bf16=bf16))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+    args = SFTConfig(**sft_options(train, work / "trainer", cuda=cuda, bf16=bf16, seed=seed))
+    trainer = route_logs(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                                    peft_config=peft_config))  # its log entries to the logger and the bar
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
@@ -190,8 +203,6 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     if cuda:  # hand the cached blocks back to the driver: the sleeping engine wakes up into them
         torch.cuda.empty_cache()
     publish_dir(adapter, out_dir)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     log.info("adapter written to %s (%d steps, loss %.3f → %.3f)", out_dir, stats["train/steps"],
              stats["train/loss_first"] or float("nan"), stats["train/loss_last"] or float("nan"))

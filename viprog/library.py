@@ -17,25 +17,24 @@ examples come from (`examples`).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
+from PIL import Image
 
 from viprog.errors import DataError, UsageError
+from viprog.executor import Executor, Job
 from viprog.filtering import normalize_program
 from viprog.images import read_rgb
+from viprog.policy.prompts import normalize_query
+from viprog.rollout import build_policy, build_profile, greedy_params, write_program
 from viprog.runs import Run, read_json, read_jsonl, write_jsonl_atomic
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def normalize_query(query: str) -> str:
-    return " ".join(_WORD.findall(query.lower()))
+from viprog.tasks import TASKS
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,6 @@ class Library:
         """The stored program for `question_id` (the latest, best-rewarded one)."""
         row = self._by_id.get(question_id)
         if row is None:
-            import difflib
-
             close = difflib.get_close_matches(question_id, self._by_id, n=3)
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             raise KeyError(f"no stored program for question {question_id!r}{hint} ({len(self._by_id)} questions stored)")
@@ -182,8 +179,6 @@ class Library:
     def run_program(self, program: str, image: Any, query: str, *, question_id: str | None = None,
                     source: str = "library") -> Solution:
         """Run `program` on `image` in the sandbox (the run's primitive profile)."""
-        from viprog.executor import Job
-
         pixels = as_pixels(image)
         image_id = hashlib.sha1(pixels.tobytes()).hexdigest()[:16]
         (result,) = self._get_executor().run_many([Job(program, image_id, pixels, query=query)])
@@ -196,22 +191,14 @@ class Library:
         stored = self.lookup(query) if reuse else None
         if stored is not None:
             return self.run_program(stored.program, image, query, question_id=stored.question_id)
-        from viprog.policy import SamplingParams, extract_program
-
         policy, prompter = self._get_policy()
         prompt = prompter.few_shot(query, extra=self.examples(query, int(self.config.get("library_shots", 2))))
-        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=int(self.config.get("max_new_tokens", 256)),
-                                stop=tuple(prompter.stop()))
-        (completions,) = policy.sample([prompt], params)
-        program = extract_program(completions[0], self.config.get("prompt_style", "completion"))
+        program = write_program(policy, prompt, greedy_params(prompter, int(self.config.get("max_new_tokens", 256))),
+                                self.config.get("prompt_style", "completion"))
         return self.run_program(program, image, query, source="policy")
 
     def _get_executor(self) -> Any:
         if self._executor is None:
-            from viprog.executor import Executor
-            from viprog.rollout import build_profile
-            from viprog.tasks import TASKS
-
             profile = self.config.get("profile") or TASKS.get(self.config.get("task", "shapes")).default_profile
             built = build_profile(profile, self.config.get("profile_options"), device=self.config.get("device", "cpu"))
             self._executor = Executor(built, workers=1, timeout=float(self.config.get("timeout", 10.0)))
@@ -223,9 +210,6 @@ class Library:
             if self.run_dir is None:
                 raise UsageError("this library has no run folder, so no policy to write new programs; "
                                  "load it with viprog.load(run_dir)")
-            from viprog.rollout import build_policy
-            from viprog.tasks import TASKS
-
             task = TASKS.get(self.config["task"])(data_dir=self.config.get("data_dir"))
             self._policy, self._prompter = build_policy(self.config, task)
             self._policy.load_adapter(Run(self.run_dir).latest_adapter())
@@ -251,18 +235,15 @@ def as_pixels(image: Any) -> np.ndarray:
     """H x W x 3 uint8 RGB from a path, a PIL image or an array."""
     if isinstance(image, np.ndarray):
         array = image
+    elif isinstance(image, (str, Path)):
+        try:
+            array = read_rgb(image)
+        except DataError as exc:  # a file the user handed us: their input, not a dataset's
+            raise UsageError(str(exc)) from None
+    elif isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
     else:
-        from PIL import Image
-
-        if isinstance(image, (str, Path)):
-            try:
-                array = read_rgb(image)
-            except DataError as exc:  # a file the user handed us: their input, not a dataset's
-                raise UsageError(str(exc)) from None
-        elif isinstance(image, Image.Image):
-            array = np.asarray(image.convert("RGB"))
-        else:
-            raise UsageError(f"an image must be a path, a PIL image or an H x W x 3 array, not {type(image).__name__}")
+        raise UsageError(f"an image must be a path, a PIL image or an H x W x 3 array, not {type(image).__name__}")
     if array.ndim != 3 or array.shape[2] != 3:
         raise UsageError(f"an image array must be H x W x 3 RGB, got shape {tuple(array.shape)}")
     return np.ascontiguousarray(array, dtype=np.uint8)

@@ -8,6 +8,10 @@ from typing import Annotated
 import tyro
 
 from viprog.errors import UsageError
+from viprog.primitives import PROFILES, all_specs
+from viprog.primitives.apidoc import api_section
+from viprog.tasks import TASKS
+from viprog.tasks.stats import print_stats
 
 
 @dataclass
@@ -21,11 +25,7 @@ class PrimitivesConfig:
 
 
 def primitives_main(cfg: PrimitivesConfig) -> int:
-    from viprog.primitives import PROFILES, all_specs
-
     if cfg.api:
-        from viprog.primitives.apidoc import api_section
-
         print(api_section(task=cfg.task))
         return 0
     specs = all_specs()
@@ -60,8 +60,6 @@ class TasksConfig:
 
 
 def tasks_main(cfg: TasksConfig) -> int:
-    from viprog.tasks import TASKS
-
     if cfg.name is None:
         if cfg.stats:
             raise UsageError("--stats needs a task name, e.g. `viprog tasks shapes --stats`")
@@ -75,7 +73,5 @@ def tasks_main(cfg: TasksConfig) -> int:
     if not cfg.stats:
         print((cls.__doc__ or cfg.name).strip())
         return 0
-    from viprog.tasks.stats import print_stats
-
     print_stats(cls(data_dir=cfg.data_dir))
     return 0

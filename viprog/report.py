@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageDraw
+
 from viprog.executor.result import ERROR_KINDS
 from viprog.runs import Run, read_json, read_jsonl, write_text_atomic
 
@@ -83,8 +85,6 @@ def trace_boxes(trace: Sequence[dict[str, Any]], height: int) -> list[tuple[tupl
 def render_image(row: dict[str, Any], size: int = 256) -> str | None:
     """The example's image with the trace's boxes (blue), the answer box (green/red) and the
     gold box (dashed yellow) drawn, as a data URI; None when the image cannot be read."""
-    from PIL import Image, ImageDraw
-
     try:
         with Image.open(row["image"]) as img:
             image = img.convert("RGB")
@@ -184,9 +184,11 @@ def write_report(run_dir: str | Path, *, gallery_size: int = 24) -> Path:
                                          for m in rounds])
     last = rounds[-1]["round"] if rounds else None
     eval_rows = read_jsonl(run.artifact(last, "eval.jsonl")) if last is not None and run.has(last, "eval.jsonl") else []
-    settings = ", ".join(f"{k}={html.escape(str(config.get(k)))}" for k in
+    shown = {**config, **{f"{group}.{k}": v for group in ("lora", "train")
+                          for k, v in (config.get(group) or {}).items()}}
+    settings = ", ".join(f"{k}={html.escape(str(shown.get(k)))}" for k in
                          ("task", "policy", "model", "profile", "rounds", "questions_per_round", "samples_per_question",
-                          "tau", "lora_r", "learning_rate") if k in config)
+                          "tau", "lora.r", "train.learning_rate") if k in shown)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>viprog run {html.escape(run.root.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>Self-training run <code>{html.escape(run.root.name)}</code></h1>"
             f"<p>{settings}</p><h2>Accuracy per round</h2>{plot}<p>Round 0 is the few-shot baseline.</p>{summary}"

@@ -26,22 +26,38 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from viprog.errors import UsageError
+from viprog.executor import Executor, Job
 from viprog.executor.result import ExecutionResult
+from viprog.policy import Prompter, extract_program, load_policy
 from viprog.policy.base import Policy, SamplingParams
+from viprog.primitives.apidoc import api_section
 from viprog.primitives.patch import PrimitiveError
 from viprog.primitives.profile import PROFILES, Profile
 from viprog.runs import Appender, AtomicJsonl, read_partial
+from viprog.tasks import TASKS
 from viprog.tasks.base import Example, Task
 
 log = logging.getLogger(__name__)
 
 #: (example) -> prompt text
 PromptFn = Callable[[Example], str]
+
+#: question id -> its (completion, extracted program) pairs
+Programs = dict[str, list[tuple[str, str]]]
+
+
+class ShotSource(Protocol):
+    """Where few-shot prompts find stored programs of similar questions (`viprog.library.Library`)."""
+
+    def __len__(self) -> int: ...
+
+    def examples(self, query: str, k: int, exclude: Sequence[str] = ()) -> list[tuple[str, str]]: ...
 
 
 # -- the components of a run, built once ---------------------------------------------------
@@ -101,8 +117,6 @@ def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, 
 
 def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Policy:
     """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
-    from viprog.policy import load_policy
-
     if name == "scripted":
         return load_policy(name, **({"path": model} if model else {}))
     if quantize == "auto":
@@ -110,11 +124,8 @@ def load_scripted_or(name: str, model: str | None, device: str, quantize: str = 
     return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
 
 
-def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str = "completion") -> Any:
+def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str = "completion") -> Prompter:
     """The Prompter of a task: the API section generated from the registry, the task's seed programs."""
-    from viprog.policy import Prompter
-    from viprog.primitives.apidoc import api_section
-
     return Prompter(api_section(task=task_name), task.seed_programs(), style=style,
                     tokenizer=getattr(policy, "tokenizer", None))
 
@@ -149,7 +160,7 @@ class Components:
     profile_name: str
     profile: Profile
     policy: Policy | None
-    prompter: Any
+    prompter: Prompter | None
 
     def close(self) -> None:
         if self.policy is not None:
@@ -161,8 +172,6 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     """Components from a `TaskPolicyConfig` (or its saved dict): task, profile (options from
     `profile_options` or the config's `profile_options`), policy and prompter. The profile is
     built (and checked) before the policy, the cheaper failure first."""
-    from viprog.tasks import TASKS
-
     c = _config_dict(config)
     device = c.get("device") or "cpu"
     require_device(device)
@@ -177,20 +186,46 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     return Components(task, name, profile, policy, prompter)
 
 
-def build_policy(config: Any, task: Task) -> tuple[Policy, Any]:
+def build_policy(config: Any, task: Task) -> tuple[Policy, Prompter]:
     """The config's policy (base weights, no adapter) and the prompter for its task."""
     c = _config_dict(config)
     policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"))
     return policy, build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
 
 
+# -- prompts and sampling parameters -------------------------------------------------------
+def prompt_fn(prompter: Prompter, style: str, library: ShotSource | None = None, shots: int = 0) -> PromptFn:
+    """example → prompt: the short prompt (query only), or the few-shot prompt, with up to
+    `shots` stored programs of similar questions from `library` (never the question's own)."""
+    if style == "short":
+        return lambda ex: prompter.short(ex.query)
+    if library is None or not len(library) or shots <= 0:
+        return lambda ex: prompter.few_shot(ex.query)
+    return lambda ex: prompter.few_shot(ex.query, extra=library.examples(ex.query, shots, exclude=[ex.id]))
+
+
+def greedy_params(prompter: Prompter, max_new_tokens: int, seed: int | None = None) -> SamplingParams:
+    """One greedy program per question, cut at the prompter's stops: how evaluation and the
+    library write programs."""
+    return SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens,
+                          stop=tuple(prompter.stop()), seed=seed)
+
+
+def write_program(policy: Policy, prompt: str, params: SamplingParams, style: str = "completion") -> str:
+    """The program of the policy's first completion of one prompt."""
+    (completions,) = policy.sample([prompt], replace(params, n=1))
+    return extract_program(completions[0], style)
+
+
+# -- sample → extract → execute → reward ---------------------------------------------------
 @dataclass
 class SampleStats:
-    """Throughput of one sampling phase (what was sampled now, not what a resume skipped)."""
+    """Throughput of one rollout (what was sampled now, not what a resume skipped)."""
 
     seconds: float = 0.0
     programs: int = 0
     tokens: int | None = None
+    execute_seconds: float = 0.0
 
 
 def sample_completions(policy: Policy, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
@@ -202,8 +237,6 @@ def sample_completions(policy: Policy, examples: Sequence[Example], prompt: Prom
     again. Questions are sampled `batch_questions` at a time, each batch with its own
     seed derived from `params.seed` and its position, so a run is reproducible.
     """
-    from tqdm.auto import tqdm
-
     done = {row["question_id"]: row["completions"] for row in read_partial(partial)}
     tokenizer = getattr(policy, "tokenizer", None)
     stats = SampleStats(tokens=0 if tokenizer is not None else None)
@@ -227,6 +260,37 @@ def sample_completions(policy: Policy, examples: Sequence[Example], prompt: Prom
             bar.set_postfix(programs_per_s=f"{stats.programs / max(stats.seconds, 1e-9):.2f}")
     bar.close()
     return {ex.id: done[ex.id] for ex in examples}, stats
+
+
+def sample_programs(policy: Policy, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
+                    partial: str | Path, style: str = "completion", batch_questions: int = 4, desc: str = "sample",
+                    ) -> tuple[Programs, SampleStats]:
+    """`sample_completions`, each completion paired with the program extracted from it."""
+    completions, stats = sample_completions(policy, examples, prompt, params, partial=partial,
+                                            batch_questions=batch_questions, desc=desc)
+    return {qid: [(c, extract_program(c, style)) for c in outs] for qid, outs in completions.items()}, stats
+
+
+def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
+            partial: str | Path, style: str = "completion", batch_questions: int = 4, workers: int = 2,
+            timeout: float = 10.0, desc: str = "rollout", out: str | Path | None = None,
+            ) -> tuple[list[dict[str, Any]], SampleStats]:
+    """The whole pipeline on `examples`: sample programs from `parts.policy` (resumably,
+    through `partial`), run them in the sandbox under `parts.profile`, reward them by
+    `parts.task`. Returns the rows (their summaries when they stream to `out`, see
+    `execute_programs`) and the stats, execution time included. A rollout in which every
+    program failed inside a primitive is a `UsageError` (`check_primitives_answered`)."""
+    if parts.policy is None:
+        raise UsageError("a rollout needs a policy; build the components with_policy=True")
+    programs, stats = sample_programs(parts.policy, examples, prompt, params, partial=partial, style=style,
+                                      batch_questions=batch_questions, desc=desc)
+    start = time.perf_counter()
+    rows = execute_programs(parts.task, examples, programs, profile=parts.profile,
+                            images=load_images(parts.task, examples), workers=workers, timeout=timeout,
+                            desc=f"{desc} execute", out=out)
+    stats.execute_seconds = time.perf_counter() - start
+    check_primitives_answered(rows, desc)
+    return rows, stats
 
 
 def load_images(task: Task, examples: Sequence[Example]) -> dict[str, np.ndarray]:
@@ -261,7 +325,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str, list[tuple[str, str]]], *,
+def execute_programs(task: Task, examples: Sequence[Example], programs: Programs, *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
                      timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
                      ) -> list[dict[str, Any]]:
@@ -274,8 +338,6 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
     appears whole, by a rename, at the end) and only its `summary` is returned, so the
     parent holds no answers or traces however many programs a rollout has.
     """
-    from viprog.executor import Executor, Job
-
     owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
               for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
     if not owners:

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
-from viprog.errors import UsageError
+from viprog.errors import DataError, UsageError
 
 TMP_MARK = ".tmp-"
 
@@ -84,6 +84,34 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                     yield json.loads(line)
                 except json.JSONDecodeError:
                     raise UsageError(f"{path}:{n}: not a JSON line; the artifact is damaged") from None
+
+
+def read_programs(path: str | Path, key: str) -> list[tuple[str, str]]:
+    """(row[key], program) for each line of a programs file, a JSONL file of
+    {key: ..., "program": str} rows (`viprog eval --programs` keys them by "question_id",
+    the scripted policy by "query"). Anything else is a `DataError` naming the file and line."""
+    path = Path(path)
+    shape = f'{{"{key}": ..., "program": ...}}'
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a JSONL file of {shape} lines)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file (expected JSONL of {shape} lines)") from None
+    pairs = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be {shape}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("program"), str) or key not in row:
+            raise DataError(f'{path}:{n}: each line needs "{key}" and a string "program"')
+        pairs.append((str(row[key]), row["program"]))
+    if not pairs:
+        raise DataError(f"{path}: no programs in the file")
+    return pairs
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:

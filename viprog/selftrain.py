@@ -28,9 +28,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import tyro
+
 from viprog.config import TaskPolicyConfig
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_samples, filter_stats
+from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -41,9 +44,12 @@ from viprog.metrics import (
     summary_line,
     task_metrics,
 )
+from viprog.policy import SamplingParams
 from viprog.registry import RegistryError
-from viprog.rollout import check_primitives_answered, summary
+from viprog.report import write_report
+from viprog.rollout import Components, PromptFn, build, greedy_params, prompt_fn, rollout, rows_to_results, summary
 from viprog.runs import AtomicJsonl, Run, iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
+from viprog.tasks import TASKS
 
 log = logging.getLogger("viprog.selftrain")
 
@@ -77,24 +83,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     restart_from_base: bool = False
     """Fine-tune each round from the base model on the whole library, instead of continuing
     the last adapter on this round's programs."""
-    lora_r: int = 8
-    """LoRA rank."""
-    lora_alpha: int = 16
-    """LoRA alpha (scale = alpha / r)."""
-    lora_dropout: float = 0.05
-    """LoRA dropout."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    """Modules that get LoRA adapters."""
-    learning_rate: float = 2e-4
-    """Fine-tuning learning rate (constant)."""
-    epochs: float = 2.0
-    """Fine-tuning epochs per round."""
-    batch_size: int = 2
-    """Fine-tuning batch size per device."""
-    grad_accum: int = 1
-    """Gradient accumulation steps."""
-    max_length: int = 512
-    """Longest training sequence (prompt + program), in tokens."""
+    lora: LoraSettings = dataclasses.field(default_factory=lambda: LoraSettings(r=8, alpha=16))
+    """The LoRA adapter each round trains."""
+    train: TrainSettings = dataclasses.field(default_factory=lambda: TrainSettings(epochs=2.0))
+    """Fine-tuning settings of each round (its seed is --seed plus the round)."""
     base_prompt: Literal["few-shot", "short"] = "few-shot"
     """Prompt for the base policy (round 0, and sampling in round 1)."""
     tuned_prompt: Literal["few-shot", "short"] = "few-shot"
@@ -119,8 +111,6 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Continue the run with this name from its last finished step."""
     overwrite: bool = False
     """Delete the run with this name and start again."""
-    report_to: tuple[str, ...] = ()
-    """Trainer loggers (tensorboard, wandb); metrics.jsonl is always written."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     preset: Literal["embedded", "virep-gpu"] | None = None
@@ -132,6 +122,10 @@ class SelfTrainConfig(TaskPolicyConfig):
         """The preset `name` with `options` on top (each one wins, whatever its value)."""
         if name not in PRESETS:
             raise UsageError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        flat = sorted(options.keys() & FLAT_OPTIONS.keys())
+        if flat:
+            group, new = FLAT_OPTIONS[flat[0]]
+            raise UsageError(f"{flat[0]} is now {group}.{new}: pass {group}={type(getattr(cls(), group)).__name__}(...)")
         return dataclasses.replace(PRESETS[name](), preset=name, **options)
 
     @classmethod
@@ -139,8 +133,6 @@ class SelfTrainConfig(TaskPolicyConfig):
         """Parse the command line over its base: the dataclass defaults, else the preset it
         names, else (with --resume) the run's saved config — so every option given on the
         command line wins, including one whose value equals a dataclass default."""
-        import tyro
-
         preset = _named_preset(args)  # looked up first, so that --help shows the preset's values too
         cfg = tyro.cli(cls, args=list(args), default=cls.from_preset(preset) if preset else None, **tyro_options)
         if cfg.resume:
@@ -167,8 +159,9 @@ def virep_gpu() -> SelfTrainConfig:
     temperature 1.0, top-p 0.9, 10 rounds, all correct programs kept."""
     return SelfTrainConfig(task="gqa", policy="vllm", model="Qwen/Qwen2.5-Coder-7B", device="cuda", rounds=10,
                            questions_per_round=2000, samples_per_question=8, max_new_tokens=256, batch_questions=64,
-                           cap_per_question=None, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=1.0,
-                           batch_size=8, grad_accum=2, max_length=1024, eval_size=2000, workers=8,
+                           cap_per_question=None, lora=LoraSettings(r=16, alpha=32),
+                           train=TrainSettings(learning_rate=2e-4, epochs=1.0, batch_size=8, grad_accum=2,
+                                               max_length=1024), eval_size=2000, workers=8,
                            tuned_prompt="short", library_shots=0)
 
 
@@ -195,11 +188,36 @@ def saved_config(cfg: SelfTrainConfig) -> SelfTrainConfig | None:
     path = Run(f"{cfg.runs_dir}/{default_run_name(cfg)}").config_path
     if not path.exists():
         return None
-    saved = read_json(path)
-    saved["target_modules"] = tuple(saved.get("target_modules", ()))
-    saved["report_to"] = tuple(saved.get("report_to", ()))
-    known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
-    return SelfTrainConfig(**{k: v for k, v in saved.items() if k in known})
+    return config_from_dict(read_json(path))
+
+
+#: where the options of config files written before the `lora` and `train` groups went
+FLAT_OPTIONS = {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_dropout": ("lora", "dropout"),
+                "target_modules": ("lora", "target_modules"), "learning_rate": ("train", "learning_rate"),
+                "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
+                "grad_accum": ("train", "grad_accum"), "max_length": ("train", "max_length"),
+                "report_to": ("train", "report_to")}
+
+
+def config_from_dict(saved: dict[str, Any]) -> SelfTrainConfig:
+    """A `SelfTrainConfig` from its saved `config.json` (`dataclasses.asdict`), including
+    one saved with the flat option names of earlier versions (`lora_r`, `learning_rate`, ...).
+    Keys it does not know are left out."""
+    saved = dict(saved)
+    groups: dict[str, dict[str, Any]] = {"lora": dict(saved.pop("lora", None) or {}),
+                                         "train": dict(saved.pop("train", None) or {})}
+    for old, (group, name) in FLAT_OPTIONS.items():
+        if old in saved:
+            groups[group].setdefault(name, saved.pop(old))
+    default = SelfTrainConfig()
+    built = {}
+    for group, values in groups.items():
+        base = getattr(default, group)
+        known = {f.name for f in dataclasses.fields(base)}
+        built[group] = dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v
+                                                    for k, v in values.items() if k in known})
+    known = {f.name for f in dataclasses.fields(SelfTrainConfig)} - set(groups)
+    return SelfTrainConfig(**{k: v for k, v in saved.items() if k in known}, **built)
 
 
 def _preset_unapplied(cfg: SelfTrainConfig) -> bool:
@@ -238,35 +256,19 @@ def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]
     return [pool[order[(start + i) % len(order)]] for i in range(min(n, len(order)))]
 
 
-def make_prompt_fn(prompter: Any, style: str, library: Library | None, shots: int) -> Callable[[Any], str]:
-    """example → prompt: the short prompt, or few-shot with similar stored programs."""
-    if style == "short":
-        return lambda ex: prompter.short(ex.query)
-    if library is None or not len(library) or shots <= 0:
-        return lambda ex: prompter.few_shot(ex.query)
-    return lambda ex: prompter.few_shot(ex.query, extra=library.examples(ex.query, shots, exclude=[ex.id]))
-
-
-def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any], str], params: Any,
-            name: str, out: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Sample (resumably), extract, execute and reward; returns rows and `sample/` metrics.
-    With `out`, the rows stream to that file and their summaries are returned."""
-    from viprog.policy import extract_program
-    from viprog.rollout import execute_programs, load_images, sample_completions
-
-    completions, stats = sample_completions(ctx.policy, examples, prompt, params,
-                                            partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
-                                            batch_questions=ctx.cfg.batch_questions, desc=f"round {k} {name}")
-    programs = {qid: [(c, extract_program(c, ctx.cfg.prompt_style)) for c in outs] for qid, outs in completions.items()}
-    start = time.perf_counter()
-    rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
-                            workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute",
-                            out=out)
-    check_primitives_answered(rows, f"round {k} {name}")
+def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn, params: SamplingParams,
+                  name: str, out: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """`viprog.rollout.rollout` in round k's folder (resumable there); returns the rows and
+    their `sample/` (or `eval_sample/`) metrics. With `out`, the rows stream to that file and
+    their summaries are returned."""
+    cfg = ctx.cfg
+    rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
+                          style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
+                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out)
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
-                  f"{prefix}/execute_seconds": round(time.perf_counter() - start, 3),
-                  f"{prefix}/execute_programs_per_s": len(rows) / max(time.perf_counter() - start, 1e-9)}
+                  f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
+                  f"{prefix}/execute_programs_per_s": len(rows) / max(stats.execute_seconds, 1e-9)}
 
 
 @dataclass
@@ -275,23 +277,29 @@ class Context:
 
     cfg: SelfTrainConfig
     run: Run
-    task: Any
-    profile: Any  # the built `Profile`: its models serve every rollout of the run
-    policy: Any
-    prompter: Any
+    parts: Components  # built once: the profile's models serve every rollout of the run
     train_pool: list[Any]
     eval_set: list[Any]
 
+    @property
+    def policy(self) -> Any:
+        return self.parts.policy
 
-def step(ctx: Context, k: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a step unless its metrics file says it finished; time it; record its metrics."""
+    @property
+    def prompter(self) -> Any:
+        return self.parts.prompter
+
+
+def step(ctx: Context, k: int, name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """`fn(ctx, k, *args)` unless its metrics file says step `name` of round k finished;
+    timed, and its metrics recorded."""
     done = ctx.run.artifact(k, f"{name}.metrics.json")
     if done.exists():
         log.info("round %d: %s already done (resume)", k, name)
         return read_json(done)
     timer = PhaseTimer()
     with timer(name):
-        metrics = fn()
+        metrics = fn(ctx, k, *args)
     metrics = {**metrics, **timer.metrics()}
     write_json_atomic(done, metrics)
     return metrics
@@ -301,103 +309,107 @@ def step(ctx: Context, k: int, name: str, fn: Callable[[], dict[str, Any]]) -> d
 STEPS = ("sample", "filter", "train", "eval")
 
 
-# -- one round, top to bottom --------------------------------------------------------------
-def run_round(ctx: Context, k: int) -> dict[str, Any]:
-    from viprog.policy import SamplingParams
+# -- the steps -----------------------------------------------------------------------------
+def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str, Any]:
+    """Sample `samples_per_question` programs for each of round k's train questions (few-shot
+    prompts show similar library programs), run them in the sandbox and reward them; the rows
+    stream to `samples.jsonl`."""
+    cfg = ctx.cfg
+    examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
+    params = SamplingParams(n=cfg.samples_per_question, temperature=cfg.temperature, top_p=cfg.top_p,
+                            max_new_tokens=cfg.max_new_tokens, stop=tuple(ctx.prompter.stop()),
+                            seed=cfg.seed + 1000 * k)
+    prompt = prompt_fn(ctx.prompter, cfg.tuned_prompt if tuned else cfg.base_prompt, library, cfg.library_shots)
+    rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=ctx.run.artifact(k, "samples.jsonl"))
+    return {**metrics, **reward_metrics(rows), **exec_metrics(rows), "sample/questions": len(examples)}
 
+
+def filter_step(ctx: Context, k: int) -> dict[str, Any]:
+    """Keep the rewarded samples (reward ≥ tau, deduplicated, capped per question) in
+    `kept.jsonl`: chosen from their summaries, then copied whole one row at a time, so no
+    answers or traces of the whole rollout are held at once."""
+    cfg, path = ctx.cfg, ctx.run.artifact(k, "samples.jsonl")
+    samples = [summary(row) for row in iter_jsonl(path)]
+    chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+    wanted = {(r["question_id"], r["sample"]) for r in chosen}
+    with AtomicJsonl(ctx.run.artifact(k, "kept.jsonl")) as kept:
+        for row in iter_jsonl(path):
+            if (row["question_id"], row["sample"]) in wanted:
+                kept.write(row)
+    return filter_stats(samples, chosen)
+
+
+def train_step(ctx: Context, k: int, adapter_in: Any) -> dict[str, Any]:
+    """LoRA fine-tune on (train prompt, program) pairs: this round's kept programs on top of
+    `adapter_in` (the last round's adapter), or with `restart_from_base` the whole library
+    on the base model. Nothing kept: the policy stays as it is."""
     cfg, run = ctx.cfg, ctx.run
-    run.round_dir(k).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    metrics: dict[str, Any] = {"round": k}
-    library = Library.load(run.root)
-    adapter_in = run.latest_adapter(before=k)
-    stop = tuple(ctx.prompter.stop())
+    if cfg.restart_from_base:
+        rows, init = Library.collect(run, range(1, k + 1)), None
+    else:
+        rows, init = read_jsonl(run.artifact(k, "kept.jsonl")), adapter_in
+    if not rows:
+        log.warning("round %d: no program was kept; the policy stays as it is", k)
+        return {"train/examples": 0, "train/skipped": 1}
+    prompt = ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot
+    pairs = [(prompt(r["query"]), r["program"]) for r in rows]
+    ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
+    return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
+                    lora=cfg.lora, train=cfg.train, init_adapter=init, device=cfg.device, seed=cfg.seed + k)
 
-    if k >= 1:
-        ctx.policy.load_adapter(adapter_in)
-        style = cfg.base_prompt if adapter_in is None else cfg.tuned_prompt
-        examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
-        params = SamplingParams(n=cfg.samples_per_question, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed + 1000 * k)
 
-        def sample() -> dict[str, Any]:  # sample → execute → reward
-            rows, sample_metrics = rollout(ctx, k, examples, make_prompt_fn(ctx.prompter, style, library,
-                                                                             cfg.library_shots), params, "samples",
-                                           out=run.artifact(k, "samples.jsonl"))  # streamed: rows are summaries
-            return {**sample_metrics, **reward_metrics(rows), **exec_metrics(rows),
-                    "sample/questions": len(examples)}
+def eval_step(ctx: Context, k: int, library: Library, adapter: Any) -> dict[str, Any]:
+    """Greedy programs for the held-out questions under the policy as it now is (`adapter`
+    loaded), scored by the task; the rows go to `eval.jsonl`."""
+    cfg = ctx.cfg
+    prompt = prompt_fn(ctx.prompter, cfg.base_prompt if adapter is None else cfg.tuned_prompt, library,
+                       cfg.library_shots)
+    rows, metrics = round_rollout(ctx, k, ctx.eval_set, prompt, greedy_params(ctx.prompter, cfg.max_new_tokens,
+                                                                              seed=cfg.seed), "eval")
+    write_jsonl_atomic(ctx.run.artifact(k, "eval.jsonl"), rows)
+    by_id = {ex.id: ex for ex in ctx.eval_set}
+    report = ctx.parts.task.metrics([by_id[r["question_id"]] for r in rows], rows_to_results(rows),
+                                    [r["reward"] for r in rows])
+    return {**task_metrics(report), **exec_metrics(rows, prefix="eval_exec"), **metrics,
+            "eval/errors": report.get("errors", {}), "eval/adapter": str(adapter) if adapter else None}
 
-        metrics |= step(ctx, k, "sample", sample)
 
-        def keep() -> dict[str, Any]:  # filter: reward ≥ τ, dedup, cap
-            path = run.artifact(k, "samples.jsonl")
-            samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
-            chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
-            wanted = {(r["question_id"], r["sample"]) for r in chosen}
-            with AtomicJsonl(run.artifact(k, "kept.jsonl")) as kept:  # the full rows, copied one at a time
-                for row in iter_jsonl(path):
-                    if (row["question_id"], row["sample"]) in wanted:
-                        kept.write(row)
-            return filter_stats(samples, chosen)
-
-        metrics |= step(ctx, k, "filter", keep)
-
-        def train() -> dict[str, Any]:  # LoRA SFT on (prompt, program) pairs
-            from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
-
-            if cfg.restart_from_base:
-                rows, init = Library.collect(run, range(1, k + 1)), None
-            else:
-                rows, init = read_jsonl(run.artifact(k, "kept.jsonl")), adapter_in
-            if not rows:
-                log.warning("round %d: no program was kept; the policy stays as it is", k)
-                return {"train/examples": 0, "train/skipped": 1}
-            prompt = (ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot)
-            pairs = [(prompt(r["query"]), r["program"]) for r in rows]
-            ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
-            return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
-                            lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules)),
-                            train=TrainSettings(cfg.learning_rate, cfg.epochs, cfg.batch_size, cfg.grad_accum,
-                                                cfg.max_length, cfg.seed + k, tuple(cfg.report_to)),
-                            init_adapter=init, device=cfg.device)
-
-        metrics |= step(ctx, k, "train", train)
-        library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
-
-    adapter = run.latest_adapter(before=k + 1)
-    ctx.policy.load_adapter(adapter)
-    eval_style = cfg.base_prompt if adapter is None else cfg.tuned_prompt
-    greedy = SamplingParams(n=1, temperature=0.0, top_p=1.0, max_new_tokens=cfg.max_new_tokens, stop=stop, seed=cfg.seed)
-
-    def evaluate() -> dict[str, Any]:  # greedy decoding on the held-out split
-        rows, sample_metrics = rollout(ctx, k, ctx.eval_set, make_prompt_fn(ctx.prompter, eval_style, library,
-                                                                             cfg.library_shots), greedy, "eval")
-        write_jsonl_atomic(run.artifact(k, "eval.jsonl"), rows)
-        from viprog.rollout import rows_to_results
-
-        by_id = {ex.id: ex for ex in ctx.eval_set}
-        examples = [by_id[r["question_id"]] for r in rows]
-        report = ctx.task.metrics(examples, rows_to_results(rows), [r["reward"] for r in rows])
-        return {**task_metrics(report), **exec_metrics(rows, prefix="eval_exec"), **sample_metrics,
-                "eval/errors": report.get("errors", {}), "eval/adapter": str(adapter) if adapter else None}
-
-    metrics |= step(ctx, k, "eval", evaluate)
-    metrics["time/round_s"] = round(sum(metrics.get(f"time/{name}_s", 0.0) for name in STEPS), 3)
-    metrics["time/this_process_s"] = round(time.perf_counter() - start, 3)
-    metrics |= peak_memory_mb()
-    write_json_atomic(run.artifact(k, "metrics.json"), metrics)
-    for partial in run.round_dir(k).glob("*.partial.jsonl"):  # the final artifacts hold all they had
+def finish_round(ctx: Context, k: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Round k's `metrics.json` (the steps' metrics, their time, peak memory): written last,
+    it marks the round finished; the partial files go and `metrics.jsonl` is rebuilt."""
+    metrics = {**metrics, "time/round_s": round(sum(metrics.get(f"time/{name}_s", 0.0) for name in STEPS), 3),
+               "time/this_process_s": round(seconds, 3), **peak_memory_mb()}
+    write_json_atomic(ctx.run.artifact(k, "metrics.json"), metrics)
+    for partial in ctx.run.round_dir(k).glob("*.partial.jsonl"):  # the final artifacts hold all they had
         partial.unlink()
-    run.rebuild_metrics_log()
+    ctx.run.rebuild_metrics_log()
     log.info(summary_line(k, metrics))
     return metrics
 
 
+# -- one round, top to bottom --------------------------------------------------------------
+def run_round(ctx: Context, k: int) -> dict[str, Any]:
+    """Round k: sample → filter → train (from round 1), then evaluate; each step is skipped
+    when a previous attempt finished it (`step`)."""
+    run, start = ctx.run, time.perf_counter()
+    run.round_dir(k).mkdir(parents=True, exist_ok=True)
+    metrics: dict[str, Any] = {"round": k}
+    library = Library.load(run.root)
+    if k >= 1:
+        adapter_in = run.latest_adapter(before=k)
+        ctx.policy.load_adapter(adapter_in)
+        metrics |= step(ctx, k, "sample", sample_step, library, adapter_in is not None)
+        metrics |= step(ctx, k, "filter", filter_step)
+        metrics |= step(ctx, k, "train", train_step, adapter_in)
+        library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
+    adapter = run.latest_adapter(before=k + 1)
+    ctx.policy.load_adapter(adapter)
+    metrics |= step(ctx, k, "eval", eval_step, library, adapter)
+    return finish_round(ctx, k, metrics, time.perf_counter() - start)
+
+
 def main(cfg: SelfTrainConfig) -> int:
     """Run (or resume) the rounds; returns the exit status."""
-    from viprog.rollout import build
-    from viprog.tasks import TASKS
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     task = TASKS.get(cfg.task)(data_dir=cfg.data_dir)
     cfg = resolve_config(cfg, task)
@@ -415,7 +427,7 @@ def main(cfg: SelfTrainConfig) -> int:
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
     log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,
              cfg.policy, cfg.rounds)
-    ctx = Context(cfg, run, task, parts.profile, parts.policy, parts.prompter, train_pool, eval_set)
+    ctx = Context(cfg, run, parts, train_pool, eval_set)
     done = set(run.rounds_done())
     durations: list[float] = []
     try:
@@ -438,8 +450,6 @@ def main(cfg: SelfTrainConfig) -> int:
     finally:
         parts.close()
     if cfg.report:
-        from viprog.report import write_report
-
         log.info("report written to %s", write_report(run.root))
     print(json.dumps({f"round_{m['round']}": m.get("eval/accuracy") for m in run.round_metrics()}))
     log.info("run written to %s (%s)", run.root, ", ".join(sorted(p.name for p in run.root.iterdir())))

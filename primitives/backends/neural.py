@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -126,8 +127,6 @@ class NeuralProfile(Profile):
 
     def _yolo(self) -> Any:
         def load() -> Any:
-            import os
-
             # ultralytics pip-installs missing extras at run time unless told not to
             os.environ.setdefault("YOLO_AUTOINSTALL", "false")
             from ultralytics import YOLO

@@ -11,7 +11,10 @@ Answers are meaningless; shapes, types, batching and timings are real.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 WORDS = [
     "a", "photo", "of", "the", "this", "that", "is", "what", "color", "shape", "size", "how", "many", "object",
@@ -59,8 +62,6 @@ def _owl(folder: Path) -> str:
 
 
 def _yolo(folder: Path) -> str:
-    import os
-
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # no pip installs at run time
     from ultralytics import YOLO
 
@@ -100,7 +101,6 @@ def _depth(folder: Path) -> str:
 
 
 def _llm(folder: Path) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     words = ["<unk>", "<pad>", "<eos>", "Question", "Answer", ":", ".", "?", "Answer in a few words", *WORDS]

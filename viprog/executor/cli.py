@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
 from viprog.errors import UsageError
+from viprog.executor.layers import LAYERS
+from viprog.executor.pool import Executor, Job
+from viprog.rollout import build_profile
 
 
 @dataclass
@@ -54,8 +60,6 @@ def _read_inputs(config: RunConfig) -> tuple[str, dict | None]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read program {config.program} ({exc.__class__.__name__}); "
                          "give a Python file that defines execute_command(image)") from None
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(config.image) as img:
             img.verify()
@@ -75,9 +79,6 @@ def _read_inputs(config: RunConfig) -> tuple[str, dict | None]:
 
 
 def main(config: RunConfig) -> int:
-    from viprog.executor.pool import Executor, Job
-    from viprog.rollout import build_profile
-
     source, meta = _read_inputs(config)
     # an unknown name is a one-line error with suggestions (exit 2); the models load and are checked now
     profile = build_profile(config.profile, config.profile_options, device=config.device)
@@ -100,9 +101,6 @@ class DoctorConfig:
 def doctor_main(config: DoctorConfig) -> int:
     """Start one sandbox worker, run one program in it, and report the layers it applied.
     Exit status 0 when every layer is active, 1 when the machine refused some."""
-    from viprog.executor.layers import LAYERS
-    from viprog.executor.pool import Executor, Job
-
     with Executor("scene-graph", workers=1, slots=1) as ex:
         result = ex.run(Job("def execute_command(image):\n    return 1 + 1\n", "doctor", _blank))
         layers = dict(ex.layers)
@@ -121,6 +119,4 @@ def doctor_main(config: DoctorConfig) -> int:
 
 
 def _blank() -> Any:
-    import numpy as np
-
     return np.zeros((4, 4, 3), np.uint8)

@@ -46,6 +46,8 @@ from collections.abc import Iterable, Iterator, Sequence, Sized
 from multiprocessing.connection import wait
 from typing import Any, Self
 
+from tqdm.auto import tqdm
+
 from viprog.errors import DataError
 from viprog.executor.job import Job, State
 from viprog.executor.ordered import InOrder
@@ -142,8 +144,6 @@ class Executor:
         read from `jobs` as workers have room for them; when `ordered`, results that wait
         for a slower one count toward that room (and at most 64 MiB of them are held). Stopping early cancels the rest.
         max_bytes: a budget for all results yielded (`run_many` passes max_run_bytes)."""
-        from tqdm.auto import tqdm
-
         if not self._workers:
             raise RuntimeError("the Executor is closed")
         if self._busy:

@@ -31,12 +31,17 @@ from __future__ import annotations
 
 import ast
 import math
+import operator
 import string
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
+
+from RestrictedPython import compile_restricted_exec
+from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safe_builtins
+from RestrictedPython.transformer import INSPECT_ATTRIBUTES, RestrictingNodeTransformer
 
 from viprog.executor.result import ExecutionResult
 
@@ -84,79 +89,72 @@ def take_violation() -> str | None:
 
 
 # -- static checks --------------------------------------------------------------------
-_POLICY: type | None = None
+#: attributes refused beyond those RestrictedPython already refuses
+_EXTRA_ATTRIBUTES = FORBIDDEN_ATTRIBUTES - INSPECT_ATTRIBUTES
+_ALLOWED = ", ".join(ALLOWED_IMPORTS)
 
 
-def _policy() -> type:
-    """RestrictedPython's transformer plus our checks, in the same single pass over the AST."""
-    global _POLICY
-    if _POLICY is not None:
-        return _POLICY
-    from RestrictedPython.transformer import INSPECT_ATTRIBUTES, RestrictingNodeTransformer
+class RestrictingTransformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer plus our checks, in the same single pass over the AST:
+    the import allow-list, the extra forbidden attributes, forbidden names a program does not
+    bind itself, and the generator-tracking decorator."""
 
-    extra_attributes = FORBIDDEN_ATTRIBUTES - INSPECT_ATTRIBUTES
-    allowed = ", ".join(ALLOWED_IMPORTS)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bound: set[str] = set()
+        self.loads: list[ast.Name] = []
 
-    class Policy(RestrictingNodeTransformer):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.bound: set[str] = set()
-            self.loads: list[ast.Name] = []
+    def visit_Import(self, node: ast.Import) -> Any:
+        for alias in node.names:
+            if alias.name not in ALLOWED_IMPORTS:
+                self.error(node, f"import of {alias.name!r} is not allowed (allowed: {_ALLOWED})")
+            self.bound.add((alias.asname or alias.name).split(".")[0])
+        return super().visit_Import(node)
 
-        def visit_Import(self, node: ast.Import) -> Any:
-            for alias in node.names:
-                if alias.name not in ALLOWED_IMPORTS:
-                    self.error(node, f"import of {alias.name!r} is not allowed (allowed: {allowed})")
-                self.bound.add((alias.asname or alias.name).split(".")[0])
-            return super().visit_Import(node)
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
+        if node.module not in ALLOWED_IMPORTS or node.level:
+            self.error(node, f"import from {node.module!r} is not allowed (allowed: {_ALLOWED})")
+        self.bound.update(alias.asname or alias.name for alias in node.names)
+        return super().visit_ImportFrom(node)
 
-        def visit_ImportFrom(self, node: ast.ImportFrom) -> Any:
-            if node.module not in ALLOWED_IMPORTS or node.level:
-                self.error(node, f"import from {node.module!r} is not allowed (allowed: {allowed})")
-            self.bound.update(alias.asname or alias.name for alias in node.names)
-            return super().visit_ImportFrom(node)
+    def visit_Name(self, node: ast.Name) -> Any:
+        if not isinstance(node.ctx, ast.Load):
+            self.bound.add(node.id)
+        elif node.id in FORBIDDEN_NAMES:
+            self.loads.append(node)
+        return super().visit_Name(node)
 
-        def visit_Name(self, node: ast.Name) -> Any:
-            if not isinstance(node.ctx, ast.Load):
-                self.bound.add(node.id)
-            elif node.id in FORBIDDEN_NAMES:
-                self.loads.append(node)
-            return super().visit_Name(node)
+    def visit_Attribute(self, node: ast.Attribute) -> Any:
+        if node.attr in _EXTRA_ATTRIBUTES:
+            self.error(node, f"attribute {node.attr!r} is not allowed")
+        return super().visit_Attribute(node)
 
-        def visit_Attribute(self, node: ast.Attribute) -> Any:
-            if node.attr in extra_attributes:
-                self.error(node, f"attribute {node.attr!r} is not allowed")
-            return super().visit_Attribute(node)
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        self.bound.add(node.name)
+        node = super().visit_FunctionDef(node)
+        if _yields(node.body):  # innermost decorator: the worker sees every generator it makes
+            node.decorator_list.append(ast.copy_location(ast.Name(TRACK_GENERATOR, ast.Load()), node))
+        return node
 
-        def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+    def visit_ClassDef(self, node: ast.ClassDef) -> Any:
+        self.bound.add(node.name)
+        return super().visit_ClassDef(node)
+
+    def visit_arg(self, node: ast.arg) -> Any:
+        self.bound.add(node.arg)
+        return super().visit_arg(node)
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
+        if node.name:
             self.bound.add(node.name)
-            node = super().visit_FunctionDef(node)
-            if _yields(node.body):  # innermost decorator: the worker sees every generator it makes
-                node.decorator_list.append(ast.copy_location(ast.Name(TRACK_GENERATOR, ast.Load()), node))
-            return node
+        return super().visit_ExceptHandler(node)
 
-        def visit_ClassDef(self, node: ast.ClassDef) -> Any:
-            self.bound.add(node.name)
-            return super().visit_ClassDef(node)
-
-        def visit_arg(self, node: ast.arg) -> Any:
-            self.bound.add(node.arg)
-            return super().visit_arg(node)
-
-        def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
-            if node.name:
-                self.bound.add(node.name)
-            return super().visit_ExceptHandler(node)
-
-        def visit_Module(self, node: ast.Module) -> Any:
-            node = super().visit_Module(node)
-            for name in self.loads:
-                if name.id not in self.bound:
-                    self.error(name, f"{name.id!r} is not available to programs")
-            return node
-
-    _POLICY = Policy
-    return Policy
+    def visit_Module(self, node: ast.Module) -> Any:
+        node = super().visit_Module(node)
+        for name in self.loads:
+            if name.id not in self.bound:
+                self.error(name, f"{name.id!r} is not available to programs")
+        return node
 
 
 def _yields(body: list[ast.stmt]) -> bool:
@@ -182,9 +180,7 @@ def _line(error: str) -> int:
 
 
 def _restricted(tree: ast.Module) -> tuple[CodeType | None, list[str]]:
-    from RestrictedPython import compile_restricted_exec
-
-    result = compile_restricted_exec(tree, filename=FILENAME, policy=_policy())
+    result = compile_restricted_exec(tree, filename=FILENAME, policy=RestrictingTransformer)
     errors = sorted({e[0].lower() + e[1:] if e.startswith("Line ") else e for e in result.errors}, key=_line)
     return result.code, errors
 
@@ -311,17 +307,14 @@ def _program_class(name: str, bases: tuple[type, ...], namespace: dict[str, Any]
     return cls
 
 
-_INPLACE: dict[str, Callable[[Any, Any], Any]] = {}
+_INPLACE: dict[str, Callable[[Any, Any], Any]] = {
+    "+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
+    "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow, "<<=": operator.ilshift,
+    ">>=": operator.irshift, "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor, "@=": operator.imatmul,
+}
 
 
 def _inplacevar(op: str, x: Any, y: Any) -> Any:
-    if not _INPLACE:
-        import operator
-
-        _INPLACE.update({"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul, "/=": operator.itruediv,
-                         "//=": operator.ifloordiv, "%=": operator.imod, "**=": operator.ipow,
-                         "<<=": operator.ilshift, ">>=": operator.irshift, "&=": operator.iand,
-                         "|=": operator.ior, "^=": operator.ixor, "@=": operator.imatmul})
     return _INPLACE[op](x, y)
 
 
@@ -332,8 +325,6 @@ def _apply(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def base_namespace(extra: dict[str, Any], writable: tuple[type, ...]) -> dict[str, Any]:
     """The globals every program starts from (copy it per run): safe builtins, the guards,
     `math`, and `extra` (ImagePatch, helper functions, function primitives)."""
-    from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence, safe_builtins
-
     builtins = {k: v for k, v in safe_builtins.items() if k not in FORBIDDEN_NAMES and not k.startswith("_")}
     builtins.update({
         "__build_class__": safe_builtins["__build_class__"], "__import__": _guarded_import,

@@ -15,7 +15,10 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing import forkserver, spawn
 from typing import Any
+
+from viprog.executor.worker import worker_main
 
 
 @dataclass
@@ -33,8 +36,6 @@ class WorkerHandle:
 def start_forkserver(ctx: Any) -> None:
     """Start the fork server (once per process) with an empty environment, so that the
     parent's environment variables (tokens, keys) are not in any worker's memory."""
-    from multiprocessing import forkserver
-
     ctx.set_forkserver_preload(["viprog.executor.worker"])
     saved = dict(os.environ)
     os.environ.clear()
@@ -48,8 +49,6 @@ def start_forkserver(ctx: Any) -> None:
 def without_main() -> Iterator[None]:
     """Start processes that do not re-import the parent's `__main__`: a worker must not
     run the user's script (its heavy imports, or its unguarded top-level code)."""
-    from multiprocessing import spawn
-
     original = spawn.get_preparation_data
 
     def preparation(name: str) -> dict[str, Any]:
@@ -66,8 +65,6 @@ def without_main() -> Iterator[None]:
 
 
 def start_worker(ctx: Any, settings: dict[str, Any], solo: bool = False) -> WorkerHandle:
-    from viprog.executor.worker import worker_main
-
     parent, child = ctx.Pipe(duplex=True)
     shared = ctx.RawArray("d", [-1.0, 0.0])
     proc = ctx.Process(target=worker_main, args=(child, shared, {**settings, "slots": 1} if solo else settings),

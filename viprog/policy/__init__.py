@@ -12,6 +12,7 @@ from viprog.errors import UsageError
 from viprog.policy.base import POLICIES, Policy, SamplingParams
 from viprog.policy.extract import HEADER, extract_program
 from viprog.policy.prompts import Prompter
+from viprog.policy.scripted import ScriptedPolicy
 
 #: the policy used when none is named: Qwen2.5-Coder-0.5B-Instruct, shipped on PyPI
 DEFAULT_POLICY = "qwen2.5-coder-0.5b"
@@ -38,7 +39,6 @@ def load_policy(name: str = DEFAULT_POLICY, *, model: str | None = None, device:
     if model is None and name in NEEDS_MODEL:
         raise UsageError(f"the {name} policy needs a model: a hub name or a local folder (e.g. --model Qwen/…); "
                          f"or use the embedded default {DEFAULT_POLICY!r}")
-    from viprog.policy.scripted import ScriptedPolicy
 
     try:
         if isinstance(cls, type) and issubclass(cls, ScriptedPolicy):

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from viprog.policy.base import SamplingParams
 from viprog.policy.stops import eos_ids, stopped
 
@@ -162,8 +164,6 @@ class SharedPrefixDecoder:
 
     def _run(self, ids: list[list[int]], params: SamplingParams,
              cached: PrefixCache | None) -> tuple[PrefixCache | None, list[list[list[int]]]]:
-        from tqdm.auto import tqdm
-
         shared = min(common_prefix(ids), min(len(s) for s in ids) - 1)
         shared = shared if shared >= MIN_PREFIX else 0
         key = tuple(ids[0][:shared])

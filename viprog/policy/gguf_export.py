@@ -20,6 +20,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import gguf
+from safetensors.numpy import load_file
+
 from viprog.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -30,8 +33,6 @@ PEFT_PREFIX = "base_model.model."
 
 
 def _arch(model_type: str) -> Any:
-    import gguf
-
     if model_type not in ARCHS:
         raise UsageError(f"cannot export a {model_type!r} model to GGUF; supported: {', '.join(ARCHS)} "
                          "(or give a ready GGUF file)")
@@ -48,8 +49,6 @@ def _rope_theta(config: Any) -> float:
 def _vocab(tokenizer: Any, size: int) -> tuple[list[str], list[int]]:
     """The token strings in id order and their llama.cpp token types, padded to `size`
     (the embedding's rows) with unused placeholders."""
-    import gguf
-
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     added = getattr(tokenizer, "added_tokens_decoder", {})
     tokens, types = [], []
@@ -79,7 +78,6 @@ def export_model(folder: str | Path, out: str | Path, *, dtype: Literal["f32", "
     """Write the transformers causal LM in `folder` (weights and tokenizer) as one GGUF
     file at `out`; matrices in `dtype`, norms and biases in f32. The file appears only
     when complete."""
-    import gguf
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -130,9 +128,6 @@ def export_lora(adapter: str | Path, out: str | Path, *, model_type: str, layers
     PEFT's scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) is folded into B, and no
     alpha is written, so llama.cpp applies each pair with scale 1: the same product
     B·A·scaling as PEFT, whatever each module's rank."""
-    import gguf
-    from safetensors.numpy import load_file
-
     adapter, out = Path(adapter), Path(out)
     arch = _arch(model_type)
     config = json.loads((adapter / "adapter_config.json").read_text())

@@ -18,6 +18,8 @@ so the self-training loop fine-tunes the same weights (`model_path` names the ba
 
 from __future__ import annotations
 
+import copy
+import gc
 import logging
 import time
 from collections.abc import Sequence
@@ -25,8 +27,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
+from tqdm.auto import tqdm
+
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
+from viprog.policy.decode import SharedPrefixDecoder
 from viprog.policy.stops import cut_all, eos_ids, stopped
 
 log = logging.getLogger(__name__)
@@ -136,8 +141,6 @@ class HFPolicy(Policy):
         if self._sampler is None:
             model = self.model
             if self.quantize == "int8":
-                import copy
-
                 import torch
                 from peft import PeftModel
 
@@ -153,8 +156,6 @@ class HFPolicy(Policy):
         self._model = self._sampler = self._prefix = None
 
     def release_caches(self) -> None:
-        import gc
-
         self._sampler, self._prefix = None, None
         gc.collect()
 
@@ -190,8 +191,6 @@ class HFPolicy(Policy):
 
     def _sample_ids(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
         if self.prefix_cache:
-            from viprog.policy.decode import SharedPrefixDecoder
-
             decoder = SharedPrefixDecoder(self._sampling_model(), self.tokenizer, self.device, self.batch_size,
                                           self.progress)
             self._prefix, outputs = decoder.run(ids, params, self._prefix)
@@ -202,7 +201,6 @@ class HFPolicy(Policy):
     def _generate(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
         """Plain `generate`: left-padded batches of whole prompts, n return sequences each."""
         import torch
-        from tqdm.auto import tqdm
 
         model, tok = self._sampling_model(), self.tokenizer
         per_batch = max(1, self.batch_size // params.n)

@@ -27,6 +27,7 @@ the adapter, and drops the prefix cache, whose keys and values the adapter chang
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import random
@@ -40,9 +41,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.decode import common_prefix
+from viprog.policy.gguf_export import export_lora, export_model
 from viprog.policy.hf import HFPolicy
 from viprog.policy.stops import cut_at_stop, stopped
 
@@ -63,8 +67,6 @@ def unavailable(gguf: str | Path) -> str | None:
     The check runs in a child process — loading the model and decoding a few tokens — since
     a llama.cpp build for the wrong CPU dies of an illegal instruction rather than raising;
     its answer is remembered for the rest of the process."""
-    import importlib.util
-
     key = str(Path(gguf).resolve())
     if key not in _probed:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -161,8 +163,6 @@ class LlamaCppPolicy(Policy):
         if self._model is None:
             self._lib = _import_llama()
             if self.gguf_path is None:
-                from viprog.policy.gguf_export import export_model
-
                 dtype = "f16" if self.dtype_name in ("float16", "bfloat16") else "f32"
                 self.gguf_path = export_model(self.model_path, self._workdir / "model.gguf", dtype=dtype)
             params = self._lib.llama_model_default_params()
@@ -222,8 +222,6 @@ class LlamaCppPolicy(Policy):
         if path is None:
             self._pending = (None,)
         else:
-            from viprog.policy.gguf_export import export_lora
-
             config = self._config()
             self._adapters_loaded += 1
             self._pending = (export_lora(path, self._workdir / f"adapter{self._adapters_loaded}.gguf",
@@ -279,8 +277,6 @@ class LlamaCppPolicy(Policy):
         return texts
 
     def _sample_ids(self, ids: list[list[int]], params: SamplingParams) -> list[list[list[int]]]:
-        from tqdm.auto import tqdm
-
         shared = min(common_prefix(ids), min(map(len, ids)) - 1)  # every prompt keeps a token to decode
         jobs = [(q, j) for q in range(len(ids)) for j in range(params.n)]
         waves = [jobs[w:w + self.batch_size] for w in range(0, len(jobs), self.batch_size)]

@@ -36,11 +36,15 @@ INTRO = "# Examples: each query about an image is answered by a program that use
 COMPLETION_STOP: tuple[str, ...] = ("\n#", "\ndef ", "\nclass ", "\n```", "\nprint(", "\nif __name__")
 CHAT_STOP: tuple[str, ...] = ("```",)
 _HEADER_LINE = re.compile(r"^def\s+execute_command\s*\([^)]*\)[^:\n]*:[ \t]*$", re.MULTILINE)
+_WORD = re.compile(r"[^\W_]+")
 
 
 def normalize_query(query: str) -> str:
-    """Case and whitespace folded: how two queries are judged the same question."""
-    return " ".join(query.lower().split()).rstrip("?.! ")
+    """A query's words, case-folded and space-separated: two queries with the same words
+    (case, spacing and punctuation aside) are the same question. One rule for all who ask:
+    the prompter never shows the asked question's own program as an example, the library
+    reuses a stored program for such a query, the scripted policy looks programs up by it."""
+    return " ".join(_WORD.findall(query.casefold()))
 
 
 def as_example(program: str) -> str:

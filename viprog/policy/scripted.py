@@ -9,7 +9,6 @@ model's, its completions are cut at the request's stop strings by the shared rul
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from itertools import cycle, islice
@@ -19,6 +18,7 @@ from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.prompts import normalize_query
 from viprog.policy.stops import cut_all
+from viprog.runs import read_programs
 
 _QUERY = re.compile(r"Query:\s*(.+?)\s*$", re.MULTILINE)
 
@@ -31,21 +31,11 @@ def query_of(prompt: str) -> str:
     return found[-1] if found else prompt.strip()
 
 
-def read_programs(path: str | Path) -> dict[str, list[str]]:
-    """{query: [program, …]} from a JSONL file of {"query", "program"} rows."""
+def programs_by_query(path: str | Path) -> dict[str, list[str]]:
+    """{query: [program, …]} from a JSONL file of {"query", "program"} rows (`read_programs`)."""
     table: dict[str, list[str]] = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read programs from {path}: {exc.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            table.setdefault(normalize_query(row["query"]), []).append(str(row["program"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(f"{path}:{number}: expected a JSON object with 'query' and 'program'") from None
+    for query, program in read_programs(path, "query"):
+        table.setdefault(normalize_query(query), []).append(program)
     return table
 
 
@@ -64,7 +54,7 @@ class ScriptedPolicy(Policy):
         if (programs is None) == (path is None):
             raise UsageError("the scripted policy needs programs or a path to a JSONL file of {query, program}")
         if path is not None:
-            programs = read_programs(path)
+            programs = programs_by_query(path)
         elif isinstance(programs, Mapping):
             programs = {normalize_query(q): list(p) for q, p in programs.items()}
         self.programs = programs

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 EOS = "<|endoftext|>"
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
@@ -27,7 +29,6 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, vocab_size: int = 51
                      layers: int = 2, heads: int = 4, kv_heads: int = 2) -> Path:
     """Write a random Qwen2 causal LM and its tokenizer to `out_dir`; returns the folder."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """The two output families the tuner drives: per-pixel categorical maps and token sequences.
 
 Why: REINFORCE needs only two things of a model, `sample(x, n)` and `log_prob(x, y)`
-(see `viprog.reinforce.tuner.Policy`). Vision models that emit pixels come in two
+(see `viprog.reinforce.tuner.TunablePolicy`). Vision models that emit pixels come in two
 shapes: a categorical distribution per pixel, independent given the image (semantic
 segmentation, colorization into colour bins), and an autoregressive sequence of tokens
 (pix2seq-style boxes, or VQ codes that a frozen decoder turns into pixels). One small
@@ -19,6 +19,7 @@ import copy
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -84,8 +85,6 @@ class PixelPolicy(nn.Module):
 def label_regions(semantic: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Connected regions (4-neighbour) of each class of an integer map (H, W): the region
     id of every pixel, 0 … R−1, and the class of each region (R,)."""
-    from scipy import ndimage
-
     ids = np.zeros(semantic.shape, np.int64)
     classes: list[int] = []
     for c in np.unique(semantic):

@@ -45,7 +45,7 @@ Baseline = Literal["loo", "none", "group"]
 
 
 @runtime_checkable
-class Policy(Protocol):
+class TunablePolicy(Protocol):
     """What the tuner needs of a model (an `nn.Module`)."""
 
     def sample(self, x: Tensor, n: int, temperature: float = 1.0, top_k: int | None = None) -> Tensor:
@@ -78,7 +78,7 @@ def reinforce_loss(log_probs: Tensor, rewards: Tensor, baseline: Baseline = "loo
     return -(advantages(rewards, baseline).detach() * log_probs).mean()
 
 
-def mle_loss(policy: Policy, batch: Batch) -> Tensor:
+def mle_loss(policy: TunablePolicy, batch: Batch) -> Tensor:
     """Algorithm 1's loss: negative log-likelihood of the labelled outputs."""
     return -policy.log_prob(batch["x"], batch["y"].unsqueeze(1)).mean()
 
@@ -174,7 +174,7 @@ def _check_reward_phase(policy: nn.Module, cfg: PhaseConfig) -> None:
     if _sampled_with(cfg) and not takes:
         raise UsageError(f"{type(policy).__name__}.log_prob takes no temperature / top_k, so it cannot score "
                          f"samples drawn at temperature {cfg.temperature}, top_k {cfg.top_k}: add those two "
-                         "parameters (see tuner.Policy), or tune at temperature 1 without top_k")
+                         "parameters (see tuner.TunablePolicy), or tune at temperature 1 without top_k")
 
 
 def as_rewards(value: np.ndarray | Tensor, log_probs: Tensor) -> Tensor:
@@ -186,7 +186,7 @@ def as_rewards(value: np.ndarray | Tensor, log_probs: Tensor) -> Tensor:
     return rewards
 
 
-def phase_loss(policy: Policy, phase: Literal["mle", "reward"], batch: Batch, cfg: PhaseConfig,
+def phase_loss(policy: TunablePolicy, phase: Literal["mle", "reward"], batch: Batch, cfg: PhaseConfig,
                reward_fn: RewardFn | None = None) -> tuple[Tensor, dict[str, float]]:
     """One step's loss and its metrics: Algorithm 1 for "mle", Algorithm 2 for "reward"
     (samples at `cfg.temperature` / `cfg.top_k`, scored under that same distribution)."""
@@ -220,7 +220,7 @@ def train(policy: nn.Module, phase: Literal["mle", "reward"], batch_fn: Callable
     """
     if phase == "reward" and reward_fn is None:
         raise ValueError("the reward phase needs a reward_fn")
-    if not isinstance(policy, Policy):
+    if not isinstance(policy, TunablePolicy):
         raise TypeError(f"{type(policy).__name__} lacks sample(x, n) / log_prob(x, y)")
     if phase == "reward":
         _check_reward_phase(policy, cfg)
