@@ -7,14 +7,15 @@
 2. Embedded-model sampling throughput (tokens/s aggregate, 64 new tokens, the ~360-token
    few-shot prompt of the issue): plain fp32 `generate` at 4 sequences vs the shared-prefix
    decoder at larger batches, fp32 and int8 (dynamically quantised copy).
-3. The engines in the embedded setting: a round's sampling step — 3 calls of 4 shapes
-   questions × 4 samples over the real ~2,100-token few-shot prompt, 96 new tokens,
-   temperature 1.0, top-p 0.9 — on hf (shared prefix, int8: the default before the engine)
-   and on llama.cpp (the shipped Q4_K_M GGUF). Each side runs in its own child process, one
-   after the other, so its peak RSS is its own; the first call encodes the prefix, the
-   next two reuse it.
+3. The engines in the embedded setting: a round's sampling step — `--calls` calls (default
+   3) of 4 shapes questions × 4 samples over the real ~1,900-token few-shot prompt, 96 new
+   tokens, temperature 1.0, top-p 0.9 — on hf (shared prefix, int8: the default before the
+   engine), llama.cpp (the shipped Q4_K_M GGUF) and CTranslate2 (the folder converted to
+   int8, its `static_prompt` cached; measured here only, when installed). Each side runs in
+   its own child process, one after the other, so its peak RSS is its own; the first call
+   encodes the prefix, later ones reuse it.
 
-Usage: python bench/policy.py [--only tiny|embedded|throughput|engines] [--quick]
+Usage: python bench/policy.py [--only tiny|embedded|throughput|engines] [--quick] [--calls N]
 Completions are not stopped early (no stop strings; only end-of-sequence), so both sides
 generate comparable token counts; tokens/s counts the tokens actually generated.
 Results are merged into bench/results/policy.json with the machine's load.
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,6 +43,8 @@ from viprog.policy.hf import HFPolicy
 RESULTS = Path(__file__).parent / "results" / "policy.json"
 #: the embedded setting: calls × questions per call × samples per question
 CALLS, QUESTIONS, SAMPLES, NEW_TOKENS = 3, 4, 4, 96
+#: the engines measured in the embedded setting, hf (the reference) first
+SIDES = ("hf", "llamacpp", "ctranslate2")
 
 API_LINE = ("    def find(self, object_name: str) -> list[ImagePatch]:\n"
             "        \"\"\"Returns a list of ImagePatch objects matching object_name contained in the crop.\"\"\"\n")
@@ -119,6 +123,44 @@ def shapes_prompts(tokenizer: object, questions: int) -> list[str]:
     return [prompter.few_shot(ex.query) for ex in task.examples("train", limit=questions)]
 
 
+class CTranslate2Sampler(Policy):
+    """CTranslate2 on the embedded folder converted to int8 (measured only, not a backend):
+    the prompts' common token prefix is its cached `static_prompt`, each query's tokens
+    the start tokens, `num_hypotheses` samples per query."""
+
+    def __init__(self, folder: str, workdir: str) -> None:
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        start = time.perf_counter()
+        out = Path(workdir) / "ct2-int8"
+        ctranslate2.converters.TransformersConverter(folder).convert(str(out), quantization="int8")
+        self.convert_s = round(time.perf_counter() - start, 1)
+        self.ct2, self.tokenizer = ctranslate2, AutoTokenizer.from_pretrained(folder)
+        self.generator = ctranslate2.Generator(str(out), device="cpu", compute_type="int8",
+                                               intra_threads=len(os.sched_getaffinity(0)))
+        self.static: list[str] | None = None
+        self.stats = {"generated_tokens": 0}
+
+    def sample(self, prompts: list[str], params: SamplingParams) -> list[list[str]]:
+        from viprog.policy.decode import common_prefix
+
+        tokens = [self.tokenizer.convert_ids_to_tokens(self.tokenizer(p)["input_ids"]) for p in prompts]
+        if self.static is None and len(tokens) > 1:  # fixed once, so that later calls hit the cached prefix
+            self.static = tokens[0][:min(common_prefix(tokens), min(map(len, tokens)) - 1)]
+        static = self.static if self.static and all(t[:len(self.static)] == self.static for t in tokens) else None
+        cut = len(static or ())
+        if params.seed is not None:
+            self.ct2.set_random_seed(params.seed)
+        results = self.generator.generate_batch(
+            [t[cut:] for t in tokens], static_prompt=static, cache_static_prompt=True,
+            num_hypotheses=params.n, sampling_topk=0 if params.temperature > 0 else 1, sampling_topp=params.top_p,
+            sampling_temperature=max(params.temperature, 1e-6), max_length=params.max_new_tokens,
+            include_prompt_in_result=False, end_token=[self.tokenizer.eos_token, "<|endoftext|>"])
+        self.stats["generated_tokens"] += sum(len(ids) for r in results for ids in r.sequences_ids)
+        return [[self.tokenizer.decode(ids) for ids in r.sequences_ids] for r in results]
+
+
 def engine_side(side: str, calls: int) -> dict[str, object]:
     """One backend on the embedded setting (run in a child process): tokens/s per call,
     in all, and the process's peak RSS."""
@@ -127,8 +169,10 @@ def engine_side(side: str, calls: int) -> dict[str, object]:
 
     folder = str(ensure_model(progress=False))
     batch = QUESTIONS * SAMPLES
-    policy: HFPolicy | LlamaCppPolicy = (
+    workdir = tempfile.mkdtemp(prefix="bench-engine-")
+    policy: Policy = (
         HFPolicy(folder, quantize="int8", batch_size=batch, progress=False) if side == "hf"
+        else CTranslate2Sampler(folder, workdir) if side == "ctranslate2"
         else LlamaCppPolicy(folder, gguf=ensure_gguf(progress=False), batch_size=batch, progress=False))
     prompts = shapes_prompts(policy.tokenizer, QUESTIONS * calls)
     policy.sample(["def f():"], SamplingParams(n=1, max_new_tokens=2))  # warm-up: loads, builds the int8 copy
@@ -140,34 +184,46 @@ def engine_side(side: str, calls: int) -> dict[str, object]:
                      "tok_s": round(tokens / seconds, 2)})
         print(json.dumps({side: rows[-1]}), file=sys.stderr, flush=True)
     seconds, tokens = sum(r["seconds"] for r in rows), sum(r["tokens"] for r in rows)
+    shutil.rmtree(workdir, ignore_errors=True)
     return {"prompt_tokens": len(policy.tokenizer(prompts[0])["input_ids"]), "calls": rows,
+            **({"convert_s": policy.convert_s} if isinstance(policy, CTranslate2Sampler) else {}),
             "tok_s": round(tokens / seconds, 2), "first_call_tok_s": rows[0]["tok_s"],
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)}
 
 
-def engines(quick: bool) -> dict[str, object]:
-    """hf (int8, shared prefix) then llama.cpp on the embedded setting, each in a child."""
-    calls = 1 if quick else CALLS
+def uptime() -> str:
+    return subprocess.run(["uptime"], check=False, stdout=subprocess.PIPE, text=True).stdout.strip()
+
+
+def engines(quick: bool, calls: int) -> dict[str, object]:
+    """hf (int8, shared prefix), llama.cpp and CTranslate2 (when installed) on the
+    embedded setting, each in a child, one after the other; ratios against hf."""
+    import importlib.util
+
+    calls = 1 if quick else calls
+    sides = [s for s in SIDES if s != "ctranslate2" or importlib.util.find_spec("ctranslate2")]
     out: dict[str, object] = {"setting": f"{calls} calls × {QUESTIONS} questions × {SAMPLES} samples, "
                                          f"{NEW_TOKENS} new tokens, temperature 1.0, top-p 0.9",
-                              "load_before": os.getloadavg()}
-    for side in ("hf", "llamacpp"):
+                              "uptime_before": uptime()}
+    for side in sides:
         done = subprocess.run([sys.executable, __file__, "--side", side, "--calls", str(calls)], check=True,
                               stdout=subprocess.PIPE, text=True)
         out[side] = json.loads(done.stdout.strip().splitlines()[-1])
-    out["load_after"] = os.getloadavg()
-    hf, engine = out["hf"], out["llamacpp"]
-    out["speedup"] = round(engine["tok_s"] / hf["tok_s"], 2)  # type: ignore[index]
-    out["first_call_speedup"] = round(engine["first_call_tok_s"] / hf["first_call_tok_s"], 2)  # type: ignore[index]
-    out["rss_ratio"] = round(engine["peak_rss_gb"] / hf["peak_rss_gb"], 2)  # type: ignore[index]
+        print(json.dumps({side: out[side]}), flush=True)
+    out["uptime_after"] = uptime()
+    hf = out["hf"]
+    for side in sides[1:]:
+        engine = out[side]
+        out[f"{side}_vs_hf"] = {key: round(engine[key] / hf[key], 2)  # type: ignore[index]
+                                for key in ("tok_s", "first_call_tok_s", "peak_rss_gb")}
     return out
 
 
 def save(results: dict[str, object]) -> None:
     """Merge this run's sections into bench/results/policy.json, with the load."""
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    uptime = subprocess.run(["uptime"], check=False, stdout=subprocess.PIPE, text=True).stdout.strip()
-    saved.update({k: {**v, "uptime": uptime} if isinstance(v, dict) else {"rows": v, "uptime": uptime}
+    now = uptime()
+    saved.update({k: {**v, "uptime": now} if isinstance(v, dict) else {"rows": v, "uptime": now}
                   for k, v in results.items()})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
@@ -178,8 +234,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines"))
     parser.add_argument("--quick", action="store_true", help="smaller grids (a smoke run)")
-    parser.add_argument("--side", choices=("hf", "llamacpp"), help=argparse.SUPPRESS)  # a child of `engines`
-    parser.add_argument("--calls", type=int, default=CALLS, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child of `engines`
+    parser.add_argument("--calls", type=int, default=CALLS, help="sampling calls per engine (engines)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.side:
@@ -204,7 +260,7 @@ def main() -> None:
         if args.only in (None, "throughput"):
             results["throughput_embedded"] = throughput(embedded, args.quick)
     if args.only in (None, "engines"):
-        results["engines_embedded"] = engines(args.quick)
+        results["engines_embedded"] = engines(args.quick, args.calls)
     print(json.dumps(results, indent=1))
     save(results)
 

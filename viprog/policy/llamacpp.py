@@ -99,7 +99,8 @@ class LlamaCppPolicy(Policy):
     exports f16 matrices, otherwise f32).
 
     batch_size: sequences decoded together (at most 255). threads: CPU threads (default:
-    the cores this process may use). context: KV cache cells to start with (grown when a
+    the cores this process may use; they wait for each other asleep, not spinning, which a
+    shared machine needs: see `viprog/__init__.py`). context: KV cache cells to start with (grown when a
     call needs more). flash_attn: llama.cpp's fused attention (off by default: it decoded 16
     sequences over the ~1,900-token few-shot prompt a third slower on our CPUs). adapter: a
     PEFT LoRA adapter to start with.
