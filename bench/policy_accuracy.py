@@ -3,15 +3,17 @@
 Greedy programs from the few-shot prompt (API section + the task's seed programs + the
 query), extracted, run in the sandbox with the task's profile, scored by the task's
 reward. `--style both` compares the completion prompt with the chat-template prompt on
-the same questions, which is how the default style was chosen. `--api-from REV` adds an
-arm whose API section carries the docstrings of `primitives/api.py` and `primitives/patch.py`
-at git revision REV (everything else — questions, examples, decoding — equal), which is how
-the prompt's own-words API text was checked against the text it replaced.
+the same questions, which is how the default style was chosen. `--api REV` (repeatable)
+gives an arm whose API section carries the docstrings of `primitives/api.py` and
+`primitives/patch.py` at git revision REV — `worktree`, the default, is the files as they are
+— with everything else (questions, examples, decoding) equal: how the prompt's own-words API
+text was checked against the text it replaced. `--merge` adds this run's arms to an existing
+--json report, so arms run as separate processes at the same time land in one file.
 
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
-       [--api-from REV ...] [--json bench/results/NAME.json]
+       [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]]
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
 and with --json the report (per arm: accuracy, per question type, errors, prompt length,
 with `uptime` before and after).
@@ -78,9 +80,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="questions per sampling call")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
     parser.add_argument("--engine", choices=("auto", "llamacpp", "hf"), help="the embedded default's engine")
-    parser.add_argument("--api-from", action="append", default=[], metavar="REV",
-                        help="add an arm with the API docstrings of git revision REV (repeatable)")
+    parser.add_argument("--api", action="append", default=None, metavar="REV",
+                        help="an arm with the API docstrings of git revision REV, or 'worktree' (repeatable)")
     parser.add_argument("--json", default=None, help="write the report here too (e.g. bench/results/NAME.json)")
+    parser.add_argument("--merge", action="store_true", help="add the arms to the --json report that exists")
     parser.add_argument("--out", default="bench/policy_accuracy.jsonl")
     args = parser.parse_args()
     load_before = uptime()
@@ -90,14 +93,15 @@ def main() -> None:
     images = load_images(task, examples)
     policy = load_policy(args.policy, model=args.model, batch_size=args.batch, quantize=args.quantize,
                          **({"engine": args.engine} if args.engine else {}))
-    texts = {"api@worktree": api_section(task=args.task),
-             **{f"api@{rev}": api_section(task=args.task, docs=docstrings_at(rev)) for rev in args.api_from}}
+    texts = {f"api@{rev}": api_section(task=args.task, docs=None if rev == "worktree" else docstrings_at(rev))
+             for rev in args.api or ["worktree"]}
     arms = [(style, api) for style in (("completion", "chat") if args.style == "both" else (args.style,))
             for api in texts]
     report: dict[str, Any] = {}
     with open(args.out, "w") as out:
         for style, api in arms:
-            arm = style if len(texts) == 1 else f"{style}/{api}"
+            arm = f"{style}/{api}" if args.api else style
+            arm_load = uptime()
             prompter = Prompter(texts[api], task.seed_programs(), style=style, tokenizer=policy.tokenizer)
             params = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens, stop=prompter.stop())
             start, tokens_before = time.perf_counter(), policy.stats["generated_tokens"]
@@ -119,6 +123,7 @@ def main() -> None:
                 "prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
                 "api_tokens": prompter.length(texts[api]),
                 "sample_s": round(seconds, 1), "tok_s": round(tokens / seconds, 2),
+                "uptime_before": arm_load, "uptime_after": uptime(),
             }
             print(json.dumps({arm: report[arm]}), flush=True)
     print(f"programs and results written to {Path(args.out).resolve()}")
@@ -127,7 +132,12 @@ def main() -> None:
         meta = {"task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
                 "batch": args.batch, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
                 "uptime_before": load_before, "uptime_after": uptime(), "cpus": os.cpu_count()}
-        Path(args.json).write_text(json.dumps({"meta": meta, "arms": report}, indent=1) + "\n")
+        path = Path(args.json)
+        runs = [meta]
+        if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
+            earlier = json.loads(path.read_text())
+            runs, report = [*earlier["runs"], meta], {**earlier["arms"], **report}
+        path.write_text(json.dumps({"runs": runs, "arms": report}, indent=1) + "\n")
         print(f"report written to {Path(args.json).resolve()}")
 
 
