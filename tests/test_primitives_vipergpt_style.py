@@ -83,6 +83,10 @@ PROGRAMS: list[tuple[str, object]] = [
     index = best_image_match(candidates, ["{FIRST.size} {FIRST.color} {FIRST.shape}"], return_index=True)
     return candidates[index]
 ''', None),  # checked against the scene below
+    ('''def execute_command(image) -> List[ImagePatch]:
+    image_patch = ImagePatch(image)
+    return image_patch.find("object")
+''', None),  # ViperGPT's annotation names List, which the sandbox never defines: checked below
 ]
 
 
@@ -122,3 +126,9 @@ def test_every_name_these_programs_call_is_in_the_prompt_api() -> None:
     for name in ("find", "exists", "verify_property", "best_text_match", "simple_query", "overlaps_with",
                  "best_image_match", "distance", "bool_to_yesno", "coerce_to_numeric"):
         assert f"def {name}(" in api, name
+
+
+def test_a_list_of_patches_annotated_as_vipergpt_does_comes_back_as_boxes(results: list) -> None:
+    result = results[8]
+    assert result.ok, result.error
+    assert sorted(patch["box"] for patch in result.answer) == sorted(_box(o) for o in SCENE.objects)
