@@ -13,7 +13,10 @@ text was checked against the text it replaced. `--merge` adds this run's arms to
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
-       [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]]
+       [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
+The API-text comparison: --n 100 --engine hf --api worktree --api f873141 --json
+bench/results/prompt_text.json (fp32; about 5 min an arm on a quiet 2-CPU machine, over an
+hour at load 20, where --dry-run gives the prompt lengths alone).
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
 and with --json the report (per arm: accuracy, per question type, errors, prompt length,
 with `uptime` before and after).
@@ -84,6 +87,8 @@ def main() -> None:
                         help="an arm with the API docstrings of git revision REV, or 'worktree' (repeatable)")
     parser.add_argument("--json", default=None, help="write the report here too (e.g. bench/results/NAME.json)")
     parser.add_argument("--merge", action="store_true", help="add the arms to the --json report that exists")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build every arm's prompts and report their lengths; sample nothing")
     parser.add_argument("--out", default="bench/policy_accuracy.jsonl")
     args = parser.parse_args()
     load_before = uptime()
@@ -103,6 +108,13 @@ def main() -> None:
             arm = f"{style}/{api}" if args.api else style
             arm_load = uptime()
             prompter = Prompter(texts[api], task.seed_programs(), style=style, tokenizer=policy.tokenizer)
+            lengths = {"prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
+                       "api_tokens": prompter.length(texts[api])}
+            if args.dry_run:
+                longest = max(prompter.length(prompter.few_shot(ex.query)) for ex in examples)
+                report[arm] = {**lengths, "longest_prompt_tokens": longest, "sampled": False}
+                print(json.dumps({arm: report[arm]}), flush=True)
+                continue
             params = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens, stop=prompter.stop())
             start, tokens_before = time.perf_counter(), policy.stats["generated_tokens"]
             programs = {}
@@ -120,8 +132,7 @@ def main() -> None:
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
                 "per_type": per_type(rows),
                 "errors": dict(Counter(r["error_kind"] for r in rows if r["error_kind"])),
-                "prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
-                "api_tokens": prompter.length(texts[api]),
+                **lengths,
                 "sample_s": round(seconds, 1), "tok_s": round(tokens / seconds, 2),
                 "uptime_before": arm_load, "uptime_after": uptime(),
             }
@@ -129,7 +140,7 @@ def main() -> None:
     print(f"programs and results written to {Path(args.out).resolve()}")
     print(json.dumps(report, indent=1))
     if args.json:
-        meta = {"task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
+        meta = {"dry_run": args.dry_run, "task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
                 "batch": args.batch, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
                 "uptime_before": load_before, "uptime_after": uptime(), "cpus": os.cpu_count()}
         path = Path(args.json)
