@@ -15,7 +15,7 @@ Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
        [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
 The API-text comparison: --n 100 --engine hf --api worktree --api f873141 --json
-bench/results/prompt_text.json (fp32; about 5 min an arm on a quiet 2-CPU machine, over an
+bench/results/prompt_text.json (fp32; at policy.json's 35 tok/s some 5-10 min an arm, but over an
 hour at load 20, where --dry-run gives the prompt lengths alone).
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
 and with --json the report (per arm: accuracy, per question type, errors, prompt length,
