@@ -47,7 +47,7 @@ CALLS, QUESTIONS, SAMPLES, NEW_TOKENS = 3, 4, 4, 96
 SIDES = ("hf", "llamacpp", "ctranslate2")
 
 API_LINE = ("    def find(self, object_name: str) -> list[ImagePatch]:\n"
-            "        \"\"\"Returns a list of ImagePatch objects matching object_name contained in the crop.\"\"\"\n")
+            "        \"\"\"All objects inside this patch that object_name describes, one patch each.\"\"\"\n")
 QUERIES = ["How many red circles are there?", "Is there a large blue square?", "What color is the small star?",
            "Is the green triangle to the left of the yellow circle?", "What shape is the purple object?",
            "Are there both a red cube and a small triangle?", "Is the large star green or blue?",

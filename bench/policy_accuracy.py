@@ -3,26 +3,72 @@
 Greedy programs from the few-shot prompt (API section + the task's seed programs + the
 query), extracted, run in the sandbox with the task's profile, scored by the task's
 reward. `--style both` compares the completion prompt with the chat-template prompt on
-the same questions, which is how the default style was chosen.
+the same questions, which is how the default style was chosen. `--api REV` (repeatable)
+gives an arm whose API section carries the docstrings of `primitives/api.py` and
+`primitives/patch.py` at git revision REV — `worktree`, the default, is the files as they are
+— with everything else (questions, examples, decoding) equal: how the prompt's own-words API
+text was checked against the text it replaced. `--merge` adds this run's arms to an existing
+--json report, so arms run as separate processes at the same time land in one file.
 
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
-Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl).
+       [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
+The API-text comparison: --n 100 --engine hf --api worktree --api f873141 --json
+bench/results/prompt_text.json (fp32; at policy.json's 35 tok/s some 5-10 min an arm, but over an
+hour at load 20, where --dry-run gives the prompt lengths alone).
+Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
+and with --json the report (per arm: accuracy, per question type, errors, prompt length,
+with `uptime` before and after).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
+import subprocess
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
 from viprog.primitives.apidoc import api_section
 from viprog.rollout import execute_programs, load_images
 from viprog.tasks import TASKS
+
+REPO = Path(__file__).resolve().parents[1]
+#: the files whose docstrings make up the API section's text
+API_FILES = ("primitives/api.py", "primitives/patch.py")
+
+
+def docstrings_at(rev: str) -> dict[str, str]:
+    """The API section's docstrings at git revision `rev`, by member name (`api_section(docs=)`):
+    module-level functions, the ImagePatch class ("ImagePatch") and its methods."""
+    docs: dict[str, str] = {}
+    for path in API_FILES:
+        source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, check=True, capture_output=True,
+                                text=True).stdout
+        for node in ast.parse(source).body:
+            members = node.body if isinstance(node, ast.ClassDef) and node.name == "ImagePatch" else []
+            for member in [node, *members]:
+                if isinstance(member, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(member):
+                    docs[member.name] = ast.get_docstring(member) or ""
+    return docs
+
+
+def per_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Accuracy and count per question type."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for row in rows:
+        groups[str(row.get("question_type"))].append(row["reward"])
+    return {k: {"accuracy": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(groups.items())}
+
+
+def uptime() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -37,19 +83,38 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="questions per sampling call")
     parser.add_argument("--quantize", choices=("none", "int8"), default="none")
     parser.add_argument("--engine", choices=("auto", "llamacpp", "hf"), help="the embedded default's engine")
+    parser.add_argument("--api", action="append", default=None, metavar="REV",
+                        help="an arm with the API docstrings of git revision REV, or 'worktree' (repeatable)")
+    parser.add_argument("--json", default=None, help="write the report here too (e.g. bench/results/NAME.json)")
+    parser.add_argument("--merge", action="store_true", help="add the arms to the --json report that exists")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build every arm's prompts and report their lengths; sample nothing")
     parser.add_argument("--out", default="bench/policy_accuracy.jsonl")
     args = parser.parse_args()
+    load_before = uptime()
 
     task = TASKS.get(args.task)(progress=False)
     examples = task.examples(args.split, limit=args.n)
     images = load_images(task, examples)
     policy = load_policy(args.policy, model=args.model, batch_size=args.batch, quantize=args.quantize,
                          **({"engine": args.engine} if args.engine else {}))
-    report = {}
+    texts = {f"api@{rev}": api_section(task=args.task, docs=None if rev == "worktree" else docstrings_at(rev))
+             for rev in args.api or ["worktree"]}
+    arms = [(style, api) for style in (("completion", "chat") if args.style == "both" else (args.style,))
+            for api in texts]
+    report: dict[str, Any] = {}
     with open(args.out, "w") as out:
-        for style in (("completion", "chat") if args.style == "both" else (args.style,)):
-            prompter = Prompter(api_section(task=args.task), task.seed_programs(), style=style,
-                                tokenizer=policy.tokenizer)
+        for style, api in arms:
+            arm = f"{style}/{api}" if args.api else style
+            arm_load = uptime()
+            prompter = Prompter(texts[api], task.seed_programs(), style=style, tokenizer=policy.tokenizer)
+            lengths = {"prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
+                       "api_tokens": prompter.length(texts[api])}
+            if args.dry_run:
+                longest = max(prompter.length(prompter.few_shot(ex.query)) for ex in examples)
+                report[arm] = {**lengths, "longest_prompt_tokens": longest, "sampled": False}
+                print(json.dumps({arm: report[arm]}), flush=True)
+                continue
             params = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens, stop=prompter.stop())
             start, tokens_before = time.perf_counter(), policy.stats["generated_tokens"]
             programs = {}
@@ -61,17 +126,30 @@ def main() -> None:
             seconds = time.perf_counter() - start
             tokens = policy.stats["generated_tokens"] - tokens_before
             rows = execute_programs(task, examples, programs, profile=task.default_profile, images=images,
-                                    desc=f"execute ({style})")
-            out.writelines(json.dumps({"style": style, **row}) + "\n" for row in rows)
-            report[style] = {
+                                    desc=f"execute ({arm})")
+            out.writelines(json.dumps({"style": style, "api": api, **row}) + "\n" for row in rows)
+            report[arm] = {
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
+                "per_type": per_type(rows),
                 "errors": dict(Counter(r["error_kind"] for r in rows if r["error_kind"])),
-                "prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
+                **lengths,
                 "sample_s": round(seconds, 1), "tok_s": round(tokens / seconds, 2),
+                "uptime_before": arm_load, "uptime_after": uptime(),
             }
-            print(json.dumps({style: report[style]}), flush=True)
+            print(json.dumps({arm: report[arm]}), flush=True)
     print(f"programs and results written to {Path(args.out).resolve()}")
     print(json.dumps(report, indent=1))
+    if args.json:
+        meta = {"dry_run": args.dry_run, "task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
+                "batch": args.batch, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
+                "uptime_before": load_before, "uptime_after": uptime(), "cpus": os.cpu_count()}
+        path = Path(args.json)
+        runs = [meta]
+        if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
+            earlier = json.loads(path.read_text())
+            runs, report = [*earlier["runs"], meta], {**earlier["arms"], **report}
+        path.write_text(json.dumps({"runs": runs, "arms": report}, indent=1) + "\n")
+        print(f"report written to {Path(args.json).resolve()}")
 
 
 if __name__ == "__main__":

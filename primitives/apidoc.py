@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from viprog.errors import UsageError
 from viprog.primitives import patch as _patch
@@ -65,13 +65,16 @@ def selected_specs(names: Sequence[str] | None) -> list[PrimitiveSpec]:
     return [s for s in specs if s.name in wanted]
 
 
-def api_section(task: str | None = None, names: Sequence[str] | None = None) -> str:
+def api_section(task: str | None = None, names: Sequence[str] | None = None,
+                docs: Mapping[str, str] | None = None) -> str:
     """The prompt's API section as Python source: the `ImagePatch` class stub and the helpers.
 
     task: a registered task; its `primitives` restrict the model-backed primitives shown,
         and when it names none, those its default profile lacks are left out.
     names: an explicit restriction (wins over the task's). Geometry (crop, area, ...) and
     helpers (distance, bool_to_yesno, coerce_to_numeric) are always shown.
+    docs: docstrings to show instead of the objects' own, by member name ("ImagePatch" for
+        the class): how `bench/policy_accuracy.py` puts another API text beside this one.
     """
     if names is None and task is not None:
         cls = TASKS.get(task)
@@ -80,19 +83,23 @@ def api_section(task: str | None = None, names: Sequence[str] | None = None) -> 
             profile = get_profile(cls.default_profile)  # constructing a profile loads no model
             names = [s.name for s in all_specs() if s.api and profile.supports(s.name)]
     specs = selected_specs(names)
+    shown = dict(docs or {})
+
+    def doc(name: str, obj: object) -> str:
+        return shown[name] if name in shown else inspect.getdoc(obj) or ""
+
     cls = _patch.ImagePatch
-    parts = [f"class ImagePatch:\n{_docstring(inspect.getdoc(cls) or '', '    ')}\n",
-             _method_stub("__init__", _signature(cls.__init__), inspect.getdoc(cls.__init__) or "")]
+    parts = [f"class ImagePatch:\n{_docstring(doc('ImagePatch', cls), '    ')}\n",
+             _method_stub("__init__", _signature(cls.__init__), doc("__init__", cls.__init__))]
     for name in GEOMETRY:
         member = inspect.getattr_static(cls, name)
         if isinstance(member, property):
-            parts.append(_method_stub(name, _signature(member.fget), inspect.getdoc(member) or "", "property"))
+            parts.append(_method_stub(name, _signature(member.fget), doc(name, member), "property"))
         elif isinstance(member, classmethod):
-            parts.append(_method_stub(name, _signature(member.__func__), inspect.getdoc(member.__func__) or "",
-                                      "classmethod"))
+            parts.append(_method_stub(name, _signature(member.__func__), doc(name, member.__func__), "classmethod"))
         else:
-            parts.append(_method_stub(name, _signature(member), inspect.getdoc(member) or ""))
-    parts += [_method_stub(s.name, s.signature, s.doc) for s in specs if s.owner == "patch"]
-    functions = [_function_stub(s.name, s.signature, s.doc) for s in specs if s.owner == "function"]
-    functions += [_function_stub(n, _signature(getattr(_patch, n)), inspect.getdoc(getattr(_patch, n)) or "") for n in HELPERS]
+            parts.append(_method_stub(name, _signature(member), doc(name, member)))
+    parts += [_method_stub(s.name, s.signature, shown.get(s.name, s.doc)) for s in specs if s.owner == "patch"]
+    functions = [_function_stub(s.name, s.signature, shown.get(s.name, s.doc)) for s in specs if s.owner == "function"]
+    functions += [_function_stub(n, _signature(getattr(_patch, n)), doc(n, getattr(_patch, n))) for n in HELPERS]
     return "\n".join(parts) + "\n\n" + "\n\n".join(functions)

@@ -55,20 +55,22 @@ def _call(name: str, patches: Sequence[ImagePatch], args: tuple[Any, ...], kwarg
 
 
 class ImagePatch:
-    """A crop of an image centered around a particular object, with its position.
+    """A box on the image: the whole picture, or one object that find returned.
 
     Attributes
     ----------
     left, lower, right, upper : int
-        The patch's borders in pixels of the original image, origin at the bottom-left
-        corner: `upper > lower`, and a larger vertical_center is higher in the image.
+        Where the box's edges lie, in pixels of the whole image counted from its
+        bottom-left corner: upper > lower, and y grows upwards.
     width, height : int
     horizontal_center, vertical_center : float
+        The box's middle. Compare them between two patches: a smaller horizontal_center
+        is further left, a larger vertical_center is higher up (above).
     """
 
     def __init__(self, image: ImageRef | ImagePatch, left: float | None = None, lower: float | None = None,
                  right: float | None = None, upper: float | None = None) -> None:
-        """Create a patch of `image`; with no coordinates, the whole image."""
+        """A patch of `image` with the given edges, or all of it when none is given."""
         if isinstance(image, ImagePatch):
             image = image.image
         if not isinstance(image, ImageRef):
@@ -89,24 +91,25 @@ class ImagePatch:
 
     # -- geometry: runs where the program runs ----------------------------------------
     def crop(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
-        """Returns a new ImagePatch cropped from the current ImagePatch; the coordinates
-        are relative to this patch."""
+        """The sub-box of this patch with these edges, measured from this patch's own
+        bottom-left corner (crop(0, 0, width, height // 2) is its lower half)."""
         return ImagePatch(self.image, self.left + left, self.lower + lower, self.left + right, self.lower + upper)
 
     def overlaps_with(self, left: int, lower: int, right: int, upper: int) -> bool:
-        """Returns True if a box with the given (absolute) coordinates overlaps this patch."""
+        """Whether this patch and the box with these edges (whole-image pixels) share any
+        point; boxes that only touch count."""
         return self.left <= right and self.right >= left and self.lower <= upper and self.upper >= lower
 
     @property
     def area(self) -> int:
-        """Area of the patch in pixels (width * height)."""
+        """How many pixels the box covers: width * height (compare sizes with it)."""
         return self.width * self.height
 
     @classmethod
     def from_bounding_box(cls, image: ImageRef | ImagePatch, bounding_box: dict[str, float] | Sequence[float]) -> ImagePatch:
-        """Returns the ImagePatch of `image` inside an annotation box, given as a dict
-        {"x", "y", "w", "h"} or a list [x, y, w, h] in pixels with the origin at the
-        top-left (the COCO / GQA annotation convention)."""
+        """The patch of `image` for a box written as annotations write it: a dict
+        {"x", "y", "w", "h"} or a list [x, y, w, h], in pixels from the top-left corner
+        (as COCO and GQA do)."""
         ref = image.image if isinstance(image, ImagePatch) else image
         if isinstance(bounding_box, dict):
             x, y, w, h = (bounding_box[k] for k in ("x", "y", "w", "h"))
@@ -115,19 +118,19 @@ class ImagePatch:
         return cls(ref, x, ref.height - (y + h), x + w, ref.height - y)
 
     def crop_left_of_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
-        """Returns the part of this patch to the left of the given (absolute) box."""
+        """What of this patch lies left of the box with these edges (whole-image pixels)."""
         return ImagePatch(self.image, self.left, self.lower, max(self.left, min(left, self.right)), self.upper)
 
     def crop_right_of_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
-        """Returns the part of this patch to the right of the given (absolute) box."""
+        """What of this patch lies right of the box with these edges (whole-image pixels)."""
         return ImagePatch(self.image, min(self.right, max(right, self.left)), self.lower, self.right, self.upper)
 
     def crop_above_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
-        """Returns the part of this patch above the given (absolute) box."""
+        """What of this patch lies above the box with these edges (whole-image pixels)."""
         return ImagePatch(self.image, self.left, min(self.upper, max(upper, self.lower)), self.right, self.upper)
 
     def crop_below_bbox(self, left: int, lower: int, right: int, upper: int) -> ImagePatch:
-        """Returns the part of this patch below the given (absolute) box."""
+        """What of this patch lies below the box with these edges (whole-image pixels)."""
         return ImagePatch(self.image, self.left, self.lower, self.right, max(self.lower, min(lower, self.upper)))
 
     def handle(self) -> tuple[Any, ...]:
@@ -150,8 +153,16 @@ class ImagePatch:
 
 # -- helpers that need no model (ViperGPT's module-level functions) --------------------
 def distance(patch_a: ImagePatch | float, patch_b: ImagePatch | float) -> float:
-    """Returns the distance between the edges of two ImagePatches (0 when they overlap),
-    or the absolute difference of two numbers."""
+    """The gap in pixels between the borders of two patches (0 when they touch or
+    overlap); for two numbers, how far apart they are.
+
+    Example:
+        # Query: the circle closest to the blue square
+        def execute_command(image):
+            image_patch = ImagePatch(image)
+            square_patch = image_patch.find("blue square")[0]
+            return min(image_patch.find("circle"), key=lambda patch: distance(patch, square_patch))
+    """
     if isinstance(patch_a, ImagePatch) and isinstance(patch_b, ImagePatch):
         dx = max(patch_a.left - patch_b.right, patch_b.left - patch_a.right, 0)
         dy = max(patch_a.lower - patch_b.upper, patch_b.lower - patch_a.upper, 0)
@@ -160,7 +171,7 @@ def distance(patch_a: ImagePatch | float, patch_b: ImagePatch | float) -> float:
 
 
 def bool_to_yesno(bool_answer: bool) -> str:
-    """Returns "yes" if the input is True, "no" otherwise."""
+    """"yes" for True and "no" for False: how a program answers a yes/no question."""
     return "yes" if bool_answer else "no"
 
 
@@ -168,7 +179,7 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def coerce_to_numeric(string: str | float) -> float:
-    """Returns the first number in `string` as a float (e.g. "10 apples" -> 10.0)."""
+    """The first number written in `string`, as a float ("about 12 cars" gives 12.0)."""
     if isinstance(string, (int, float)):
         return float(string)
     match = _NUMBER.search(str(string).replace(",", ""))
