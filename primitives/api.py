@@ -43,8 +43,8 @@ def exists(self, object_name: str) -> bool:
 
 
 @primitive
-def verify_property(self, object_name: str, attribute: str) -> bool:
-    """Whether the object_name this patch shows has the attribute (a colour, a size, a
+def verify_property(self, object_name: str, property: str) -> bool:
+    """Whether the object_name this patch shows has the property (a colour, a size, a
     shape or another adjective). Call it on a patch that find returned: it assumes the
     object is there, where exists asks whether it is.
 
@@ -58,9 +58,10 @@ def verify_property(self, object_name: str, attribute: str) -> bool:
 
 
 @primitive
-def best_text_match(self, option_list: list[str]) -> str:
+def best_text_match(self, option_list: list[str], prefix: str | None = None) -> str:
     """The one string of option_list that describes this patch best, returned as given:
-    how to answer an either-or question.
+    how to answer an either-or question. A prefix, if given, is put before each option
+    when they are compared ("a photo of a" + option); the option alone is returned.
 
     Example:
         # Query: Is the red object a circle or a triangle?
@@ -72,7 +73,7 @@ def best_text_match(self, option_list: list[str]) -> str:
 
 
 @primitive
-def simple_query(self, question: str) -> str:
+def simple_query(self, question: str = "What is this?") -> str:
     """A short answer (a word or a number) to a plain question about what this patch
     shows, such as its colour, shape or size. Find the object first and ask its patch
     about one property at a time.

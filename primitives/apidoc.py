@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from viprog.errors import UsageError
 from viprog.primitives import patch as _patch
 from viprog.primitives.profile import get_profile
-from viprog.primitives.spec import PrimitiveSpec, all_specs
+from viprog.primitives.spec import PrimitiveSpec, all_specs, signature_text
 from viprog.tasks import TASKS
 
 #: ImagePatch members that need no model: shown in every API section (every profile has them)
@@ -33,10 +33,6 @@ def _indent(text: str, prefix: str) -> str:
 
 def _docstring(doc: str, prefix: str) -> str:
     return _indent(f'"""{doc.strip()}\n"""' if "\n" in doc.strip() else f'"""{doc.strip()}"""', prefix)
-
-
-def _signature(fn: Callable[..., object]) -> str:
-    return str(inspect.signature(fn)).replace("'", "")
 
 
 def _method_stub(name: str, signature: str, doc: str, decorator: str | None = None) -> str:
@@ -90,16 +86,16 @@ def api_section(task: str | None = None, names: Sequence[str] | None = None,
 
     cls = _patch.ImagePatch
     parts = [f"class ImagePatch:\n{_docstring(doc('ImagePatch', cls), '    ')}\n",
-             _method_stub("__init__", _signature(cls.__init__), doc("__init__", cls.__init__))]
+             _method_stub("__init__", signature_text(cls.__init__), doc("__init__", cls.__init__))]
     for name in GEOMETRY:
         member = inspect.getattr_static(cls, name)
         if isinstance(member, property):
-            parts.append(_method_stub(name, _signature(member.fget), doc(name, member), "property"))
+            parts.append(_method_stub(name, signature_text(member.fget), doc(name, member), "property"))
         elif isinstance(member, classmethod):
-            parts.append(_method_stub(name, _signature(member.__func__), doc(name, member.__func__), "classmethod"))
+            parts.append(_method_stub(name, signature_text(member.__func__), doc(name, member.__func__), "classmethod"))
         else:
-            parts.append(_method_stub(name, _signature(member), doc(name, member)))
+            parts.append(_method_stub(name, signature_text(member), doc(name, member)))
     parts += [_method_stub(s.name, s.signature, shown.get(s.name, s.doc)) for s in specs if s.owner == "patch"]
     functions = [_function_stub(s.name, s.signature, shown.get(s.name, s.doc)) for s in specs if s.owner == "function"]
-    functions += [_function_stub(n, _signature(getattr(_patch, n)), doc(n, getattr(_patch, n))) for n in HELPERS]
+    functions += [_function_stub(n, signature_text(getattr(_patch, n)), doc(n, getattr(_patch, n))) for n in HELPERS]
     return "\n".join(parts) + "\n\n" + "\n\n".join(functions)

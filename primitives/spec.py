@@ -29,6 +29,25 @@ Returns = Literal["patches", "patch", "value"]
 Owner = Literal["patch", "function"]
 
 
+class _Shown(str):
+    """An annotation kept as text (postponed annotations), shown unquoted."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def signature_text(fn: Callable[..., object]) -> str:
+    """The signature as a program would write it: annotations unquoted, defaults as
+    literals (`question: str = 'What is this?'`)."""
+    sig = inspect.signature(fn)
+
+    def shown(annotation: object) -> object:
+        return _Shown(annotation) if isinstance(annotation, str) else annotation
+
+    params = [p.replace(annotation=shown(p.annotation)) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=shown(sig.return_annotation)))
+
+
 @dataclass(frozen=True)
 class PrimitiveSpec:
     """Plain-data description of one primitive (picklable, JSON-able)."""
@@ -114,7 +133,7 @@ def primitive(
         params = list(sig.parameters.values())[1:]
         spec = PrimitiveSpec(
             name=key,
-            signature=str(sig).replace("'", ""),
+            signature=signature_text(f),
             params=tuple(
                 (p.name, REQUIRED if p.default is inspect.Parameter.empty else p.default) for p in params
             ),

@@ -2,7 +2,7 @@
 
 The API section's docstrings are our own text, but the names, signatures and meanings are
 ViperGPT's, so a program written for ViperGPT (return annotations, `len(...) == 0` guards,
-sorting patches by their centres, positional `verify_property(name, attribute)`,
+sorting patches by their centres, `verify_property(name, property)` by position or keyword, `simple_query()` without a question,
 `best_image_match(..., return_index=True)`, `coerce_to_numeric` on an answer) must run in
 the Executor and give the answer the scene says. The programs are ours, in that style.
 """
@@ -87,6 +87,20 @@ PROGRAMS: list[tuple[str, object]] = [
     image_patch = ImagePatch(image)
     return image_patch.find("object")
 ''', None),  # ViperGPT's annotation names List, which the sandbox never defines: checked below
+    # ViperGPT's keyword names and defaults: verify_property(name, property=...),
+    # simple_query() with no question, best_text_match(options, prefix=...)
+    (f'''def execute_command(image) -> str:
+    patch = ImagePatch(image).find("{FIRST.color} {FIRST.shape}")[0]
+    return bool_to_yesno(patch.verify_property(object_name="{FIRST.shape}", property="{FIRST.color}"))
+''', "yes"),
+    (f'''def execute_command(image) -> str:
+    patch = ImagePatch(image).find("{FIRST.color} {FIRST.shape}")[0]
+    return patch.simple_query()
+''', FIRST.shape),
+    (f'''def execute_command(image) -> str:
+    patch = ImagePatch(image).find("{FIRST.color} {FIRST.shape}")[0]
+    return patch.best_text_match(["{NOT_FIRST_COLOR}", "{FIRST.color}"], prefix="a photo of a")
+''', FIRST.color),
 ]
 
 
@@ -132,3 +146,4 @@ def test_a_list_of_patches_annotated_as_vipergpt_does_comes_back_as_boxes(result
     result = results[8]
     assert result.ok, result.error
     assert sorted(patch["box"] for patch in result.answer) == sorted(_box(o) for o in SCENE.objects)
+

@@ -211,8 +211,8 @@ class NeuralProfile(Profile):
     def best_text_match(self, calls: list[Call]) -> list[str]:
         options = [list(c.args[0]) for c in calls]
         asked = [(i, c) for i, c in enumerate(calls) if options[i]]
-        logits = self.clip_logits([_crop(c.patch) for _, c in asked], [[f"a photo of {o}" for o in options[i]]
-                                                                        for i, _ in asked])
+        logits = self.clip_logits([_crop(c.patch) for _, c in asked],
+                                  [[f"{c.args[1] or 'a photo of'} {o}" for o in options[i]] for i, c in asked])
         out = ["" for _ in calls]
         for (i, _), scores in zip(asked, logits):
             out[i] = options[i][int(np.argmax(scores))]
