@@ -14,6 +14,11 @@ metrics (`<step>.metrics.json`); a step is finished when its metrics file exists
 question by question (`viprog.runs`). `python selftrain.py` with no argument runs the
 embedded default: the shapes world, the packaged Qwen2.5-Coder-0.5B, sizes that fit two
 rounds in about half an hour on a 2-core CPU.
+
+`--algo grpo` replaces a round's sample / filter / train with online RL (`viprog.grpo`:
+TRL's GRPOTrainer, the sandbox's reward per sampled program) and keeps the same folder,
+filter, library and evaluation; `--corrections FILE` adds hand-written programs
+(`viprog.corrections`) to every round's training data and to the library.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Literal
 from viprog.config import TaskPolicyConfig
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_samples, filter_stats
+from viprog.grpo import GrpoOptions
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -123,6 +129,14 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Trainer loggers (tensorboard, wandb); metrics.jsonl is always written."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
+    algo: Literal["rest", "grpo"] = "rest"
+    """rest: ViReP's filtered behaviour cloning; grpo: online RL with TRL's GRPOTrainer, the
+    sandbox's reward for each sampled program (options: --grpo.*)."""
+    grpo: GrpoOptions = dataclasses.field(default_factory=GrpoOptions)
+    """Options of --algo grpo."""
+    corrections: str | None = None
+    """A JSONL file of hand-written programs (`viprog corrections suggest RUN` lists what to
+    write): in every round's training data (rest) and in the library (both algorithms)."""
     preset: Literal["embedded", "virep-gpu"] | None = None
     """Start from a preset; every option given on the command line wins over it. (In Python:
     `SelfTrainConfig.from_preset(name, **options)`.)"""
@@ -198,6 +212,7 @@ def saved_config(cfg: SelfTrainConfig) -> SelfTrainConfig | None:
     saved = read_json(path)
     saved["target_modules"] = tuple(saved.get("target_modules", ()))
     saved["report_to"] = tuple(saved.get("report_to", ()))
+    saved["grpo"] = GrpoOptions(**saved.get("grpo", {}))
     known = {f.name for f in dataclasses.fields(SelfTrainConfig)}
     return SelfTrainConfig(**{k: v for k, v in saved.items() if k in known})
 
@@ -226,6 +241,10 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
         raise UsageError("rounds must be ≥ 0, questions-per-round and samples-per-question ≥ 1")
     if not 0.0 <= cfg.tau <= 1.0:
         raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
+    if cfg.algo == "grpo":
+        from viprog.grpo import check_options
+
+        check_options(cfg)
     return cfg
 
 
@@ -281,6 +300,7 @@ class Context:
     prompter: Any
     train_pool: list[Any]
     eval_set: list[Any]
+    corrections: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # library rows of --corrections
 
 
 def step(ctx: Context, k: int, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -295,6 +315,33 @@ def step(ctx: Context, k: int, name: str, fn: Callable[[], dict[str, Any]]) -> d
     metrics = {**metrics, **timer.metrics()}
     write_json_atomic(done, metrics)
     return metrics
+
+
+def keep_rewarded(cfg: SelfTrainConfig, run: Run, k: int) -> dict[str, Any]:
+    """The filter step: round k's samples with reward ≥ τ (dedup, cap) copied whole to
+    kept.jsonl; returns the `filter/` metrics."""
+    path = run.artifact(k, "samples.jsonl")
+    samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
+    chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+    wanted = {(r["question_id"], r["sample"]) for r in chosen}
+    with AtomicJsonl(run.artifact(k, "kept.jsonl")) as kept:  # the full rows, copied one at a time
+        for row in iter_jsonl(path):
+            if (row["question_id"], row["sample"]) in wanted:
+                kept.write(row)
+    return filter_stats(samples, chosen)
+
+
+def grpo_round(ctx: Context, k: int, adapter_in: Any, library: Library) -> dict[str, Any]:
+    """Round k of --algo grpo: GRPO training on this round's questions (sampling inside it,
+    `viprog.grpo`), then the same filter as ReST for the library."""
+    from viprog.grpo import train_round
+
+    cfg = ctx.cfg
+    examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
+    style = cfg.base_prompt if adapter_in is None else cfg.tuned_prompt
+    prompt = make_prompt_fn(ctx.prompter, style, library, cfg.library_shots)
+    metrics = step(ctx, k, "train", lambda: train_round(ctx, k, examples, prompt, adapter_in))
+    return metrics | step(ctx, k, "filter", lambda: keep_rewarded(cfg, ctx.run, k))
 
 
 #: the steps of a round, in order (round 0 has only the evaluation)
@@ -313,7 +360,10 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
     adapter_in = run.latest_adapter(before=k)
     stop = tuple(ctx.prompter.stop())
 
-    if k >= 1:
+    if k >= 1 and cfg.algo == "grpo":
+        metrics |= grpo_round(ctx, k, adapter_in, library)
+        library = Library.write(run, range(1, k + 1), extra=ctx.corrections)
+    elif k >= 1:
         ctx.policy.load_adapter(adapter_in)
         style = cfg.base_prompt if adapter_in is None else cfg.tuned_prompt
         examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
@@ -329,18 +379,7 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
 
         metrics |= step(ctx, k, "sample", sample)
 
-        def keep() -> dict[str, Any]:  # filter: reward ≥ τ, dedup, cap
-            path = run.artifact(k, "samples.jsonl")
-            samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
-            chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
-            wanted = {(r["question_id"], r["sample"]) for r in chosen}
-            with AtomicJsonl(run.artifact(k, "kept.jsonl")) as kept:  # the full rows, copied one at a time
-                for row in iter_jsonl(path):
-                    if (row["question_id"], row["sample"]) in wanted:
-                        kept.write(row)
-            return filter_stats(samples, chosen)
-
-        metrics |= step(ctx, k, "filter", keep)
+        metrics |= step(ctx, k, "filter", lambda: keep_rewarded(cfg, run, k))
 
         def train() -> dict[str, Any]:  # LoRA SFT on (prompt, program) pairs
             from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
@@ -349,6 +388,7 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
                 rows, init = Library.collect(run, range(1, k + 1)), None
             else:
                 rows, init = read_jsonl(run.artifact(k, "kept.jsonl")), adapter_in
+            rows = [*rows, *ctx.corrections]  # the hand-written programs, every round
             if not rows:
                 log.warning("round %d: no program was kept; the policy stays as it is", k)
                 return {"train/examples": 0, "train/skipped": 1}
@@ -362,7 +402,7 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
                             init_adapter=init, device=cfg.device)
 
         metrics |= step(ctx, k, "train", train)
-        library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
+        library = Library.write(run, range(1, k + 1), extra=ctx.corrections)  # few-shot examples for the evaluation
 
     adapter = run.latest_adapter(before=k + 1)
     ctx.policy.load_adapter(adapter)
@@ -393,6 +433,19 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
     return metrics
 
 
+def corrections_for(cfg: SelfTrainConfig, eval_set: Sequence[Any]) -> list[dict[str, Any]]:
+    """The library rows of `--corrections` (none without it); a correction for a held-out
+    question is refused."""
+    if cfg.corrections is None:
+        return []
+    from viprog.corrections import as_rows, check_held_out, load_corrections
+
+    corrections = load_corrections(cfg.corrections, cfg.task)
+    check_held_out(corrections, [ex.id for ex in eval_set], cfg.corrections)
+    log.info("%d corrections from %s", len(corrections), cfg.corrections)
+    return as_rows(corrections)
+
+
 def main(cfg: SelfTrainConfig) -> int:
     """Run (or resume) the rounds; returns the exit status."""
     from viprog.rollout import build
@@ -410,12 +463,13 @@ def main(cfg: SelfTrainConfig) -> int:
     eval_set = task.examples(cfg.eval_split, limit=cfg.eval_size)
     if not train_pool or not eval_set:
         raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
+    corrections = corrections_for(cfg, eval_set)
     parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
     run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
     log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,
              cfg.policy, cfg.rounds)
-    ctx = Context(cfg, run, task, parts.profile, parts.policy, parts.prompter, train_pool, eval_set)
+    ctx = Context(cfg, run, task, parts.profile, parts.policy, parts.prompter, train_pool, eval_set, corrections)
     done = set(run.rounds_done())
     durations: list[float] = []
     try:
