@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
              "score programs (a JSONL file, or a policy's) on a task split; print a JSON metrics report"),
     "selftrain": ("viprog.selftrain:SelfTrainConfig", "viprog.selftrain:main",
                   "reinforced self-training: sample, execute, filter, LoRA fine-tune, evaluate, in rounds"),
+    "corrections": ("viprog.corrections:CorrectionsConfig", "viprog.corrections:main",
+                    "corrections suggest RUN: a run's question types that no sample was ever rewarded for"),
     "reinforce": ("viprog.reinforce.cli:ReinforceConfig", "viprog.reinforce.cli:main",
                   "REINFORCE tuning of pixel-output vision models with task rewards (demos)"),
     "primitives": ("viprog.listing:PrimitivesConfig", "viprog.listing:primitives_main",

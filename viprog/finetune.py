@@ -107,8 +107,6 @@ def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf1
     """
     from trl import SFTConfig
 
-    names = {f.name for f in dataclasses.fields(SFTConfig)}
-    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
     return {
         "output_dir": str(output_dir),
         "completion_only_loss": True,
@@ -127,8 +125,56 @@ def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf1
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
         "shuffle_dataset": True,
-        checkpointing: train.checkpointing,
+        checkpointing_option(SFTConfig): train.checkpointing,
     }
+
+
+def checkpointing_option(config_cls: type) -> str:
+    """The name a TRL config gives activation checkpointing (transformers renamed
+    `gradient_checkpointing` to `activation_checkpointing`)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def trainable_model(model_path: str, lora: LoraSettings, init_adapter: str | Path | None,
+                    device: str) -> tuple[Any, Any, bool, bool]:
+    """The base weights to train (a copy of their own) as `(model, peft_config, cuda, bf16)`:
+    with `init_adapter`, that adapter loaded trainable and no config; else the bare model and
+    a fresh `LoraConfig` for the trainer to wrap it with."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cuda = device.startswith("cuda") and torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    if cuda:
+        model = model.to(device)
+    if init_adapter is not None:
+        return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None, cuda, bf16
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return model, config, cuda, bf16
+
+
+def publish_adapter(model: Any, work: Path, out_dir: Path, stats: dict[str, Any]) -> None:
+    """Save the trained adapter with its `train_stats.json` under `work` and move it to
+    `out_dir` whole (then `work` goes)."""
+    adapter = work / "adapter"
+    model.save_pretrained(str(adapter))
+    write_json_atomic(adapter / "train_stats.json", stats)
+    publish_dir(adapter, out_dir)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def free_memory(cuda: bool) -> None:
+    """Collect the trainer's garbage; on a GPU hand the cached blocks back to the driver, so
+    the sleeping engine can wake up into them."""
+    import torch
+
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
 
 
 def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
@@ -145,8 +191,6 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     """
     import torch
     from datasets import Dataset
-    from peft import LoraConfig, PeftModel
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     from viprog.trainlog import route_logs
@@ -155,17 +199,7 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         raise ValueError("no training pairs")
     out_dir = Path(out_dir)
     work = tmp_dir_for(out_dir)
-    cuda = device.startswith("cuda") and torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    if cuda:
-        model = model.to(device)
-    peft_config = None
-    if init_adapter is not None:
-        model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
-    else:
-        peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model, peft_config, cuda, bf16 = trainable_model(model_path, lora, init_adapter, device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
@@ -195,15 +229,9 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     }
     if cuda:
         stats["train/peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-    adapter = work / "adapter"
-    trainer.model.save_pretrained(str(adapter))
-    write_json_atomic(adapter / "train_stats.json", stats)
+    publish_adapter(trainer.model, work, out_dir, stats)
     del trainer, model
-    gc.collect()
-    if cuda:  # hand the cached blocks back to the driver: the sleeping engine wakes up into them
-        torch.cuda.empty_cache()
-    publish_dir(adapter, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
+    free_memory(cuda)
     log.info("adapter written to %s (%d steps, loss %.3f → %.3f)", out_dir, stats["train/steps"],
              stats["train/loss_first"] or float("nan"), stats["train/loss_last"] or float("nan"))
     return stats

@@ -122,9 +122,10 @@ class Library:
         return list(rows.values())
 
     @classmethod
-    def write(cls, run: Run, rounds: Sequence[int]) -> Library:
-        """Rebuild `library.jsonl` from `rounds` (atomically) and return the library."""
-        rows = cls.collect(run, rounds)
+    def write(cls, run: Run, rounds: Sequence[int], extra: Sequence[dict[str, Any]] = ()) -> Library:
+        """Rebuild `library.jsonl` from `rounds` and the `extra` rows (hand-written
+        corrections) atomically, and return the library."""
+        rows = [*extra, *cls.collect(run, rounds)]
         write_jsonl_atomic(run.library_path, rows)
         return cls(rows, run_dir=run.root, config=read_json(run.config_path) if run.config_path.exists() else None)
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -328,7 +329,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 def execute_programs(task: Task, examples: Sequence[Example], programs: Programs, *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
                      timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
-                     ) -> list[dict[str, Any]]:
+                     executor: Any = None) -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
@@ -336,7 +337,9 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
     `profile` is a built `Profile` (its models kept across calls) or a profile name.
     With `out`, each row is written to that JSONL file as its program finishes (the file
     appears whole, by a rename, at the end) and only its `summary` is returned, so the
-    parent holds no answers or traces however many programs a rollout has.
+    parent holds no answers or traces however many programs a rollout has. With `executor`
+    (an open `Executor`, e.g. one serving every step of an online RL round) the programs run
+    there and it stays open; else one is started for this call.
     """
     owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
               for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
@@ -352,8 +355,9 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
         return {**question_row(ex), "sample": i, "completion": completion, "program": program, **result.to_json(),
                 "reward": float(task.reward(ex, result))}
 
-    with Executor(profile, workers=workers, timeout=timeout) as executor:
-        results = executor.run_iter(jobs, progress=desc, ordered=True)
+    with nullcontext(executor) if executor is not None else Executor(profile, workers=workers,
+                                                                     timeout=timeout) as running:
+        results = running.run_iter(jobs, progress=desc, ordered=True)
         if out is None:
             return [row(index, result) for index, result in results]
         rows = []

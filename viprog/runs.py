@@ -86,6 +86,24 @@ def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                     raise UsageError(f"{path}:{n}: not a JSON line; the artifact is damaged") from None
 
 
+def json_lines(path: Path, shape: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a hand-written JSONL file; a file that
+    is not UTF-8 or a line that is not JSON is a `DataError` naming the file, the line and
+    the `shape` each line should have."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a UTF-8 text file (expected JSONL of {shape} lines)") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg} at character {exc.pos}); "
+                            f"each line must be {shape}") from None
+
+
 def read_programs(path: str | Path, key: str) -> list[tuple[str, str]]:
     """(row[key], program) for each line of a programs file, a JSONL file of
     {key: ..., "program": str} rows (`viprog eval --programs` keys them by "question_id",
@@ -94,18 +112,8 @@ def read_programs(path: str | Path, key: str) -> list[tuple[str, str]]:
     shape = f'{{"{key}": ..., "program": ...}}'
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected a JSONL file of {shape} lines)")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a UTF-8 text file (expected JSONL of {shape} lines)") from None
     pairs = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg}); each line must be {shape}") from None
+    for n, row in json_lines(path, shape):
         if not isinstance(row, dict) or not isinstance(row.get("program"), str) or key not in row:
             raise DataError(f'{path}:{n}: each line needs "{key}" and a string "program"')
         pairs.append((str(row[key]), row["program"]))

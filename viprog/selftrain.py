@@ -14,6 +14,11 @@ metrics (`<step>.metrics.json`); a step is finished when its metrics file exists
 question by question (`viprog.runs`). `python selftrain.py` with no argument runs the
 embedded default: the shapes world, the packaged Qwen2.5-Coder-0.5B, sizes that fit two
 rounds in about half an hour on a 2-core CPU.
+
+`--algo grpo` replaces a round's sample / filter / train with online RL (`viprog.grpo`:
+TRL's GRPOTrainer, the sandbox's reward per sampled program) and keeps the same folder,
+filter, library and evaluation; `--corrections FILE` adds hand-written programs
+(`viprog.corrections`) to every round's training data and to the library.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from typing import Any, Literal
 import tyro
 
 from viprog.config import TaskPolicyConfig
+from viprog.corrections import as_rows, check_held_out, load_corrections
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_samples, filter_stats
 from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
+from viprog.grpo import GrpoOptions, check_options, train_round
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -113,6 +120,14 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Delete the run with this name and start again."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
+    algo: Literal["rest", "grpo"] = "rest"
+    """rest: ViReP's filtered behaviour cloning; grpo: online RL with TRL's GRPOTrainer, the
+    sandbox's reward for each sampled program (options: --grpo.*)."""
+    grpo: GrpoOptions = dataclasses.field(default_factory=GrpoOptions)
+    """Options of --algo grpo."""
+    corrections: str | None = None
+    """A JSONL file of hand-written programs (`viprog corrections suggest RUN` lists what to
+    write): in every round's training data (rest) and in the library (both algorithms)."""
     preset: Literal["embedded", "virep-gpu"] | None = None
     """Start from a preset; every option given on the command line wins over it. (In Python:
     `SelfTrainConfig.from_preset(name, **options)`.)"""
@@ -204,8 +219,7 @@ def config_from_dict(saved: dict[str, Any]) -> SelfTrainConfig:
     one saved with the flat option names of earlier versions (`lora_r`, `learning_rate`, ...).
     Keys it does not know are left out."""
     saved = dict(saved)
-    groups: dict[str, dict[str, Any]] = {"lora": dict(saved.pop("lora", None) or {}),
-                                         "train": dict(saved.pop("train", None) or {})}
+    groups: dict[str, dict[str, Any]] = {group: dict(saved.pop(group, None) or {}) for group in ("lora", "train", "grpo")}
     for old, (group, name) in FLAT_OPTIONS.items():
         if old in saved:
             groups[group].setdefault(name, saved.pop(old))
@@ -244,6 +258,8 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
         raise UsageError("rounds must be ≥ 0, questions-per-round and samples-per-question ≥ 1")
     if not 0.0 <= cfg.tau <= 1.0:
         raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
+    if cfg.algo == "grpo":
+        check_options(cfg)
     return cfg
 
 
@@ -280,6 +296,7 @@ class Context:
     parts: Components  # built once: the profile's models serve every rollout of the run
     train_pool: list[Any]
     eval_set: list[Any]
+    corrections: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # library rows of --corrections
 
     @property
     def policy(self) -> Any:
@@ -348,6 +365,7 @@ def train_step(ctx: Context, k: int, adapter_in: Any) -> dict[str, Any]:
         rows, init = Library.collect(run, range(1, k + 1)), None
     else:
         rows, init = read_jsonl(run.artifact(k, "kept.jsonl")), adapter_in
+    rows = [*rows, *ctx.corrections]  # the hand-written programs, every round
     if not rows:
         log.warning("round %d: no program was kept; the policy stays as it is", k)
         return {"train/examples": 0, "train/skipped": 1}
@@ -387,6 +405,17 @@ def finish_round(ctx: Context, k: int, metrics: dict[str, Any], seconds: float) 
     return metrics
 
 
+def grpo_steps(ctx: Context, k: int, library: Library, adapter_in: Any) -> dict[str, Any]:
+    """Round k of --algo grpo: GRPO training on this round's questions, sampling inside it
+    (`viprog.grpo.train_round`), then the same filter as ReST for the library."""
+    cfg = ctx.cfg
+    examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
+    prompt = prompt_fn(ctx.prompter, cfg.base_prompt if adapter_in is None else cfg.tuned_prompt, library,
+                       cfg.library_shots)
+    metrics = step(ctx, k, "train", train_round, examples, prompt, adapter_in)
+    return metrics | step(ctx, k, "filter", filter_step)
+
+
 # -- one round, top to bottom --------------------------------------------------------------
 def run_round(ctx: Context, k: int) -> dict[str, Any]:
     """Round k: sample → filter → train (from round 1), then evaluate; each step is skipped
@@ -397,15 +426,29 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
     library = Library.load(run.root)
     if k >= 1:
         adapter_in = run.latest_adapter(before=k)
-        ctx.policy.load_adapter(adapter_in)
-        metrics |= step(ctx, k, "sample", sample_step, library, adapter_in is not None)
-        metrics |= step(ctx, k, "filter", filter_step)
-        metrics |= step(ctx, k, "train", train_step, adapter_in)
-        library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
+        if ctx.cfg.algo == "grpo":
+            metrics |= grpo_steps(ctx, k, library, adapter_in)
+        else:
+            ctx.policy.load_adapter(adapter_in)
+            metrics |= step(ctx, k, "sample", sample_step, library, adapter_in is not None)
+            metrics |= step(ctx, k, "filter", filter_step)
+            metrics |= step(ctx, k, "train", train_step, adapter_in)
+        library = Library.write(run, range(1, k + 1), extra=ctx.corrections)  # few-shot examples for the evaluation
     adapter = run.latest_adapter(before=k + 1)
     ctx.policy.load_adapter(adapter)
     metrics |= step(ctx, k, "eval", eval_step, library, adapter)
     return finish_round(ctx, k, metrics, time.perf_counter() - start)
+
+
+def corrections_for(cfg: SelfTrainConfig, eval_set: Sequence[Any]) -> list[dict[str, Any]]:
+    """The library rows of `--corrections` (none without it); a correction for a held-out
+    question is refused."""
+    if cfg.corrections is None:
+        return []
+    corrections = load_corrections(cfg.corrections, cfg.task)
+    check_held_out(corrections, [ex.id for ex in eval_set], cfg.corrections)
+    log.info("%d corrections from %s", len(corrections), cfg.corrections)
+    return as_rows(corrections)
 
 
 def main(cfg: SelfTrainConfig) -> int:
@@ -422,12 +465,13 @@ def main(cfg: SelfTrainConfig) -> int:
     eval_set = task.examples(cfg.eval_split, limit=cfg.eval_size)
     if not train_pool or not eval_set:
         raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
+    corrections = corrections_for(cfg, eval_set)
     parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
     run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
     log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,
              cfg.policy, cfg.rounds)
-    ctx = Context(cfg, run, parts, train_pool, eval_set)
+    ctx = Context(cfg, run, parts, train_pool, eval_set, corrections)
     done = set(run.rounds_done())
     durations: list[float] = []
     try:
