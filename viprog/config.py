@@ -43,3 +43,9 @@ class TaskPolicyConfig:
     """Sandbox worker processes."""
     timeout: float = 10.0
     """Seconds per program before it is killed."""
+    executor: str = "local"
+    """Where programs run: local (this machine) or ray (sandbox and primitive-model actors on a Ray cluster;
+    --workers is then per sandbox actor, one per node; needs viprog[dist])."""
+    ray_address: str | None = None
+    """The Ray cluster for --executor ray: host:port, or auto for the one started on this machine by `ray start`
+    (None: $RAY_ADDRESS, else a Ray started for this run alone)."""

@@ -264,7 +264,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str, list[tuple[str, str]]], *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
                      timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
-                     ) -> list[dict[str, Any]]:
+                     executor: str = "local", ray_address: str | None = None) -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
@@ -273,8 +273,10 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
     With `out`, each row is written to that JSONL file as its program finishes (the file
     appears whole, by a rename, at the end) and only its `summary` is returned, so the
     parent holds no answers or traces however many programs a rollout has.
+    `executor`, `ray_address`: where the programs run (`viprog.executor.backend`).
     """
-    from viprog.executor import Executor, Job
+    from viprog.executor import Job
+    from viprog.executor.backend import make_executor
 
     owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
               for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
@@ -290,8 +292,9 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: dict[str
         return {**question_row(ex), "sample": i, "completion": completion, "program": program, **result.to_json(),
                 "reward": float(task.reward(ex, result))}
 
-    with Executor(profile, workers=workers, timeout=timeout) as executor:
-        results = executor.run_iter(jobs, progress=desc, ordered=True)
+    with make_executor(profile, executor=executor, ray_address=ray_address, workers=workers,
+                       timeout=timeout) as running:
+        results = running.run_iter(jobs, progress=desc, ordered=True)
         if out is None:
             return [row(index, result) for index, result in results]
         rows = []

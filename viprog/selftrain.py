@@ -261,7 +261,7 @@ def rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: Callable[[Any
     start = time.perf_counter()
     rows = execute_programs(ctx.task, examples, programs, profile=ctx.profile, images=load_images(ctx.task, examples),
                             workers=ctx.cfg.workers, timeout=ctx.cfg.timeout, desc=f"round {k} {name} execute",
-                            out=out)
+                            out=out, executor=ctx.cfg.executor, ray_address=ctx.cfg.ray_address)
     check_primitives_answered(rows, f"round {k} {name}")
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
