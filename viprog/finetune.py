@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    if cuda:
+    if cuda and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # launched: the trainer places each rank's copy
         model = model.to(device)
     peft_config = None
     if init_adapter is not None:
@@ -179,9 +180,16 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         # what `is_activation_checkpointing` reads (older transformers: `is_gradient_checkpointing`)
         "train/checkpointing": int(any(getattr(m, "gradient_checkpointing", False) is True
                                        for m in trainer.model.modules())),
+        "train/processes": int(trainer.args.world_size),  # > 1 under `accelerate launch` (viprog.launch)
     }
     if cuda:
         stats["train/peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    import shutil
+
+    if not trainer.is_world_process_zero():  # under accelerate launch, rank 0 alone publishes
+        del trainer, model
+        shutil.rmtree(work, ignore_errors=True)
+        return stats
     adapter = work / "adapter"
     trainer.model.save_pretrained(str(adapter))
     write_json_atomic(adapter / "train_stats.json", stats)
@@ -190,8 +198,6 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     if cuda:  # hand the cached blocks back to the driver: the sleeping engine wakes up into them
         torch.cuda.empty_cache()
     publish_dir(adapter, out_dir)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     log.info("adapter written to %s (%d steps, loss %.3f → %.3f)", out_dir, stats["train/steps"],
              stats["train/loss_first"] or float("nan"), stats["train/loss_last"] or float("nan"))

@@ -49,8 +49,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
 
 
-def parse_profile_options(options: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """`--profile-options`: a JSON object (or a mapping already) → keyword options."""
+def parse_profile_options(options: str | Mapping[str, Any] | None, flag: str = "--profile-options") -> dict[str, Any]:
+    """`--profile-options` (or the option `flag`): a JSON object (or a mapping already) → keyword options."""
     if options is None or options == "":
         return {}
     if isinstance(options, Mapping):
@@ -58,10 +58,10 @@ def parse_profile_options(options: str | Mapping[str, Any] | None) -> dict[str, 
     try:
         value = json.loads(options)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--profile-options is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
+        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
                          """such as '{"device": "cuda", "batch_size": 64}'""") from None
     if not isinstance(value, dict):
-        raise UsageError(f"--profile-options must be a JSON object of option names, not {type(value).__name__}")
+        raise UsageError(f"{flag} must be a JSON object of option names, not {type(value).__name__}")
     return value
 
 
@@ -99,7 +99,8 @@ def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, 
     return profile
 
 
-def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Policy:
+def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none",
+                     options: Mapping[str, Any] | None = None) -> Policy:
     """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
     from viprog.policy import load_policy
 
@@ -107,7 +108,8 @@ def load_scripted_or(name: str, model: str | None, device: str, quantize: str = 
         return load_policy(name, **({"path": model} if model else {}))
     if quantize == "auto":
         quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
-    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
+    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}),
+                       **(options or {}))
 
 
 def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str = "completion") -> Any:
@@ -180,7 +182,8 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
 def build_policy(config: Any, task: Task) -> tuple[Policy, Any]:
     """The config's policy (base weights, no adapter) and the prompter for its task."""
     c = _config_dict(config)
-    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"))
+    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"),
+                              parse_profile_options(c.get("policy_options"), "--policy-options"))
     return policy, build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
 
 

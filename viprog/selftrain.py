@@ -121,6 +121,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Delete the run with this name and start again."""
     report_to: tuple[str, ...] = ()
     """Trainer loggers (tensorboard, wandb); metrics.jsonl is always written."""
+    train_launcher: str | None = None
+    """Run each round's fine-tuning as this launcher's processes instead of in this one, e.g. 'accelerate launch
+    --multi_gpu --num_processes 2' (DDP; on CPUs over gloo) or 'accelerate launch --config_file
+    scripts/accelerate/fsdp.yaml' (viprog.launch)."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     preset: Literal["embedded", "virep-gpu"] | None = None
@@ -344,6 +348,7 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
 
         def train() -> dict[str, Any]:  # LoRA SFT on (prompt, program) pairs
             from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
+            from viprog.launch import launched
 
             if cfg.restart_from_base:
                 rows, init = Library.collect(run, range(1, k + 1)), None
@@ -355,11 +360,12 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
             prompt = (ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot)
             pairs = [(prompt(r["query"]), r["program"]) for r in rows]
             ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
-            return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
-                            lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules)),
-                            train=TrainSettings(cfg.learning_rate, cfg.epochs, cfg.batch_size, cfg.grad_accum,
-                                                cfg.max_length, cfg.seed + k, tuple(cfg.report_to)),
-                            init_adapter=init, device=cfg.device)
+            tune = launched(cfg.train_launcher, finetune)
+            return tune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
+                        lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.target_modules)),
+                        train=TrainSettings(cfg.learning_rate, cfg.epochs, cfg.batch_size, cfg.grad_accum,
+                                            cfg.max_length, cfg.seed + k, tuple(cfg.report_to)),
+                        init_adapter=init, device=cfg.device)
 
         metrics |= step(ctx, k, "train", train)
         library = Library.write(run, range(1, k + 1))  # few-shot examples for the evaluation
