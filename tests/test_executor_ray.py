@@ -64,7 +64,7 @@ def test_a_self_training_round_is_the_local_executors(cluster, tiny_model, tmp_p
     runs = {}
     for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", cluster.address])):
         cfg = tiny_config(tiny_model, tmp_path / "data", tmp_path, rounds=1, run_name=name, questions_per_round=8,
-                          eval_size=12)
+                          eval_size=8, epochs=2.0)
         assert main(cli_args(cfg)[:-2] + ["--run-name", name, "--rounds", "1", *extra]) == 0
         runs[name] = tmp_path / name / "round_1"
     for artifact in ("samples.jsonl", "eval.jsonl", "kept.jsonl"):
