@@ -23,6 +23,9 @@ from viprog.primitives.profile import Call
 
 _FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                 "RAY_health_check_initial_delay_ms": "0"}
+# A loopback cluster of the test's own: no token authentication (with a token in ~/.ray, left by any
+# earlier `ray.init()`, Ray turns it on for the head only, and the second node is refused).
+_NO_AUTH = {"RAY_AUTH_MODE": "disabled"}
 
 
 def _free_port() -> int:
@@ -39,13 +42,14 @@ class LocalCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ray = str(Path(sys.executable).with_name("ray"))
-        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | _FAST_HEALTH
+        self.env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | _FAST_HEALTH | _NO_AUTH
         # the tests' profiles (selftrain_fixtures' `toy`) must import in Ray's workers as they do here
         here = str(Path(__file__).resolve().parent)
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         self.common = ["--node-ip-address=127.0.0.1", f"--object-store-memory={store_bytes}",
                        "--disable-usage-stats", "--block"]
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.saved_auth: str | None = os.environ.get("RAY_AUTH_MODE")
         try:
             self._start("head", "--head", f"--port={self.port}", f"--num-cpus={head_cpus}", "--include-dashboard=false",
                         f"--temp-dir={root / 'ray'}")
@@ -81,6 +85,8 @@ class LocalCluster:
         """Join from this process and wait until both nodes are alive."""
         import ray
 
+        self.saved_auth = os.environ.get("RAY_AUTH_MODE")
+        os.environ.update(_NO_AUTH)  # read by ray.init in this process; restored by close
         ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         self._wait(lambda: self.alive() == 2, "two alive nodes")
 
@@ -101,6 +107,9 @@ class LocalCluster:
 
         if ray.is_initialized():
             ray.shutdown()
+        os.environ.pop("RAY_AUTH_MODE", None)
+        if self.saved_auth is not None:
+            os.environ["RAY_AUTH_MODE"] = self.saved_auth
         for proc in self.procs.values():
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
