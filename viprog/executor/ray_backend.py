@@ -216,7 +216,7 @@ class RayExecutor:
 
     address: the cluster (see `connect`). sandboxes: sandbox actors (None: one per alive
     node), each with `workers` worker processes and `sandbox_cpus` of Ray's CPUs.
-    model_gpus: GPUs the model actor asks for. chunk: jobs per actor task (the unit Ray
+    model_gpus: GPUs the model actor asks for (None: one when the profile's device is CUDA). chunk: jobs per actor task (the unit Ray
     retries). Every other keyword is the local `Executor`'s, used by each sandbox actor.
     """
 
@@ -224,7 +224,7 @@ class RayExecutor:
     run_many = Executor.run_many
 
     def __init__(self, profile: str | Profile = "shapes", *, address: str | None = None, sandboxes: int | None = None,
-                 workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float = 0.0, chunk: int = 256,
+                 workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float | None = None, chunk: int = 256,
                  profile_options: dict[str, Any] | None = None, batch_size: int = 32, cache: bool = True,
                  max_run_bytes: int | None = 2**30, **settings: Any) -> None:
         if chunk < 1 or (sandboxes is not None and sandboxes < 1):
@@ -233,6 +233,8 @@ class RayExecutor:
         self._owns_ray = connect(address)
         self.max_run_bytes, self.chunk = max_run_bytes, chunk
         retry = {"max_restarts": -1, "max_task_retries": -1}
+        if model_gpus is None:
+            model_gpus = 1.0 if str(getattr(built, "device", "cpu")).startswith("cuda") else 0.0
         self.host = ray.remote(ModelHost).options(num_cpus=0, num_gpus=model_gpus, **retry).remote(
             built, batch_size, cache)
         count = sandboxes or sum(1 for n in ray.nodes() if n["Alive"])
