@@ -7,10 +7,10 @@ demo:
 	bash scripts/env.sh embedded,engine,dev
 	.venv/bin/python selftrain.py
 
-# Install, lint (ruff, configured in pyproject.toml) and run the test suite (slow and gpu
-# tests excluded; see README).
+# Install (with `dist`: Ray, for the cluster tests), lint (ruff, configured in pyproject.toml) and run
+# the test suite (slow and gpu tests excluded; see README).
 test:
-	bash scripts/env.sh dev,engine
+	bash scripts/env.sh dev,engine,dist
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -m "not slow and not gpu" -q
 

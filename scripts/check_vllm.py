@@ -29,6 +29,9 @@ from pathlib import Path
 BACKEND = Path(__file__).resolve().parent.parent / "viprog" / "policy" / "vllm.py"
 ENGINE_ATTRS = ("llm", "_llm")  # where VLLMPolicy keeps its `vllm.LLM`: calls on these are LLM methods
 FORWARDS = {"LLM": "EngineArgs"}  # LLM(**kwargs) hands unknown keywords on to EngineArgs (vllm/entrypoints/llm.py)
+# Keywords the README tells users to pass through --policy-options (vLLM across GPUs and nodes, over Ray):
+# VLLMPolicy hands them to LLM(**engine_options), so they are in no call of the backend's source.
+PASSED_THROUGH = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size", "distributed_executor_backend")
 # Fields read from results rather than passed in a call: generate's outputs, one per prompt, and their completions.
 READS = (("RequestOutput", ("outputs",)), ("CompletionOutput", ("text",)))
 
@@ -213,7 +216,7 @@ def check(uses: Iterable[Use], resolve: Callable[[str], Params], source: str = B
     """One line per use, "ok ..." or "MISSING ... (source:line)"."""
     lines = []
     for use in uses:
-        where = f"{source}:{use.line}" if use.line else "result field"
+        where = f"{source}:{use.line}" if use.line > 0 else ("result field" if use.line == 0 else "--policy-options")
         try:
             params = resolve(use.target)
         except (LookupError, AttributeError, ImportError) as exc:
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, help="a vllm package folder to read (implies --ast)")
     parser.add_argument("--backend", type=Path, default=BACKEND, help="the backend module to read the calls from")
     args = parser.parse_args(argv)
-    uses = backend_uses(args.backend)
+    uses = [*backend_uses(args.backend), Use("LLM", PASSED_THROUGH, line=-1)]
     package_dir = args.source
     mode = "source" if args.ast or package_dir else "inspect"
     if package_dir is None:

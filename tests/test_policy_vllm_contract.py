@@ -55,6 +55,9 @@ class EngineArgs:
     max_lora_rank: int = 16
     max_loras: int = 1
     enable_sleep_mode: bool = False
+    pipeline_parallel_size: int = 1
+    data_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
 '''
 SAMPLING = '''
 from typing import ClassVar

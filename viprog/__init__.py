@@ -22,12 +22,14 @@ __version__ = "0.1.0"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def load(run_dir: str, *, profile_options: str | dict[str, Any] | None = None) -> Any:
+def load(run_dir: str, *, profile_options: str | dict[str, Any] | None = None, executor: str | None = None,
+         ray_address: str | None = None) -> Any:
     """The program library of a self-training run (see `viprog.library.Library`);
-    `profile_options` replace the primitive profile's options the run was made with."""
+    `profile_options` replace the primitive profile's options the run was made with, and
+    `executor` / `ray_address` where its programs run (`"ray"`: on a Ray cluster)."""
     from viprog.library import Library
 
-    return Library.load(run_dir, profile_options=profile_options)
+    return Library.load(run_dir, profile_options=profile_options, executor=executor, ray_address=ray_address)
 
 
 __all__ = ["__version__", "load"]

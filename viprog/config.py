@@ -31,6 +31,9 @@ class TaskPolicyConfig:
     """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
     model: str | None = None
     """Model for the policy: a hub name or a local folder."""
+    policy_options: str | None = None
+    """Options of the policy backend as a JSON object, e.g. for vllm across GPUs and nodes over Ray:
+    '{"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}'."""
     device: str = "cpu"
     """Device for the policy, the primitive models and the fine-tuning in selftrain (cpu, cuda, cuda:1)."""
     prompt_style: str = "completion"
@@ -43,3 +46,9 @@ class TaskPolicyConfig:
     """Sandbox worker processes."""
     timeout: float = 10.0
     """Seconds per program before it is killed."""
+    executor: str = "local"
+    """Where programs run: local (this machine) or ray (sandbox and primitive-model actors on a Ray cluster;
+    --workers is then per sandbox actor, one per node; needs viprog[dist])."""
+    ray_address: str | None = None
+    """The Ray cluster for --executor ray: host:port, or auto for the one started on this machine by `ray start`
+    (None: $RAY_ADDRESS, else a Ray started for this run alone)."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from viprog.errors import DataError, UsageError
 from viprog.executor import check_program
 from viprog.runs import Run, iter_jsonl, json_lines, read_json
 
+log = logging.getLogger(__name__)
 FIELDS = {"query", "program", "task", "question_type", "question_id", "note"}
 WRONG = "wrong-answer"  # what a program that ran without error but was not rewarded counts as
 
@@ -103,13 +105,24 @@ def load_corrections(path: str | Path, task: str | None = None) -> list[Correcti
     return out
 
 
-def check_held_out(corrections: Sequence[Correction], held_out_ids: Iterable[str], path: str) -> None:
+def check_held_out(corrections: Sequence[Correction], held_out_ids: Iterable[str], path: str | Path) -> None:
     """A `DataError` for a correction that names a held-out question (it would leak the evaluation)."""
     held = set(held_out_ids)
     for c in corrections:
         if c.question_id in held:
             raise DataError(f"{path}: the correction for {c.question_id!r} names a held-out question; "
                             "write corrections for train questions only")
+
+
+def library_rows(path: str | Path | None, task: str, held_out: Sequence[Any]) -> list[dict[str, Any]]:
+    """The library rows of `--corrections path` for `task` (none without a path); a
+    correction for one of the `held_out` examples is refused."""
+    if path is None:
+        return []
+    corrections = load_corrections(path, task)
+    check_held_out(corrections, [ex.id for ex in held_out], path)
+    log.info("%d corrections from %s", len(corrections), path)
+    return as_rows(corrections)
 
 
 # -- suggest: the persistent failures of a run ------------------------------------------------

@@ -135,7 +135,8 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             report |= {"source": f"policy {cfg.policy}" + (f" + {cfg.adapter}" if cfg.adapter else "")}
         images = load_images(task, examples)
         rows = execute_programs(task, examples, {qid: [("", p)] for qid, p in programs.items()},
-                                profile=parts.profile, images=images, workers=cfg.workers, timeout=cfg.timeout)
+                                profile=parts.profile, images=images, workers=cfg.workers, timeout=cfg.timeout,
+                                executor=cfg.executor, ray_address=cfg.ray_address)
         check_primitives_answered(rows, f"the {split} split")
     finally:
         parts.close()

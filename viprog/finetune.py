@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -148,7 +149,7 @@ def trainable_model(model_path: str, lora: LoraSettings, init_adapter: str | Pat
     cuda = device.startswith("cuda") and torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    if cuda:
+    if cuda and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # launched: the trainer places each rank's copy
         model = model.to(device)
     if init_adapter is not None:
         return PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True), None, cuda, bf16
@@ -226,9 +227,14 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         # what `is_activation_checkpointing` reads (older transformers: `is_gradient_checkpointing`)
         "train/checkpointing": int(any(getattr(m, "gradient_checkpointing", False) is True
                                        for m in trainer.model.modules())),
+        "train/processes": int(trainer.args.world_size),  # > 1 under `accelerate launch` (viprog.launch)
     }
     if cuda:
         stats["train/peak_gpu_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    if not trainer.is_world_process_zero():  # under accelerate launch, rank 0 alone publishes
+        del trainer, model
+        shutil.rmtree(work, ignore_errors=True)
+        return stats
     publish_adapter(trainer.model, work, out_dir, stats)
     del trainer, model
     free_memory(cuda)

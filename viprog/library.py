@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from viprog.errors import DataError, UsageError
-from viprog.executor import Executor, Job
+from viprog.executor import Job
+from viprog.executor.backend import make_executor
 from viprog.filtering import normalize_program
 from viprog.images import read_rgb
 from viprog.policy.prompts import normalize_query
@@ -94,16 +95,21 @@ class Library:
 
     # -- building -----------------------------------------------------------------------
     @classmethod
-    def load(cls, run_dir: str | Path, *, profile_options: str | dict[str, Any] | None = None) -> Library:
+    def load(cls, run_dir: str | Path, *, profile_options: str | dict[str, Any] | None = None,
+             executor: str | None = None, ray_address: str | None = None) -> Library:
         """The library of the run at `run_dir` (what its finished rounds kept).
 
         profile_options: the primitive profile's options (a dict or a JSON object), instead
-            of those the run was made with (e.g. other model paths or device here)."""
+            of those the run was made with (e.g. other model paths or device here).
+        executor, ray_address: where its programs run (local, or ray at that address),
+            instead of where the run ran them."""
         run_dir = Path(run_dir)
         if not (run_dir / "config.json").exists():
             raise UsageError(f"{run_dir}: not a self-training run (no config.json); pass the folder runs/<name>")
         rows = read_jsonl(run_dir / "library.jsonl") if (run_dir / "library.jsonl").exists() else []
-        return cls(rows, run_dir=run_dir, config=read_json(run_dir / "config.json"), profile_options=profile_options)
+        config = read_json(run_dir / "config.json")
+        config |= {k: v for k, v in (("executor", executor), ("ray_address", ray_address)) if v is not None}
+        return cls(rows, run_dir=run_dir, config=config, profile_options=profile_options)
 
     @staticmethod
     def collect(run: Run, rounds: Sequence[int]) -> list[dict[str, Any]]:
@@ -202,7 +208,9 @@ class Library:
         if self._executor is None:
             profile = self.config.get("profile") or TASKS.get(self.config.get("task", "shapes")).default_profile
             built = build_profile(profile, self.config.get("profile_options"), device=self.config.get("device", "cpu"))
-            self._executor = Executor(built, workers=1, timeout=float(self.config.get("timeout", 10.0)))
+            self._executor = make_executor(built, executor=self.config.get("executor", "local"),
+                                           ray_address=self.config.get("ray_address"), workers=1,
+                                           timeout=float(self.config.get("timeout", 10.0)))
             self._executor.__enter__()
         return self._executor
 

@@ -33,7 +33,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from viprog.errors import UsageError
-from viprog.executor import Executor, Job
+from viprog.executor import Job
+from viprog.executor.backend import make_executor
 from viprog.executor.result import ExecutionResult
 from viprog.policy import Prompter, extract_program, load_policy
 from viprog.policy.base import Policy, SamplingParams
@@ -66,8 +67,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
 
 
-def parse_profile_options(options: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """`--profile-options`: a JSON object (or a mapping already) → keyword options."""
+def parse_profile_options(options: str | Mapping[str, Any] | None, flag: str = "--profile-options") -> dict[str, Any]:
+    """`--profile-options` (or the option `flag`): a JSON object (or a mapping already) → keyword options."""
     if options is None or options == "":
         return {}
     if isinstance(options, Mapping):
@@ -75,10 +76,10 @@ def parse_profile_options(options: str | Mapping[str, Any] | None) -> dict[str, 
     try:
         value = json.loads(options)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--profile-options is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
+        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
                          """such as '{"device": "cuda", "batch_size": 64}'""") from None
     if not isinstance(value, dict):
-        raise UsageError(f"--profile-options must be a JSON object of option names, not {type(value).__name__}")
+        raise UsageError(f"{flag} must be a JSON object of option names, not {type(value).__name__}")
     return value
 
 
@@ -116,13 +117,15 @@ def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, 
     return profile
 
 
-def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Policy:
+def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none",
+                     options: Mapping[str, Any] | None = None) -> Policy:
     """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
     if name == "scripted":
         return load_policy(name, **({"path": model} if model else {}))
     if quantize == "auto":
         quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
-    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
+    return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}),
+                       **(options or {}))
 
 
 def build_prompter(task_name: str, task: Task, policy: Policy | None, style: str = "completion") -> Prompter:
@@ -190,7 +193,8 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
 def build_policy(config: Any, task: Task) -> tuple[Policy, Prompter]:
     """The config's policy (base weights, no adapter) and the prompter for its task."""
     c = _config_dict(config)
-    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"))
+    policy = load_scripted_or(c["policy"], c.get("model"), c.get("device") or "cpu", c.get("quantize", "none"),
+                              parse_profile_options(c.get("policy_options"), "--policy-options"))
     return policy, build_prompter(c["task"], task, policy, c.get("prompt_style", "completion"))
 
 
@@ -275,7 +279,7 @@ def sample_programs(policy: Policy, examples: Sequence[Example], prompt: PromptF
 def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
             partial: str | Path, style: str = "completion", batch_questions: int = 4, workers: int = 2,
             timeout: float = 10.0, desc: str = "rollout", out: str | Path | None = None,
-            ) -> tuple[list[dict[str, Any]], SampleStats]:
+            executor: str = "local", ray_address: str | None = None) -> tuple[list[dict[str, Any]], SampleStats]:
     """The whole pipeline on `examples`: sample programs from `parts.policy` (resumably,
     through `partial`), run them in the sandbox under `parts.profile`, reward them by
     `parts.task`. Returns the rows (their summaries when they stream to `out`, see
@@ -288,7 +292,7 @@ def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, pa
     start = time.perf_counter()
     rows = execute_programs(parts.task, examples, programs, profile=parts.profile,
                             images=load_images(parts.task, examples), workers=workers, timeout=timeout,
-                            desc=f"{desc} execute", out=out)
+                            desc=f"{desc} execute", out=out, executor=executor, ray_address=ray_address)
     stats.execute_seconds = time.perf_counter() - start
     check_primitives_answered(rows, desc)
     return rows, stats
@@ -329,7 +333,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 def execute_programs(task: Task, examples: Sequence[Example], programs: Programs, *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
                      timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
-                     executor: Any = None) -> list[dict[str, Any]]:
+                     executor: str = "local", ray_address: str | None = None,
+                     open_executor: Any = None) -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
@@ -337,9 +342,10 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
     `profile` is a built `Profile` (its models kept across calls) or a profile name.
     With `out`, each row is written to that JSONL file as its program finishes (the file
     appears whole, by a rename, at the end) and only its `summary` is returned, so the
-    parent holds no answers or traces however many programs a rollout has. With `executor`
-    (an open `Executor`, e.g. one serving every step of an online RL round) the programs run
-    there and it stays open; else one is started for this call.
+    parent holds no answers or traces however many programs a rollout has.
+    `executor`, `ray_address`: where the programs run (`viprog.executor.backend`); with
+    `open_executor` (an open one, e.g. serving every step of an online RL round) they run
+    there and it stays open.
     """
     owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
               for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
@@ -355,8 +361,8 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
         return {**question_row(ex), "sample": i, "completion": completion, "program": program, **result.to_json(),
                 "reward": float(task.reward(ex, result))}
 
-    with nullcontext(executor) if executor is not None else Executor(profile, workers=workers,
-                                                                     timeout=timeout) as running:
+    with nullcontext(open_executor) if open_executor is not None else make_executor(
+            profile, executor=executor, ray_address=ray_address, workers=workers, timeout=timeout) as running:
         results = running.run_iter(jobs, progress=desc, ordered=True)
         if out is None:
             return [row(index, result) for index, result in results]

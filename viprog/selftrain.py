@@ -36,11 +36,12 @@ from typing import Any, Literal
 import tyro
 
 from viprog.config import TaskPolicyConfig
-from viprog.corrections import as_rows, check_held_out, load_corrections
+from viprog.corrections import library_rows
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_samples, filter_stats
 from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
 from viprog.grpo import GrpoOptions, check_options, train_round
+from viprog.launch import launched
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -118,6 +119,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Continue the run with this name from its last finished step."""
     overwrite: bool = False
     """Delete the run with this name and start again."""
+    train_launcher: str | None = None
+    """Run each round's fine-tuning as this launcher's processes instead of in this one, e.g. 'accelerate launch
+    --multi_gpu --num_processes 2' (DDP; on CPUs over gloo) or 'accelerate launch --config_file
+    scripts/accelerate/fsdp.yaml' (viprog.launch)."""
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     algo: Literal["rest", "grpo"] = "rest"
@@ -280,7 +285,8 @@ def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptF
     cfg = ctx.cfg
     rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
                           style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
-                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out)
+                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out, executor=cfg.executor,
+                          ray_address=cfg.ray_address)
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
@@ -372,8 +378,9 @@ def train_step(ctx: Context, k: int, adapter_in: Any) -> dict[str, Any]:
     prompt = ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot
     pairs = [(prompt(r["query"]), r["program"]) for r in rows]
     ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
-    return finetune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
-                    lora=cfg.lora, train=cfg.train, init_adapter=init, device=cfg.device, seed=cfg.seed + k)
+    tune = launched(cfg.train_launcher, finetune)  # in this process, or under `accelerate launch`
+    return tune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),
+                lora=cfg.lora, train=cfg.train, init_adapter=init, device=cfg.device, seed=cfg.seed + k)
 
 
 def eval_step(ctx: Context, k: int, library: Library, adapter: Any) -> dict[str, Any]:
@@ -440,17 +447,6 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
     return finish_round(ctx, k, metrics, time.perf_counter() - start)
 
 
-def corrections_for(cfg: SelfTrainConfig, eval_set: Sequence[Any]) -> list[dict[str, Any]]:
-    """The library rows of `--corrections` (none without it); a correction for a held-out
-    question is refused."""
-    if cfg.corrections is None:
-        return []
-    corrections = load_corrections(cfg.corrections, cfg.task)
-    check_held_out(corrections, [ex.id for ex in eval_set], cfg.corrections)
-    log.info("%d corrections from %s", len(corrections), cfg.corrections)
-    return as_rows(corrections)
-
-
 def main(cfg: SelfTrainConfig) -> int:
     """Run (or resume) the rounds; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -465,7 +461,7 @@ def main(cfg: SelfTrainConfig) -> int:
     eval_set = task.examples(cfg.eval_split, limit=cfg.eval_size)
     if not train_pool or not eval_set:
         raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
-    corrections = corrections_for(cfg, eval_set)
+    corrections = library_rows(cfg.corrections, cfg.task, eval_set)  # checked before any work
     parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
     run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))

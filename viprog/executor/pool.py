@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from viprog.errors import DataError
 from viprog.executor.job import Job, State
 from viprog.executor.ordered import InOrder
-from viprog.executor.result import ExecutionResult
+from viprog.executor.result import ExecutionResult, within_budget
 from viprog.executor.server import PrimitiveServer
 from viprog.executor.spawn import WorkerHandle, death, start_forkserver, start_worker
 from viprog.primitives.profile import Profile, get_profile
@@ -171,12 +171,7 @@ class Executor:
                 left -= len(finished)
                 bar.update(len(finished))
                 for state, result in finished:
-                    size = state.size or state.trace_bytes + 512
-                    if max_bytes is not None and spent + size > max_bytes:
-                        result = ExecutionResult.failure(
-                            "output", f"the run's results passed {max_bytes} bytes (max_run_bytes); "
-                            "this one was dropped", seconds=result.seconds)
-                        size = 512
+                    result, size = within_budget(result, state.size or state.trace_bytes + 512, spent, max_bytes)
                     spent += size
                     if not ordered:
                         yield state.index, result

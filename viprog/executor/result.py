@@ -61,3 +61,13 @@ class ExecutionResult:
     @classmethod
     def failure(cls, kind: ErrorKind, message: str, **fields: Any) -> ExecutionResult:
         return cls(error=message, error_kind=kind, **fields)
+
+
+def within_budget(result: ExecutionResult, size: int, spent: int,
+                  max_bytes: int | None) -> tuple[ExecutionResult, int]:
+    """`result` (of `size` bytes) as a run yields it after `spent` bytes of results: an
+    `output` error in its place (counted as 512 bytes) when it would pass `max_bytes`."""
+    if max_bytes is None or spent + size <= max_bytes:
+        return result, size
+    return ExecutionResult.failure("output", f"the run's results passed {max_bytes} bytes (max_run_bytes); "
+                                   "this one was dropped", seconds=result.seconds), 512

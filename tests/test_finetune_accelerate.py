@@ -1,0 +1,28 @@
+"""The train step under `accelerate launch` with two processes on the CPU (DDP over gloo):
+both processes train (each on half the batches), rank 0 publishes the adapter, the loss falls."""
+
+import json
+import sys
+from pathlib import Path
+
+import selftrain_fixtures as F
+from test_selftrain_loop import tiny_model  # noqa: F401  (session fixture)
+
+from viprog.finetune import LoraSettings, TrainSettings
+from viprog.launch import finetune_launched
+from viprog.policy import Prompter
+
+
+def test_two_processes_fine_tune_the_tiny_policy_and_publish_one_adapter(tiny_model, tmp_path):  # noqa: F811
+    accelerate = Path(sys.executable).with_name("accelerate")
+    prompter = Prompter("", [])
+    pairs = [(prompter.short(F.query_for(s)), F.right_program(s)) for s in F.SHAPES] * 4  # 16 pairs
+    out = tmp_path / "adapter"
+    stats = finetune_launched(f"{accelerate} launch --multi_gpu --num_processes 2 --main_process_port 0",
+                              str(tiny_model), None, pairs, out, lora=LoraSettings(8, 16, 0.0, ("q_proj", "v_proj")),
+                              train=TrainSettings(learning_rate=1e-2, epochs=4, batch_size=2, max_length=256))
+    assert stats["train/processes"] == 2
+    assert stats["train/steps"] == 16 * 4 // (2 * 2)  # each step: one batch of 2 on each of the 2 processes
+    assert stats["train/loss_last"] < stats["train/loss_first"]
+    assert (out / "adapter_model.safetensors").exists() and json.loads((out / "train_stats.json").read_text()) == stats
+    assert not list(tmp_path.glob("*.tmp-*"))  # both processes' work folders are gone

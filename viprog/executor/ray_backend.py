@@ -1,0 +1,331 @@
+"""`RayExecutor`: the sandboxed executor spread over a Ray cluster, same jobs, same results.
+
+Why Ray and not our own cluster code: Ray already places actors on nodes, moves objects
+between them, and restarts an actor (and re-runs the tasks it had) when its node is lost.
+We only decide what an actor holds:
+
+- a *sandbox actor* (one per node by default, spread over the nodes) holds an ordinary
+  local `Executor` — the restricted compile, the worker processes under their rlimits and
+  kernel layers, the watchdog — so a program runs in exactly the sandbox it runs in on one
+  machine. Its PrimitiveServer batches and caches as usual, but its profile is a stand-in
+  that sends each batch to
+- the *model actor*, which holds the real profile (its models, `num_gpus` of a GPU) and
+  merges the batches that arrive from every sandbox actor while a batch runs into the next
+  one, with a result cache shared by all of them.
+
+Images go into Ray's object store once per image id (pixels and annotations together);
+jobs carry only the reference, and an actor reads the image from its node's store.
+A chunk of jobs is one actor task; our jobs are idempotent, so when a node dies Ray runs
+its chunks again on a restarted actor and every job still gets exactly one result.
+
+What differs from the local `Executor`: result sizes for `max_bytes` are measured as the
+result's JSON (the local executor counts the worker's message), and `seconds` is the
+time inside the sandbox actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any, Self
+
+import ray
+from ray.util import ActorPool
+
+from viprog.errors import DataError
+from viprog.executor.job import Job
+from viprog.executor.ordered import InOrder
+from viprog.executor.pool import Executor
+from viprog.executor.result import ExecutionResult, within_budget
+from viprog.executor.server import _as_rgb
+from viprog.images import read_rgb
+from viprog.primitives.profile import Call, PatchData, Profile, get_profile
+from viprog.primitives.spec import SPECS
+
+log = logging.getLogger(__name__)
+
+_IMAGES_HELD = 256  # images a model actor keeps decoded, most recently used
+_CACHE_SIZE = 200_000  # results a model actor keeps
+
+
+def connect(address: str | None = None) -> bool:
+    """Join the cluster at `address` (`auto`: the one running on this machine; None: the
+    `RAY_ADDRESS` environment variable, else a Ray started here for this process).
+    Returns whether this call started the connection (so the caller should shut it down)."""
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    log.info("joined the Ray cluster at %s (%d nodes)", address or "a new local instance",
+             sum(1 for n in ray.nodes() if n["Alive"]))
+    return True
+
+
+class _RemoteModels(Profile):
+    """The sandbox actor's profile: answers a batch by asking the model actor."""
+
+    def __init__(self, host: Any, name: str, supported: frozenset[str]) -> None:
+        super().__init__()
+        self.name = name  # type: ignore[misc]  # the real profile's, for identical error messages
+        self.host, self.supported = host, supported
+        self.refs: dict[str, Any] = {}  # image id → its object in the store
+
+    def supports(self, primitive: str) -> bool:
+        return primitive in self.supported
+
+    def run(self, primitive: str, calls: list[Call]) -> list[Any]:
+        payload = [(c.patches[0].image_id, [p.box for p in c.patches], list(c.args)) for c in calls]
+        refs = {image_id: self.refs[image_id] for image_id, _, _ in payload}
+        try:
+            return ray.get(self.host.run.remote(primitive, refs, payload))
+        except ray.exceptions.RayTaskError as exc:  # the profile's own exception, as the local server sees it
+            raise exc.cause from None
+
+
+class ModelHost:
+    """The model actor: one profile, batches merged across sandbox actors, one cache."""
+
+    def __init__(self, profile: Profile, batch_size: int, cache: bool) -> None:
+        self.profile, self.batch_size, self.use_cache = profile, max(1, batch_size), cache
+        self.images: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.waiting: list[tuple[str, dict[str, Any], list[Any], asyncio.Future[Any]]] = []
+        self.draining = False
+        self.stats = {"requests": 0, "batches": 0, "cache_hits": 0}
+
+    def supported(self) -> tuple[str, frozenset[str]]:
+        return self.profile.name, frozenset(name for name in SPECS if self.profile.supports(name))
+
+    async def run(self, primitive: str, refs: dict[str, Any], payload: list[Any]) -> list[Any]:
+        """One sandbox actor's batch; it joins the batches of others waiting meanwhile."""
+        self.stats["requests"] += 1
+        for image_id, ref in refs.items():
+            if image_id not in self.images:
+                self.images[image_id] = await ref
+            self.images.move_to_end(image_id)
+        images = {i: self.images[i] for i in refs}
+        while len(self.images) > _IMAGES_HELD:
+            self.images.popitem(last=False)
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((primitive, images, payload, done))
+        if not self.draining:
+            self.draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await done
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                primitive = self.waiting[0][0]  # the oldest request's primitive first
+                group, rest, calls = [], [], 0
+                for entry in self.waiting:
+                    if entry[0] == primitive and (not group or calls + len(entry[2]) <= self.batch_size):
+                        group.append(entry)
+                        calls += len(entry[2])
+                    else:
+                        rest.append(entry)
+                self.waiting = rest
+                outcomes = await asyncio.to_thread(self._compute, primitive, group)
+                for (_, _, _, done), (ok, value) in zip(group, outcomes):
+                    done.set_result(value) if ok else done.set_exception(value)
+        finally:
+            self.draining = False
+
+    def _compute(self, primitive: str, group: list[Any]) -> list[tuple[bool, Any]]:
+        """Answer each entry of `group`; a failing merged batch is retried entry by entry,
+        so the entry that fails gets the exception (its sandbox then retries call by call)."""
+        self.stats["batches"] += 1
+        try:
+            answers = self._answer(primitive, [(images, call) for _, images, payload, _ in group for call in payload])
+        except Exception as exc:  # noqa: BLE001 — the profile's failure goes back to who asked
+            if len(group) == 1:
+                return [(False, exc)]
+            return [self._compute(primitive, [entry])[0] for entry in group]
+        out, start = [], 0
+        for _, _, payload, _ in group:
+            out.append((True, answers[start:start + len(payload)]))
+            start += len(payload)
+        return out
+
+    def _answer(self, primitive: str, calls: list[tuple[dict[str, Any], Any]]) -> list[Any]:
+        keys = [(primitive, image_id, json.dumps(boxes), json.dumps(args, sort_keys=True))
+                for _, (image_id, boxes, args) in calls]
+        answers: list[Any] = [None] * len(calls)
+        missing = []
+        for i, key in enumerate(keys):
+            if self.use_cache and key in self.cache:
+                self.stats["cache_hits"] += 1
+                self.cache.move_to_end(key)
+                answers[i] = self.cache[key]
+            else:
+                missing.append(i)
+        if missing:
+            batch = []
+            for i in missing:
+                images, (image_id, boxes, args) = calls[i]
+                image = images[image_id]
+                batch.append(Call(primitive, [PatchData(image_id, image["pixels"], tuple(b), image["meta"])
+                                              for b in boxes], tuple(args)))
+            for i, answer in zip(missing, self.profile.run(primitive, batch)):
+                answers[i] = answer
+                if self.use_cache:
+                    self.cache[keys[i]] = answer
+            while len(self.cache) > _CACHE_SIZE:
+                self.cache.popitem(last=False)
+        return answers
+
+
+class SandboxHost:
+    """A sandbox actor: a local `Executor` whose primitives are answered by the model actor."""
+
+    def __init__(self, host: Any, settings: dict[str, Any]) -> None:
+        name, supported = ray.get(host.supported.remote())
+        self.models = _RemoteModels(host, name, supported)
+        self.executor = Executor(self.models, **settings)
+
+    def node(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, chunk: list[tuple[int, str, str, Any, str | None]]) -> list[tuple[int, ExecutionResult]]:
+        """Run a chunk of (index, program, image id, image ref or the image's error, query);
+        results by index."""
+        pixels, out, runs = {}, [], []
+        for entry in chunk:
+            index, _, image_id, ref, _ = entry
+            if isinstance(ref, str):  # the driver could not read the image: its jobs fail, as locally
+                out.append((index, ExecutionResult.failure("primitive", ref)))
+                continue
+            self.models.refs[image_id] = ref
+            if image_id not in pixels:
+                pixels[image_id] = ray.get(ref)["pixels"]
+            runs.append(entry)
+        jobs = [Job(program, image_id, pixels[image_id], query=query) for _, program, image_id, _, query in runs]
+        out += [(runs[i][0], result) for i, result in self.executor.run_iter(jobs)]
+        self.models.refs.clear()
+        return out
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+class RayExecutor:
+    """The `Executor` interface (`run`, `run_many`, `run_iter`, a context manager) over Ray.
+
+    address: the cluster (see `connect`). sandboxes: sandbox actors (None: one per alive
+    node), each with `workers` worker processes and `sandbox_cpus` of Ray's CPUs.
+    model_gpus: GPUs the model actor asks for (None: one when the profile's device is CUDA). chunk: jobs per actor task (the unit Ray
+    retries). Every other keyword is the local `Executor`'s, used by each sandbox actor.
+    """
+
+    run = Executor.run
+    run_many = Executor.run_many
+
+    def __init__(self, profile: str | Profile = "shapes", *, address: str | None = None, sandboxes: int | None = None,
+                 workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float | None = None, chunk: int = 256,
+                 profile_options: dict[str, Any] | None = None, batch_size: int = 32, cache: bool = True,
+                 max_run_bytes: int | None = 2**30, **settings: Any) -> None:
+        if chunk < 1 or (sandboxes is not None and sandboxes < 1):
+            raise ValueError("chunk and sandboxes must be >= 1")
+        built = get_profile(profile, **(profile_options or {})) if isinstance(profile, str) else profile
+        self._owns_ray = connect(address)
+        self.max_run_bytes, self.chunk = max_run_bytes, chunk
+        retry = {"max_restarts": -1, "max_task_retries": -1}
+        if model_gpus is None:
+            model_gpus = 1.0 if str(getattr(built, "device", "cpu")).startswith("cuda") else 0.0
+        self.host = ray.remote(ModelHost).options(num_cpus=0, num_gpus=model_gpus, **retry).remote(
+            built, batch_size, cache)
+        count = sandboxes or sum(1 for n in ray.nodes() if n["Alive"])
+        settings = {"workers": workers, "batch_size": batch_size, "cache": cache, "max_run_bytes": None, **settings}
+        actor = ray.remote(SandboxHost).options(num_cpus=sandbox_cpus, scheduling_strategy="SPREAD", **retry)
+        self.actors = [actor.remote(self.host, settings) for _ in range(count)]
+        self.pool = ActorPool(self.actors)
+        self._busy = False
+
+    def nodes(self) -> list[str]:
+        """The Ray node id of each sandbox actor (where it runs now)."""
+        return ray.get([a.node.remote() for a in self.actors])
+
+    def run_iter(self, jobs: Iterable[Job], progress: bool | str = False, ordered: bool = False,
+                 max_bytes: int | None = None) -> Iterator[tuple[int, ExecutionResult]]:
+        """As `Executor.run_iter`: `(index, result)` as chunks finish (in job order when
+        `ordered`); jobs are read a chunk at a time as actors have room."""
+        from tqdm.auto import tqdm
+
+        if self._busy:
+            raise RuntimeError("the RayExecutor is running another run_iter: finish or close it first")
+        self._busy = True
+        refs: dict[str, Any] = {}  # image id → object ref, for this run
+        bar = tqdm(total=len(jobs) if hasattr(jobs, "__len__") else None, disable=not progress, unit="prog",
+                   desc=progress if isinstance(progress, str) else "programs")
+        chunks = self._chunks(jobs, refs)
+        order = InOrder(2**62, 2**62)
+        spent, running = 0, 0
+        try:
+            while True:
+                while running < 2 * len(self.actors):
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    self.pool.submit(lambda actor, value: actor.run.remote(value), chunk)
+                    running += 1
+                if not running:
+                    break
+                finished = self.pool.get_next_unordered()
+                running -= 1
+                bar.update(len(finished))
+                for index, result in finished:
+                    result, size = within_budget(result, len(result.dumps()), spent, max_bytes)
+                    spent += size
+                    if ordered:
+                        yield from order.add(index, result, 0)
+                    else:
+                        yield index, result
+        finally:
+            while self.pool.has_next():  # stopped early: let the chunks in flight finish, unread
+                self.pool.get_next_unordered()
+            self._busy = False
+            bar.close()
+
+    def _chunks(self, jobs: Iterable[Job], refs: dict[str, Any]) -> Iterator[list[Any]]:
+        chunk: list[Any] = []
+        for index, job in enumerate(jobs):
+            ref = refs.get(job.image_id)
+            if ref is None:
+                try:
+                    ref = ray.put({"pixels": _pixels(job), "meta": dict(job.meta or {})})
+                except Exception as exc:  # noqa: BLE001 — an unreadable image fails its jobs only
+                    ref = (str(exc) if isinstance(exc, DataError) else f"image {job.image_id!r}: {exc!r}")[:400]
+                refs[job.image_id] = ref
+            chunk.append((index, job.program, job.image_id, ref, job.query))
+            if len(chunk) == self.chunk:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def close(self) -> None:
+        if not self.actors:
+            return
+        ray.get([a.close.remote() for a in self.actors])
+        for a in [*self.actors, self.host]:
+            ray.kill(a)
+        self.actors = []
+        if self._owns_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pixels(job: Job) -> Any:
+    source = job.image
+    if isinstance(source, (str, os.PathLike)):
+        return read_rgb(source)
+    return _as_rgb(source() if callable(source) else source, job.image_id)

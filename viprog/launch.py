@@ -1,0 +1,91 @@
+"""The train step under a launcher: `accelerate launch` (DDP, FSDP, DeepSpeed) instead of in-process.
+
+Why a separate process: a self-training run's driver holds the policy, the profile and the
+sandbox; multi-process training needs one process per device, started by the launcher with
+its rendezvous environment. So the driver writes the step's inputs (pairs and settings) to
+a JSON file and runs `LAUNCHER -m viprog.launch FILE` — e.g.
+
+    accelerate launch --multi_gpu --num_processes 2 -m viprog.launch step.json      (DDP)
+    accelerate launch --config_file scripts/accelerate/fsdp.yaml -m viprog.launch step.json
+
+Every process calls the same `viprog.finetune.finetune` (TRL's trainer does the rest);
+rank 0 alone publishes the adapter, and the driver reads its `train_stats.json`.
+`viprog selftrain --train-launcher "accelerate launch --multi_gpu --num_processes 2"` does
+this for every round. (On CPUs that is DDP over gloo: torchrun's processes, each with a
+trainer that sees no GPU. `accelerate launch --cpu --num_processes 2` starts one process
+unless given an MPI hostfile.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from viprog.errors import UsageError
+from viprog.finetune import LoraSettings, TrainSettings, finetune
+from viprog.runs import read_json, tmp_dir_for, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def launched(launcher: str | None, in_process: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """`in_process` (`finetune`) when there is no launcher, else the same call run under it."""
+    return in_process if not launcher else functools.partial(finetune_launched, launcher)
+
+
+def finetune_launched(launcher: str, model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]],
+                      out_dir: str | Path, *, lora: LoraSettings, train: TrainSettings,
+                      init_adapter: str | Path | None = None, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """`finetune`'s call run as `launcher -m viprog.launch SPEC` (the launcher's processes
+    share the work; each loads the tokenizer from `model_path`, so `tokenizer` is not sent);
+    returns the same `train/*` metrics, read from the published adapter."""
+    out_dir = Path(out_dir)
+    command = shlex.split(launcher)
+    if not command:
+        raise UsageError("--train-launcher is empty; give a command such as 'accelerate launch --multi_gpu --num_processes 2'")
+    work = tmp_dir_for(out_dir.with_name(out_dir.name + ".launch"))
+    spec = work / "step.json"
+    write_json_atomic(spec, {"model_path": model_path, "pairs": [list(p) for p in pairs], "out_dir": str(out_dir),
+                             "lora": dataclasses.asdict(lora), "train": dataclasses.asdict(train),
+                             "init_adapter": str(init_adapter) if init_adapter is not None else None,
+                             "device": device, "seed": seed})
+    log.info("training under %s (log: %s)", launcher, work / "launch.log")
+    with open(work / "launch.log", "wb") as out:
+        code = subprocess.call([*command, "-m", "viprog.launch", str(spec)], stdout=out, stderr=subprocess.STDOUT)
+    if code != 0 or not (out_dir / "train_stats.json").exists():
+        tail = (work / "launch.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the launched train step failed (exit {code}); the end of its log:\n{tail}")
+    stats = read_json(out_dir / "train_stats.json")
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """One launched process: train on the step file's pairs (rank 0 publishes)."""
+    from transformers import AutoTokenizer
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        raise UsageError("usage: LAUNCHER -m viprog.launch STEP.json (written by viprog.launch.finetune_launched)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    spec = json.loads(Path(args[0]).read_text())
+    train = spec["train"] | {"report_to": tuple(spec["train"]["report_to"])}
+    lora = spec["lora"] | {"target_modules": tuple(spec["lora"]["target_modules"])}
+    finetune(spec["model_path"], AutoTokenizer.from_pretrained(spec["model_path"]),
+             [tuple(p) for p in spec["pairs"]], spec["out_dir"], lora=LoraSettings(**lora),
+             train=TrainSettings(**train), init_adapter=spec["init_adapter"], device=spec["device"],
+             seed=spec["seed"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
