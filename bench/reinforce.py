@@ -3,25 +3,34 @@
 For each demo and seed: train with MLE, evaluate on a held-out split, tune with the
 task reward, evaluate; as the control, continue MLE from the same checkpoint for as many
 steps as the reward tuning took. Prints one row per run, then per demo the mean and
-standard deviation of (reward − MLE) and (MLE longer − MLE), and the wall time.
+standard deviation of (reward − MLE) and (MLE longer − MLE), the seconds of each phase,
+and the machine's load before and after; `--json` also writes all of it to a file.
 
-    .venv/bin/python bench/reinforce.py                    # all demos: 5 / 5 / 3 seeds
+    .venv/bin/python bench/reinforce.py                    # all demos: 5 / 5 / 3 / 3 seeds
     .venv/bin/python bench/reinforce.py --demos detection --seeds 0 1 2
+    .venv/bin/python bench/reinforce.py --demos captioning --jobs 3 --threads 1 \\
+        --json bench/results/reinforce_captioning.json    # seeds in parallel processes
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
 from viprog.reinforce.cli import format_table
-from viprog.reinforce.demos import DEMOS, run
+from viprog.reinforce.demos import DEMOS, DemoResult, run
 
-DEFAULT_SEEDS = {"segmentation": [0, 1, 2, 3, 4], "detection": [0, 1, 2, 3, 4], "colorization": [0, 1, 2]}
+DEFAULT_SEEDS = {"segmentation": [0, 1, 2, 3, 4], "detection": [0, 1, 2, 3, 4], "colorization": [0, 1, 2],
+                 "captioning": [0, 1, 2]}
 
 
 def short(metrics: dict[str, float] | None) -> str:
@@ -32,36 +41,74 @@ def fmt(deltas: list[float]) -> str:
     return f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas) if len(deltas) > 1 else 0.0:.2f}"
 
 
+def one_run(demo: str, seed: int, out: str, threads: int) -> DemoResult:
+    """One demo and seed with its control, in this process (or a worker) on `threads` threads."""
+    torch.set_num_threads(threads)
+    print(f"{demo} seed {seed} …", flush=True)
+    result = run(demo, seed, out, progress=False, control=True)
+    print(format_table([result]).splitlines()[1], flush=True)
+    return result
+
+
+def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict[str, float]]:
+    """Per demo: mean metric after MLE, mean ± sd of both deltas, mean seconds per phase."""
+    out = {}
+    for demo in demos:
+        rs = [r for r in results if r.demo == demo]
+        m = rs[0].metric
+        gain = [r.after_reward[m] - r.after_mle[m] for r in rs]
+        ctrl = [r.after_mle_control[m] - r.after_mle[m] for r in rs]
+        out[demo] = {"metric": m, "runs": len(rs), "after_mle": statistics.mean(r.after_mle[m] for r in rs),
+                     "after_reward": statistics.mean(r.after_reward[m] for r in rs),
+                     "delta_reward": statistics.mean(gain), "delta_reward_sd": statistics.stdev(gain) if len(rs) > 1 else 0.0,
+                     "delta_mle_longer": statistics.mean(ctrl),
+                     "delta_mle_longer_sd": statistics.stdev(ctrl) if len(rs) > 1 else 0.0,
+                     "mle_s": statistics.mean(r.mle_seconds for r in rs),
+                     "reward_s": statistics.mean(r.reward_seconds for r in rs),
+                     "control_s": statistics.mean(r.control_seconds or 0.0 for r in rs)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demos", nargs="+", choices=DEMOS, default=list(DEMOS))
-    parser.add_argument("--seeds", nargs="+", type=int, help="default: 5 for segmentation and detection, 3 for colorization")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 5 for segmentation and detection, 3 otherwise")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
+    parser.add_argument("--json", type=Path, help="also write the runs, the summary and the load here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    start, results = time.perf_counter(), []
+    load_before = os.getloadavg()
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-reinforce-") as tmp:
-        for demo in args.demos:
-            for seed in args.seeds or DEFAULT_SEEDS[demo]:
-                print(f"{demo} seed {seed} …", flush=True)
-                results.append(run(demo, seed, f"{tmp}/{demo}/{seed}", progress=False, control=True))
-                print(format_table(results[-1:]).splitlines()[1], flush=True)
+        runs = [(demo, seed, f"{tmp}/{demo}/{seed}", args.threads)
+                for demo in args.demos for seed in (args.seeds or DEFAULT_SEEDS[demo])]
+        if args.jobs > 1:
+            with ProcessPoolExecutor(args.jobs) as pool:
+                results = list(pool.map(one_run, *zip(*runs)))
+        else:
+            results = [one_run(*r) for r in runs]
+    wall, load_after = time.perf_counter() - start, os.getloadavg()
     print()
     print(format_table(results))
     print()
-    print(f"{'demo':<13} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs")
-    for demo in args.demos:
-        rs = [r for r in results if r.demo == demo]
-        m = rs[0].metric
-        base = [r.after_mle[m] for r in rs]
-        gain = [r.after_reward[m] - r.after_mle[m] for r in rs]
-        ctrl = [r.after_mle_control[m] - r.after_mle[m] for r in rs]
-        print(f"{demo:<13} {m:<13} {statistics.mean(base):>7.2f} {fmt(gain):>14} {fmt(ctrl):>14}  {len(rs)}")
+    print(f"{'demo':<13} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs  MLE s / tune s / control s")
+    table = summary(results, args.demos)
+    for demo, row in table.items():
+        gain = f"{row['delta_reward']:+.2f} ± {row['delta_reward_sd']:.2f}"
+        ctrl = f"{row['delta_mle_longer']:+.2f} ± {row['delta_mle_longer_sd']:.2f}"
+        print(f"{demo:<13} {row['metric']:<13} {row['after_mle']:>7.2f} {gain:>14} {ctrl:>14}  {row['runs']:>4}"
+              f"  {row['mle_s']:.0f} / {row['reward_s']:.0f} / {row['control_s']:.0f}")
     print("\nall held-out metrics (MLE → reward | MLE longer):")
     for r in results:
         print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)}"
               f" | {short(r.after_mle_control)}")
-    print(f"\nwall time {time.perf_counter() - start:.0f} s on {torch.get_num_threads()} threads")
+    load = f"load average {load_before[0]:.1f} before, {load_after[0]:.1f} after on {os.cpu_count()} CPUs"
+    print(f"\nwall time {wall:.0f} s; {args.jobs} job(s) × {args.threads} thread(s); {load}")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": table, "runs": [asdict(r) for r in results], "wall_s": wall,
+                                         "jobs": args.jobs, "threads": args.threads, "cpus": os.cpu_count(),
+                                         "load_before": load_before, "load_after": load_after}, indent=1))
+        print(f"results written to {args.json}")
 
 
 if __name__ == "__main__":

@@ -99,31 +99,32 @@ def test_miou_per_image_and_dataset() -> None:
     assert rewards.miou(pred, gt, 3, reduce="dataset") == pytest.approx((4 / 6 + 2 / 3 + 0) / 3)
 
 
-def big_vision_reward(pred, gt, thrs=rewards.IOU_THRESHOLDS, nms_w=0.3) -> float:
-    """big_vision's `_reward_fn_thr` transcribed one-hot for one-hot (uniform class weights,
-    every box live), to check the loop-free re-implementation against."""
-    if len(pred["labels"]) == 0 or len(gt["labels"]) == 0:
-        return 0.0
-    pl, gl = np.asarray(pred["labels"]), np.asarray(gt["labels"])
-    out = []
-    for thr in thrs:
-        iou = box_iou(torch.tensor(pred["boxes"]), torch.tensor(gt["boxes"])).numpy()
-        iou = np.where(iou > thr, iou, 0.0) * (pl[:, None] == gl[None, :])
-        iou = iou * np.eye(iou.shape[1])[iou.argmax(1)]
-        idx = iou.argmax(0)
-        idx = np.where(iou[idx, np.arange(len(gl))] > 0, idx, -1)
-        match_reward = np.sum(idx >= 0)
-        matches_mask = np.stack([np.arange(len(pl)) == i for i in idx], 1)
-        out.append(match_reward - nms_w * np.sum((iou > 0) * (1 - matches_mask)))
-    return float(np.mean(out))
+def test_detection_reward_each_duplicate_costs_0_3_times_its_weight() -> None:
+    g = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 30, 30.0]]), "labels": np.array([0, 1])}
+    for k in range(4):  # k exact copies of the class-1 box (weight 2)
+        extra = np.repeat([[20, 20, 30, 30.0]], k, 0)
+        pred = {"boxes": np.r_[g["boxes"], extra], "labels": np.r_[g["labels"], np.ones(k, int)]}
+        assert rewards.detection_reward([pred], [g], class_weights=[1.0, 2.0])[0] == pytest.approx(3.0 - 0.3 * 2.0 * k)
+    # a second box on the same object at IoU 0.8 is a duplicate at the six thresholds below 0.8 only
+    near = {"boxes": np.r_[g["boxes"], [[0, 0, 10, 8.0]]], "labels": np.array([0, 1, 0])}
+    assert rewards.detection_reward([near], [g])[0] == pytest.approx(2.0 - 0.3 * 0.6)
 
 
-def test_detection_reward_matches_big_vision_logic() -> None:
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        preds, gts = random_detection_case(rng)
-        expect = [big_vision_reward(p, g) for p, g in zip(preds, gts)]
-        np.testing.assert_allclose(rewards.detection_reward(preds, gts), expect, atol=1e-9)
+def test_detection_reward_ignores_misses_order_and_scores() -> None:
+    rng = np.random.default_rng(4)
+    preds, gts = random_detection_case(rng, images=20)
+    base = rewards.detection_reward(preds, gts)
+    far = [{**p, "boxes": np.r_[p["boxes"], [[200, 200, 210, 210]]], "labels": np.r_[p["labels"], 0]} for p in preds]
+    np.testing.assert_allclose(rewards.detection_reward(far, gts), base)  # a box on nothing costs nothing
+    shuffled = []
+    for p, g in zip(preds, gts):
+        pi, gi = rng.permutation(len(p["labels"])), rng.permutation(len(g["labels"]))
+        p = {**{k: v[pi] for k, v in p.items()}, "scores": rng.random(len(pi))}
+        shuffled.append((p, {k: v[gi] for k, v in g.items()}))
+    np.testing.assert_allclose(rewards.detection_reward([p for p, _ in shuffled], [g for _, g in shuffled]), base)
+    # never more than the number of objects, and exactly that for the ground truth itself
+    assert (base <= np.array([len(g["labels"]) for g in gts]) + 1e-12).all()
+    np.testing.assert_allclose(rewards.detection_reward(gts, gts), [len(g["labels"]) for g in gts])
 
 
 def test_detection_reward_hand_cases() -> None:
@@ -138,68 +139,6 @@ def test_detection_reward_hand_cases() -> None:
     assert rewards.detection_reward([shifted], [g])[0] == pytest.approx(0.6)
     weighted = rewards.detection_reward([g], [g], class_weights=[0.5, 2.0])[0]
     assert weighted == pytest.approx(2.5)
-
-
-def reference_pq(preds, gts, offset: int = 256 * 256 * 256, void: int = 0) -> dict[str, float]:
-    """panopticapi's pq_compute_single_core + PQStat.pq_average (isthing=None), written
-    from its published definition: pairs found by id arithmetic, per-class stats."""
-    stat: dict[int, dict[str, float]] = {}
-
-    def cat(c: int) -> dict[str, float]:
-        return stat.setdefault(c, {"iou": 0.0, "tp": 0, "fp": 0, "fn": 0})
-
-    for p, g in zip(preds, gts):
-        pan_gt, pan_pred = np.asarray(g["segments"], np.uint64), np.asarray(p["segments"], np.uint64)
-        gt_segms = {k: {"category_id": v, "iscrowd": int(k in g.get("crowd", ()))} for k, v in g["categories"].items()}
-        pred_segms = {k: {"category_id": v} for k, v in p["categories"].items()}
-        for lab, cnt in zip(*np.unique(pan_gt, return_counts=True)):
-            if int(lab) != void:
-                gt_segms[int(lab)]["area"] = int(cnt)
-        for lab, cnt in zip(*np.unique(pan_pred, return_counts=True)):
-            if int(lab) != void:
-                pred_segms[int(lab)]["area"] = int(cnt)
-        labels, counts = np.unique(pan_gt * offset + pan_pred, return_counts=True)
-        gt_pred_map = {(int(lab) // offset, int(lab) % offset): int(c) for lab, c in zip(labels, counts)}
-        gt_matched, pred_matched = set(), set()
-        for (gl, pl), inter in gt_pred_map.items():
-            if gl not in gt_segms or pl not in pred_segms or gt_segms[gl]["iscrowd"] == 1:
-                continue
-            if gt_segms[gl]["category_id"] != pred_segms[pl]["category_id"]:
-                continue
-            union = pred_segms[pl]["area"] + gt_segms[gl]["area"] - inter - gt_pred_map.get((void, pl), 0)
-            if inter / union > 0.5:
-                s = cat(gt_segms[gl]["category_id"])
-                s["tp"] += 1
-                s["iou"] += inter / union
-                gt_matched.add(gl)
-                pred_matched.add(pl)
-        crowd_labels = {}
-        for gl, info in gt_segms.items():
-            if gl in gt_matched:
-                continue
-            if info["iscrowd"] == 1:
-                crowd_labels[info["category_id"]] = gl
-                continue
-            cat(info["category_id"])["fn"] += 1
-        for pl, info in pred_segms.items():
-            if pl in pred_matched:
-                continue
-            inter = gt_pred_map.get((void, pl), 0)
-            if info["category_id"] in crowd_labels:
-                inter += gt_pred_map.get((crowd_labels[info["category_id"]], pl), 0)
-            if inter / info["area"] > 0.5:
-                continue
-            cat(info["category_id"])["fp"] += 1
-    pq = sq = rq = 0.0
-    n = 0
-    for s in stat.values():
-        if s["tp"] + s["fp"] + s["fn"] == 0:
-            continue
-        n += 1
-        pq += s["iou"] / (s["tp"] + 0.5 * s["fp"] + 0.5 * s["fn"])
-        sq += s["iou"] / s["tp"] if s["tp"] else 0.0
-        rq += s["tp"] / (s["tp"] + 0.5 * s["fp"] + 0.5 * s["fn"])
-    return {"pq": pq / max(n, 1), "sq": sq / max(n, 1), "rq": rq / max(n, 1), "n": n}
 
 
 def random_panoptic(rng: np.random.Generator, size: int = 16, base: dict | None = None) -> dict:
@@ -223,21 +162,88 @@ def random_panoptic(rng: np.random.Generator, size: int = 16, base: dict | None 
     return {"segments": seg, "categories": cats}
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_panoptic_quality_matches_reference(seed: int) -> None:
+def square_scene() -> dict:
+    """12×12: three 3×3 squares of class 1 (ids 1-3), a 4×4 of class 2 (id 4), background
+    id 9 of class 0 (101 pixels)."""
+    seg = np.full((12, 12), 9)
+    seg[0:3, 0:3], seg[0:3, 5:8], seg[5:8, 0:3], seg[7:11, 7:11] = 1, 2, 3, 4
+    return {"segments": seg, "categories": {1: 1, 2: 1, 3: 1, 4: 2, 9: 0}}
+
+
+def test_panoptic_quality_perfect_is_one_whatever_the_ids() -> None:
+    g = square_scene()
+    relabel = {1: 40, 2: 7, 3: 12, 4: 3, 9: 5}
+    p = {"segments": np.vectorize(relabel.get)(g["segments"]),
+         "categories": {relabel[k]: c for k, c in g["categories"].items()}}
+    assert rewards.panoptic_quality([p], [g]) == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 3}
+
+
+def test_panoptic_quality_exact_costs_of_a_miss_a_shrink_and_a_false_positive() -> None:
+    g = square_scene()
+    rows = np.arange(12)[:, None]
+    missed = {**g, "segments": np.where(g["segments"] == 3, 9, g["segments"])}  # square 3 painted background
+    # class 1: TP 2, FN 1 → RQ = 2 / 2.5; background IoU 101 / 110
+    got = rewards.panoptic_quality([missed], [g])
+    assert got["rq"] == pytest.approx((0.8 + 1 + 1) / 3)
+    assert got["pq"] == pytest.approx((0.8 + 1 + 101 / 110) / 3)
+    shrunk = {**g, "segments": np.where((g["segments"] == 4) & (rows == 10), 9, g["segments"])}
+    # the 4×4 loses a row: IoU 12 / 16; the background gains its 4 pixels: IoU 101 / 105
+    got = rewards.panoptic_quality([shrunk], [g])
+    assert got["pq"] == pytest.approx((1 + 12 / 16 + 101 / 105) / 3) and got["rq"] == 1.0
+    half = {**g, "segments": np.where((g["segments"] == 4) & (rows >= 9), 9, g["segments"])}
+    # IoU exactly 0.5 does not match (the threshold is strict): class 2 gets an FP and an FN, PQ 0
+    assert rewards.panoptic_quality([half], [g])["pq"] == pytest.approx((1 + 0 + 101 / 109) / 3)
+    blob = {"segments": g["segments"].copy(), "categories": {**g["categories"], 5: 2}}
+    blob["segments"][10:12, 0:2] = 5
+    # a 4-pixel blob of class 2 on the background: class 2 has TP 1, FP 1 → 1 / 1.5
+    assert rewards.panoptic_quality([blob], [g])["pq"] == pytest.approx((1 + 1 / 1.5 + 97 / 101) / 3)
+
+
+def test_panoptic_quality_void_and_crowd() -> None:
+    g = square_scene()
+    g["segments"][11, :] = 0  # the last row is void: the background keeps 89 pixels
+    over_void = {**g, "segments": np.where(g["segments"] == 0, 9, g["segments"])}
+    # the background prediction runs onto the void row: those pixels leave its area
+    assert rewards.panoptic_quality([over_void], [g])["pq"] == pytest.approx(1.0)
+    on_void = {"segments": g["segments"].copy(), "categories": {**g["categories"], 6: 2}}
+    on_void["segments"][10:12, 0:2] = 6  # a 4-pixel blob, half on void: not more than half, so an FP
+    assert rewards.panoptic_quality([on_void], [g])["pq"] == pytest.approx((1 + 1 / 1.5 + 87 / 89) / 3)
+    on_void["segments"][10, 0:2] = 9
+    on_void["segments"][11, 0:3] = 6  # all 3 of its pixels on void: ignored
+    assert rewards.panoptic_quality([on_void], [g])["pq"] == pytest.approx(1.0)
+    crowd = {**square_scene(), "crowd": {4}}
+    no_4 = {**crowd, "segments": np.where(crowd["segments"] == 4, 9, crowd["segments"])}
+    # a crowd region is never a false negative (class 2 drops out); the background pays for its pixels
+    got = rewards.panoptic_quality([no_4], [crowd])
+    assert got["n"] == 2 and got["pq"] == pytest.approx((1 + 101 / 117) / 2)
+    # a prediction of the crowd's class lying on it is not a false positive
+    assert rewards.panoptic_quality([square_scene()], [crowd]) == {"pq": 1.0, "sq": 1.0, "rq": 1.0, "n": 2}
+    with pytest.raises(ValueError, match="no entry"):
+        rewards.panoptic_quality([{"segments": g["segments"], "categories": {}}], [g])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_panoptic_quality_is_invariant_to_ids_and_image_order(seed: int) -> None:
     rng = np.random.default_rng(seed)
-    gts = [random_panoptic(rng) for _ in range(4)]
+    gts = [random_panoptic(rng) for _ in range(5)]
     preds = [random_panoptic(rng, base=g) for g in gts]
-    got, want = rewards.panoptic_quality(preds, gts), reference_pq(preds, gts)
-    assert want["n"] > 0
+    want = rewards.panoptic_quality(preds, gts)
+    assert want["n"] > 0 and 0 <= want["pq"] <= min(want["sq"], want["rq"]) <= 1
+
+    def relabel(rec: dict) -> dict:  # void (0) stays, every other id gets a new one
+        new = dict(zip(rec["categories"], rng.permutation(1000)[: len(rec["categories"])] + 1))
+        out = {"segments": np.vectorize(lambda v: new.get(int(v), v))(rec["segments"]),
+               "categories": {new[k]: c for k, c in rec["categories"].items()}}
+        return out | ({"crowd": {new[k] for k in rec["crowd"]}} if "crowd" in rec else {})
+
+    order = rng.permutation(len(gts))
+    got = rewards.panoptic_quality([relabel(preds[i]) for i in order], [relabel(gts[i]) for i in order])
     for key in ("pq", "sq", "rq", "n"):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
-
-
-def test_panoptic_quality_perfect() -> None:
-    g = random_panoptic(np.random.default_rng(3))
-    g.pop("crowd")
-    assert rewards.panoptic_quality([g], [g])["pq"] == pytest.approx(1.0)
+    # the ground truth itself, its crowd regions left void, is perfect
+    perfect = [{"segments": np.where(np.isin(g["segments"], list(g["crowd"])), 0, g["segments"]),
+                "categories": {k: c for k, c in g["categories"].items() if k not in g["crowd"]}} for g in gts]
+    assert rewards.panoptic_quality(perfect, gts)["pq"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -256,6 +262,30 @@ def test_cider_matches_pycocoevalcap(seed: int) -> None:
     want, want_each = Cider().compute_score({i: r for i, r in enumerate(refs)}, {i: [c] for i, c in enumerate(cands)})
     assert rewards.cider(cands, refs) == pytest.approx(want, abs=1e-9)
     np.testing.assert_allclose(rewards.cider(cands, refs, per_caption=True), want_each, atol=1e-9)
+
+
+def test_cider_hand_values_clipping_and_length_penalty() -> None:
+    refs = [["a b"], ["c d"]]  # every n-gram is in one image of two: idf log 2 throughout
+    # orders 1 and 2 match exactly (cosine 1), orders 3 and 4 are empty: 10 × (1 + 1) / 4
+    assert rewards.cider(["a b", "d c"], refs, per_caption=True) == pytest.approx([5.0, 2.5])
+    # "a a": unigram weights (2, 0) clipped at the reference's (1, 1) → 1 / (2 √2); no bigram in common
+    assert rewards.cider(["a a", "c d"], refs, per_caption=True)[0] == pytest.approx(10 * (1 / (2 * np.sqrt(2))) / 4)
+    long_refs = [["a b c d e f g h i j"], ["x y"]]
+    plain = rewards.cider(["a b c"], long_refs[:1], sigma=1e9, corpus=rewards.CiderCorpus.of(long_refs))
+    tight = rewards.cider(["a b c"], long_refs[:1], corpus=rewards.CiderCorpus.of(long_refs))
+    assert tight == pytest.approx(plain * np.exp(-((2 - 9) ** 2) / (2 * 6.0**2)))  # 2 vs 9 bigrams
+    assert rewards.CiderCorpus.of(long_refs).df[("a", "b")] == 1 and rewards.CiderCorpus.of(long_refs).images == 2
+
+
+def test_cider_with_train_corpus_statistics() -> None:
+    train = [["a red circle", "the red circle"], ["a blue square", "a square"], ["a circle and a square"]]
+    corpus = rewards.CiderCorpus.of(train)
+    refs = [["a red circle", "a circle"]]
+    # an n-gram in every training image has idf 0 and earns nothing; a rare one does
+    assert corpus.tfidf(rewards.ngram_counts("a", 1))[0][("a",)] == 0.0
+    assert rewards.cider(["a red circle"], refs, corpus=corpus) > rewards.cider(["a blue circle"], refs, corpus=corpus)
+    # scoring a corpus against its own statistics is the default
+    assert rewards.cider(["a red circle"] * 3, train, corpus=corpus) == rewards.cider(["a red circle"] * 3, train)
 
 
 def test_colorfulness() -> None:

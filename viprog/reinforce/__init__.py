@@ -9,5 +9,5 @@ per-pixel categorical maps and autoregressive token sequences are provided.
   panoptic quality, colourfulness, CIDEr-D), cross-checked against their references.
 - `tuner`: Algorithm 1 (MLE) and Algorithm 2 (reward step) with checkpoints and metrics.
 - `models`: `PixelPolicy`, `SeqPolicy` and the pix2seq `BoxTokenizer`.
-- `data`, `demos`, `cli`: the shapes world, three demonstrations, `viprog reinforce`.
+- `data`, `demos`, `captioning`, `cli`: the shapes world, four demonstrations, `viprog reinforce`.
 """

@@ -18,10 +18,11 @@ from viprog.errors import UsageError
 class ReinforceConfig:
     """MLE-train a small model on the shapes world, tune it with its task reward, compare."""
 
-    demo: Literal["segmentation", "detection", "colorization"] = "segmentation"
+    demo: Literal["segmentation", "detection", "colorization", "captioning"] = "segmentation"
     """which demonstration: per-pixel segmentation (reward: panoptic quality), pix2seq detection
-    (reward: big_vision's detection reward, metric mAP) or colorization (reward:
-    colourfulness with fidelity penalties)"""
+    (reward: big_vision's detection reward, metric mAP), colorization (reward:
+    colourfulness with fidelity penalties) or captioning (reward: CIDEr-D against five
+    references per image)"""
     seeds: tuple[int, ...] = (0,)
     """one run per seed (data, initialisation and sampling all follow the seed)"""
     mle_steps: int | None = None

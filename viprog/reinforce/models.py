@@ -16,6 +16,7 @@ regions, which is what lets reward tuning move panoptic quality.
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -231,6 +232,20 @@ class BoxTokenizer:
         return ok
 
 
+class TokenGrammar(Protocol):
+    """What `SeqPolicy` needs of a tokenizer: sizes, the PAD / EOS ids, and which tokens
+    may stand at each position (`BoxTokenizer`, or a caption's word tokenizer)."""
+
+    PAD: int
+    EOS: int
+    size: int
+    """side of the (square) input image in pixels"""
+    vocab_size: int
+    length: int
+
+    def allowed(self) -> Tensor: ...
+
+
 class SeqPolicy(nn.Module):
     """Autoregressive token output: a CNN encoder and a small Transformer decoder.
 
@@ -240,7 +255,7 @@ class SeqPolicy(nn.Module):
     Tokens after EOS are PAD and carry no probability.
     """
 
-    def __init__(self, tokenizer: BoxTokenizer, in_channels: int = 3, dim: int = 96, layers: int = 2) -> None:
+    def __init__(self, tokenizer: TokenGrammar, in_channels: int = 3, dim: int = 96, layers: int = 2) -> None:
         super().__init__()
         self.tok = tokenizer
         self.encoder = nn.Sequential(

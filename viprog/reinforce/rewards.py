@@ -2,10 +2,10 @@
 
 Why its own module: a reward is the whole specification of what REINFORCE optimises, so
 each one here is a plain function of (prediction, ground truth) with no model, state or
-framework in it, and each is cross-checked in the tests against the reference that
-defines the metric (pycocotools' COCOeval for `coco_map`, pycocoevalcap's CIDEr-D for
-`cider`, panopticapi's `pq_compute` definition for `panoptic_quality`, big_vision's
-JAX `reward_fn` for `detection_reward`).
+framework in it, written from the definition in its paper (the detection reward of
+Pinto et al. 2023, panoptic quality of Kirillov et al. 2019, CIDEr-D of Vedantam et al.
+2015). The tests check `coco_map` against pycocotools' COCOeval and `cider` against
+pycocoevalcap, and the rest on hand-worked cases and invariances.
 
 Box convention everywhere: `[x0, y0, x1, y1]` in pixels. A detection record is a dict
 with `boxes` (N×4), `labels` (N ints) and, for predictions, `scores` (N floats).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -68,37 +69,38 @@ def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int, reduce: Literal["im
 def detection_reward(predictions: Sequence[Detections], ground_truths: Sequence[Detections],
                      class_weights: Sequence[float] | None = None, dup_weight: float = 0.3,
                      thresholds: Sequence[float] = IOU_THRESHOLDS) -> np.ndarray:
-    """Per-image detection reward of Pinto et al. 2023 (big_vision's `reward_fn`).
+    """Per-image detection reward of Pinto et al. 2023: class-weighted recall minus a
+    penalty for duplicates, averaged over IoU thresholds 0.50:0.95.
 
-    For each IoU threshold t: IoUs ≤ t or between different labels count as 0; each
-    prediction keeps only its best ground truth; each ground truth is matched to its best
-    prediction and earns its class weight; every other prediction overlapping a ground
-    truth above t is a duplicate and costs `dup_weight` × its class weight. The reward is
-    the mean over thresholds (0.50:0.95). Scores are ignored: the reward is about which
-    boxes are emitted. `class_weights[c]` defaults to 1 (big_vision uses inverse COCO
-    class frequencies, normalised to mean 1).
+    The definition, at one threshold t: every predicted box points at the ground-truth
+    box of its own class that it overlaps most, if that overlap is above t. A ground
+    truth that at least one prediction points at is found and earns its class weight;
+    each further prediction pointing at it is a duplicate and costs `dup_weight` × that
+    weight. Predictions pointing at nothing (a wrong class, a miss) cost nothing, and
+    scores are ignored: the reward is about which boxes are emitted.
+
+    Which ground truth a box points at does not depend on t (it is the best one; t only
+    decides whether the overlap counts), so the count of predictions per ground truth
+    is one table over (threshold, ground truth). `class_weights[c]` defaults to 1
+    (big_vision uses inverse COCO class frequencies, normalised to mean 1).
     """
+    thr = np.asarray(thresholds, dtype=np.float64)
     out = np.zeros(len(predictions))
     for i, (pred, gt) in enumerate(zip(predictions, ground_truths, strict=True)):
-        pl, gl = np.asarray(pred["labels"], dtype=np.int64), np.asarray(gt["labels"], dtype=np.int64)
-        if len(pl) == 0 or len(gl) == 0:
+        pred_labels = np.asarray(pred["labels"], dtype=np.int64)
+        gt_labels = np.asarray(gt["labels"], dtype=np.int64)
+        if len(pred_labels) == 0 or len(gt_labels) == 0:
             continue
-        weights = np.ones(int(max(pl.max(), gl.max())) + 1) if class_weights is None else np.asarray(class_weights)
-        base = iou(pred["boxes"], gt["boxes"]) * (pl[:, None] == gl[None, :])
-        total = 0.0
-        for thr in thresholds:
-            m = np.where(base > thr, base, 0.0)
-            keep = np.zeros_like(m)
-            keep[np.arange(len(pl)), m.argmax(1)] = 1.0  # each prediction → one ground truth
-            m = m * keep
-            best = m.argmax(0)
-            matched = m[best, np.arange(len(gl))] > 0
-            match_reward = weights[gl][matched].sum()
-            chosen = np.zeros_like(m)
-            chosen[best[matched], np.arange(len(gl))[matched]] = 1.0
-            penalty = ((m > 0) * (1 - chosen) * weights[pl][:, None]).sum()
-            total += match_reward - dup_weight * penalty
-        out[i] = total / len(thresholds)
+        same_class = pred_labels[:, None] == gt_labels[None, :]
+        overlap = np.where(same_class, iou(pred["boxes"], gt["boxes"]), 0.0)
+        target, best = overlap.argmax(1), overlap.max(1)
+        counts = np.zeros((len(thr), len(gt_labels)))
+        for t_i, t in enumerate(thr):
+            counts[t_i] = np.bincount(target[best > t], minlength=len(gt_labels))
+        w = np.ones(len(gt_labels)) if class_weights is None else np.asarray(class_weights, np.float64)[gt_labels]
+        found = (counts > 0) @ w
+        duplicates = np.clip(counts - 1, 0, None) @ w
+        out[i] = float(np.mean(found - dup_weight * duplicates))
     return out
 
 
@@ -167,57 +169,79 @@ def coco_map(predictions: Sequence[Detections], ground_truths: Sequence[Detectio
     return float(valid.mean()) if valid.size else -1.0
 
 
+@dataclass
+class _ClassTally:
+    """What PQ needs of one class over a dataset: true positives, their summed IoU, and
+    the false positives and negatives."""
+
+    tp: int = 0
+    iou: float = 0.0
+    fp: int = 0
+    fn: int = 0
+
+    def quality(self) -> tuple[float, float]:
+        """(SQ, RQ): mean IoU of the matches, and TP / (TP + FP/2 + FN/2)."""
+        sq = self.iou / self.tp if self.tp else 0.0
+        return sq, self.tp / (self.tp + 0.5 * self.fp + 0.5 * self.fn)
+
+
+def _overlaps(gt_ids: np.ndarray, pred_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The segment ids of both maps and their pixel contingency table (gt × pred)."""
+    g_keys, g_idx = np.unique(gt_ids, return_inverse=True)
+    p_keys, p_idx = np.unique(pred_ids, return_inverse=True)
+    table = np.bincount(g_idx.ravel() * len(p_keys) + p_idx.ravel(), minlength=len(g_keys) * len(p_keys))
+    return g_keys, p_keys, table.reshape(len(g_keys), len(p_keys))
+
+
+def _classes(keys: np.ndarray, void: np.ndarray, categories: Mapping[int, int]) -> np.ndarray:
+    """The class of every segment id (-1 for void); a segment without one is an error."""
+    missing = [int(k) for k, v in zip(keys, void) if not v and int(k) not in categories]
+    if missing:
+        raise ValueError(f"panoptic_quality: segments {missing} have no entry in `categories`; give every "
+                         "non-void segment id a class")
+    return np.array([-1 if v else categories[int(k)] for k, v in zip(keys, void)], dtype=np.int64)
+
+
 def panoptic_quality(predictions: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]],
                      void_id: int = 0) -> dict[str, float]:
-    """Dataset PQ / SQ / RQ as panopticapi's `pq_compute` defines them (all categories).
+    """Dataset panoptic quality PQ = SQ × RQ (Kirillov et al., CVPR 2019), with SQ and RQ,
+    averaged over the classes that have any TP, FP or FN; 1.0 is perfect.
 
     Each image is a dict with `segments` (H×W ints, segment ids; `void_id` = unlabelled)
-    and `categories` ({segment id: class}); ground truth may add `crowd` (set of segment
-    ids). A ground-truth and a predicted segment of the same class match when their IoU
-    > 0.5, the union leaving out predicted pixels on void; an unmatched prediction lying
-    more than half on void or on a crowd region of its class is not a false positive.
-    PQ = Σ IoU / (TP + FP/2 + FN/2), averaged over classes with any TP, FP or FN.
+    and `categories` ({segment id: class}); ground truth may add `crowd` (a set of
+    segment ids). As the paper defines it: a predicted and a ground-truth segment of one
+    class match when their IoU is above 0.5 (which makes the matching unique), the
+    prediction's pixels on void left out of its area; matches are TP, unmatched ground
+    truth FN (crowd regions never are), unmatched predictions FP unless more than half
+    of them lies on void or on crowd regions of their class.
     """
-    tp, fp, fn, iou_sum = Counter(), Counter(), Counter(), defaultdict(float)
+    tally: defaultdict[int, _ClassTally] = defaultdict(_ClassTally)
     for pred, gt in zip(predictions, ground_truths, strict=True):
-        p_ids, g_ids = np.asarray(pred["segments"]).ravel(), np.asarray(gt["segments"]).ravel()
-        p_cat, g_cat = dict(pred["categories"]), dict(gt["categories"])
-        crowd = set(gt.get("crowd", ()))
-        p_area = Counter(p_ids[p_ids != void_id].tolist())
-        g_area = Counter(g_ids[g_ids != void_id].tolist())
-        pairs = Counter(zip(g_ids.tolist(), p_ids.tolist()))
-        g_matched, p_matched = set(), set()
-        for (g, p), inter in pairs.items():
-            if g == void_id or p == void_id or g in crowd or g_cat[g] != p_cat[p]:
-                continue
-            union = p_area[p] + g_area[g] - inter - pairs.get((void_id, p), 0)
-            if inter / union > 0.5:
-                tp[g_cat[g]] += 1
-                iou_sum[g_cat[g]] += inter / union
-                g_matched.add(g)
-                p_matched.add(p)
-        crowd_by_cat = {g_cat[g]: g for g in crowd}
-        for g in g_area:
-            if g not in g_matched and g not in crowd:
-                fn[g_cat[g]] += 1
-        for p in p_area:
-            if p in p_matched:
-                continue
-            ignored = pairs.get((void_id, p), 0)
-            if p_cat[p] in crowd_by_cat:
-                ignored += pairs.get((crowd_by_cat[p_cat[p]], p), 0)
-            if ignored / p_area[p] > 0.5:
-                continue
-            fp[p_cat[p]] += 1
-    pq = sq = rq = 0.0
-    cats = [c for c in set(tp) | set(fp) | set(fn) if tp[c] + fp[c] + fn[c] > 0]
-    for c in cats:
-        denom = tp[c] + 0.5 * fp[c] + 0.5 * fn[c]
-        pq += iou_sum[c] / denom
-        sq += iou_sum[c] / tp[c] if tp[c] else 0.0
-        rq += tp[c] / denom
-    n = max(len(cats), 1)
-    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": len(cats)}
+        g_keys, p_keys, table = _overlaps(np.asarray(gt["segments"]), np.asarray(pred["segments"]))
+        g_void, p_void = g_keys == void_id, p_keys == void_id
+        g_cls, p_cls = _classes(g_keys, g_void, gt["categories"]), _classes(p_keys, p_void, pred["categories"])
+        crowd = np.isin(g_keys, list(gt.get("crowd", ())))
+        on_void = table[g_void].sum(0)  # per predicted segment: its pixels on void ground truth
+        p_area = table.sum(0) - on_void
+        union = table.sum(1)[:, None] + p_area[None, :] - table
+        iou_table = np.where(union > 0, table / np.maximum(union, 1), 0.0)
+        eligible = (g_cls[:, None] == p_cls[None, :]) & ~(g_void | crowd)[:, None] & ~p_void[None, :]
+        match = eligible & (iou_table > 0.5)
+        for g, p in zip(*np.nonzero(match)):
+            tally[int(g_cls[g])].tp += 1
+            tally[int(g_cls[g])].iou += float(iou_table[g, p])
+        for g in np.nonzero(~(g_void | crowd) & ~match.any(1))[0]:
+            tally[int(g_cls[g])].fn += 1
+        same_class_crowd = (crowd[:, None] & (g_cls[:, None] == p_cls[None, :]))
+        ignored = on_void + (table * same_class_crowd).sum(0)
+        for p in np.nonzero(~p_void & ~match.any(0))[0]:
+            if ignored[p] <= 0.5 * table[:, p].sum():
+                tally[int(p_cls[p])].fp += 1
+    per_class = [t.quality() for t in tally.values()]
+    if not per_class:
+        return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+    sq, rq = np.array(per_class).T
+    return {"pq": float(np.mean(sq * rq)), "sq": float(sq.mean()), "rq": float(rq.mean()), "n": len(per_class)}
 
 
 def colorfulness(images: np.ndarray) -> np.ndarray:
@@ -234,44 +258,68 @@ def colorfulness(images: np.ndarray) -> np.ndarray:
     return np.hypot(rg.std(1), yb.std(1)) + 0.3 * np.hypot(rg.mean(1), yb.mean(1))
 
 
-def _ngrams(words: list[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1))
+def ngram_counts(text: str, n: int = 4) -> list[Counter]:
+    """The n-grams of a whitespace-tokenised text, one Counter of tuples per order 1 … n."""
+    words = text.split()
+    return [Counter(zip(*(words[k:] for k in range(order)))) for order in range(1, n + 1)]
+
+
+@dataclass(frozen=True)
+class CiderCorpus:
+    """CIDEr's corpus statistics: for each n-gram, the number of images whose reference
+    set contains it (document frequency), and the number of images. Build it once from
+    the training references (`CiderCorpus.of`) to score samples during tuning."""
+
+    df: Mapping[tuple[str, ...], int]
+    images: int
+
+    @classmethod
+    def of(cls, references: Sequence[Sequence[str]], n: int = 4) -> CiderCorpus:
+        df: Counter = Counter()
+        for refs in references:
+            df.update({g for r in refs for order in ngram_counts(r, n) for g in order})
+        return cls(df, len(references))
+
+    def tfidf(self, counts: list[Counter]) -> list[dict[tuple[str, ...], float]]:
+        """Raw term counts × log(images / max(1, df)), per order."""
+        log_images = np.log(float(self.images))
+        return [{g: tf * (log_images - np.log(max(1.0, self.df.get(g, 0)))) for g, tf in order.items()}
+                for order in counts]
+
+
+def _cider_d(cand: list[dict], cand_len: int, refs: list[tuple[list[dict], int]], sigma: float) -> float:
+    """CIDEr-D of one candidate against its references: per order, the cosine of the tf-idf
+    vectors with the candidate's weights clipped at the reference's, times a Gaussian in
+    the length difference; mean over orders and references, × 10."""
+    total = 0.0
+    for ref, ref_len in refs:
+        penalty = np.exp(-((cand_len - ref_len) ** 2) / (2 * sigma**2))
+        for c, r in zip(cand, ref):
+            dot = sum(min(w, r[g]) * r[g] for g, w in c.items() if g in r)
+            norms = np.sqrt(sum(w * w for w in c.values()) * sum(w * w for w in r.values()))
+            total += penalty * (dot / norms if norms > 0 else 0.0)
+    return 10.0 * total / (len(cand) * len(refs))
 
 
 def cider(candidates: Sequence[str], references: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0,
-          per_caption: bool = False) -> float | np.ndarray:
-    """Corpus CIDEr-D (Vedantam et al. 2015) as pycocoevalcap computes it.
+          per_caption: bool = False, corpus: CiderCorpus | None = None) -> float | np.ndarray:
+    """CIDEr-D (Vedantam et al., CVPR 2015) of one candidate per image against that image's
+    references; the corpus mean, or one score per candidate with `per_caption=True` (the
+    per-sample reward).
 
-    Inputs are already tokenised, lower-cased strings (split on whitespace). Document
-    frequencies come from the references of this corpus; n-gram TF-IDF vectors; the
-    candidate's weights are clipped by the reference's; a Gaussian penalty on the length
-    difference (measured, as in pycocoevalcap, in bigram counts); ×10, averaged over
-    references and n = 1..4. `per_caption=True` returns one score per candidate (the
-    per-sample reward); otherwise their mean.
+    Texts are tokenised, lower-cased strings (split on whitespace). The tf-idf weights
+    use `corpus` (default: the statistics of `references` themselves, as the COCO
+    evaluation computes them). As in the reference evaluation code (coco-caption), the
+    term frequencies are raw counts and a text's length is its number of bigrams, which
+    the Gaussian penalty (σ = `sigma`) compares.
     """
     if len(candidates) != len(references) or any(len(r) == 0 for r in references):
         raise ValueError("cider: need one candidate and at least one reference per image")
-    refs = [[_ngrams(r.split(), n) for r in rs] for rs in references]
-    df = Counter(g for rs in refs for g in set().union(*rs))
-    ref_len = np.log(float(len(refs)))
+    stats = corpus if corpus is not None else CiderCorpus.of(references, n)
 
-    def vec(counts: Counter) -> tuple[list[dict], np.ndarray, int]:
-        v: list[dict] = [{} for _ in range(n)]
-        for g, tf in counts.items():
-            v[len(g) - 1][g] = tf * (ref_len - np.log(max(1.0, df[g])))
-        norms = np.array([np.sqrt(sum(x * x for x in d.values())) for d in v])
-        return v, norms, sum(tf for g, tf in counts.items() if len(g) == 2)
+    def vector(text: str) -> tuple[list[dict], int]:
+        return stats.tfidf(ngram_counts(text, n)), max(len(text.split()) - 1, 0)
 
-    scores = np.zeros(len(candidates))
-    for i, (cand, rs) in enumerate(zip(candidates, refs)):
-        vh, nh, lh = vec(_ngrams(cand.split(), n))
-        total = np.zeros(n)
-        for r in rs:
-            vr, nr, lr = vec(r)
-            val = np.array([sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())
-                            for k in range(n)])
-            ok = (nh != 0) & (nr != 0)
-            val[ok] /= nh[ok] * nr[ok]
-            total += val * np.exp(-float(lh - lr) ** 2 / (2 * sigma ** 2))
-        scores[i] = total.mean() / len(rs) * 10.0
+    scores = np.array([_cider_d(*vector(c), [vector(r) for r in refs], sigma)
+                       for c, refs in zip(candidates, references)])
     return scores if per_caption else float(scores.mean())
