@@ -120,6 +120,35 @@ def sft_options(train: TrainSettings, output_dir: str | Path, *, cuda: bool, bf1
     }
 
 
+def check_continued_lora(init_adapter: str | Path, lora: LoraSettings) -> None:
+    """A `UsageError` when the adapter to continue was made with other LoRA settings than
+    `lora`: a continued adapter keeps its own rank, alpha, dropout and target modules, so
+    the configured ones would otherwise be silently ignored."""
+    from peft import PeftConfig
+
+    from viprog.errors import UsageError
+
+    saved = PeftConfig.from_pretrained(str(init_adapter))
+    wanted = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": sorted(lora.target_modules)}
+    found = {"r": saved.r, "alpha": saved.lora_alpha, "dropout": saved.lora_dropout,
+             "target_modules": sorted(saved.target_modules or ())}
+    diff = [f"{key} {wanted[key]} (adapter: {found[key]})" for key in wanted if wanted[key] != found[key]]
+    if diff:
+        raise UsageError(f"the adapter continued from {init_adapter} was trained with other LoRA settings: "
+                         f"{'; '.join(diff)}; configure the adapter's settings or use --restart-from-base")
+
+
+def count_over_length(tokenizer: Any, rows: Sequence[dict[str, str]], max_length: int) -> int:
+    """How many (prompt, completion) rows are longer than `max_length` tokens (with the
+    end-of-text token the trainer appends): the trainer cuts their end, the program's tokens,
+    so such a row teaches less, or nothing at all."""
+    over = 0
+    for row in rows:
+        n = len(tokenizer(row["prompt"])["input_ids"]) + len(tokenizer(row["completion"])["input_ids"]) + 1
+        over += n > max_length
+    return over
+
+
 def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
              lora: LoraSettings = LoraSettings(), train: TrainSettings = TrainSettings(),
              init_adapter: str | Path | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -127,6 +156,8 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
 
     init_adapter: continue training this adapter (rounds that continue from the last
         adapter) instead of starting a fresh one on the base model.
+    A continued adapter must have `lora`'s settings (`check_continued_lora`); pairs longer
+    than `train.max_length` are counted (`train/over_max_length`) and logged.
     Returns `train/*` metrics (loss, steps, examples, tokens, seconds, whether activations
     were checkpointed, and on a GPU the peak memory training allocated); they are also saved
     beside the adapter as `train_stats.json`. Nothing exists at `out_dir` until the adapter
@@ -149,13 +180,20 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         model = model.to(device)
     peft_config = None
     if init_adapter is not None:
+        check_continued_lora(init_adapter, lora)
         model = PeftModel.from_pretrained(model, str(init_adapter), is_trainable=True)
     else:
         peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                  target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
+    rows = [{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs]
+    over = count_over_length(tokenizer, rows, train.max_length)
+    if over:
+        log.warning("%d of %d training pairs are longer than max_length=%d tokens and lose their end (the program) "
+                    "to truncation; raise --max-length or train under the short prompt", over, len(rows),
+                    train.max_length)
+    dataset = Dataset.from_list(rows)
     args = SFTConfig(**sft_options(train, work / "trainer", cuda=cuda, bf16=bf16))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config)
@@ -169,6 +207,7 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"]))
     stats = {
         "train/examples": len(pairs),
+        "train/over_max_length": over,
         "train/steps": int(output.global_step),
         "train/loss_first": float(losses[0]) if losses else None,
         "train/loss_last": float(losses[-1]) if losses else None,

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from viprog.config import TaskPolicyConfig
 from viprog.errors import DataError, UsageError
-from viprog.filtering import filter_samples, filter_stats
+from viprog.filtering import filter_stats, primitive_calls, select_programs
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -74,6 +74,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Drop programs identical (up to layout and comments) to one kept for the same question."""
     cap_per_question: int | None = 2
     """Keep at most this many programs per question (None: no cap)."""
+    drop_lucky: bool = True
+    """Do not keep lucky guesses: programs that made no primitive call or return a constant."""
+    dedup_across_questions: bool = False
+    """Do not keep a program identical to one kept for an earlier question of the round."""
     restart_from_base: bool = False
     """Fine-tune each round from the base model on the whole library, instead of continuing
     the last adapter on this round's programs."""
@@ -331,14 +335,17 @@ def run_round(ctx: Context, k: int) -> dict[str, Any]:
 
         def keep() -> dict[str, Any]:  # filter: reward ≥ τ, dedup, cap
             path = run.artifact(k, "samples.jsonl")
-            samples = [summary(row) for row in iter_jsonl(path)]  # no answers or traces held
-            chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+            samples = [{**summary(row), "primitive_calls": primitive_calls(row)}  # no answers or traces held
+                       for row in iter_jsonl(path)]
+            chosen, removed = select_programs(samples, tau=cfg.tau, dedup=cfg.dedup,
+                                              cap_per_question=cfg.cap_per_question, drop_lucky=cfg.drop_lucky,
+                                              dedup_across_questions=cfg.dedup_across_questions)
             wanted = {(r["question_id"], r["sample"]) for r in chosen}
             with AtomicJsonl(run.artifact(k, "kept.jsonl")) as kept:  # the full rows, copied one at a time
                 for row in iter_jsonl(path):
                     if (row["question_id"], row["sample"]) in wanted:
                         kept.write(row)
-            return filter_stats(samples, chosen)
+            return filter_stats(samples, chosen, removed)
 
         metrics |= step(ctx, k, "filter", keep)
 
