@@ -101,12 +101,12 @@ def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, 
 
 def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none") -> Policy:
     """`load_policy`, where `--policy scripted --model FILE.jsonl` reads the scripted programs from FILE."""
-    from viprog.policy import load_policy
+    from viprog.policy import EMBEDDED_POLICIES, load_policy
 
     if name == "scripted":
         return load_policy(name, **({"path": model} if model else {}))
     if quantize == "auto":
-        quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
+        quantize = "int8" if device == "cpu" and name in ("hf", *EMBEDDED_POLICIES) else "none"
     return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}))
 
 
