@@ -159,8 +159,8 @@ def test_probe_accepts_a_model_and_names_a_broken_file(tiny_gguf, tmp_path):
 
 
 def test_embedded_falls_back_to_hf_with_one_warning(tiny, monkeypatch, caplog):
-    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None: tiny)
-    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None: tiny)
+    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None, **k: tiny)
+    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, **k: tiny)
     monkeypatch.setattr(embedded, "unavailable", lambda gguf: "llama-cpp-python is not installed")
     with caplog.at_level(logging.WARNING):
         p = load_policy(embedded.NAME, engine="llamacpp", quantize="int8", progress=False)
@@ -171,8 +171,8 @@ def test_embedded_falls_back_to_hf_with_one_warning(tiny, monkeypatch, caplog):
 
 @needs_engine
 def test_embedded_on_the_engine_drops_hf_only_options(tiny, tiny_gguf, monkeypatch):
-    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None: tiny_gguf)
-    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None: tiny)
+    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None, **k: tiny_gguf)
+    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, **k: tiny)
     p = load_policy(embedded.NAME, engine="llamacpp", quantize="int8", progress=False)
     assert isinstance(p, LlamaCppPolicy) and p.name == embedded.NAME and p.model_path == tiny
     p.close()

@@ -1,4 +1,5 @@
-"""LoRA fine-tuning with TRL's SFTTrainer + PEFT (viprog.finetune), on a tiny Qwen2."""
+"""LoRA fine-tuning with TRL's SFTTrainer + PEFT (viprog.finetune), on a tiny Qwen2; a continued
+adapter refuses other LoRA settings, and over-long pairs are counted, not silently cut."""
 
 import json
 import logging
@@ -6,6 +7,7 @@ import logging
 import pytest
 from selftrain_fixtures import SHAPES, build_tiny_policy, query_for, right_program
 
+from viprog.errors import UsageError
 from viprog.finetune import LoraSettings, TrainSettings, completion_for, finetune, sft_options
 
 PROMPT = "# Query: {}\ndef execute_command(image):\n"
@@ -95,3 +97,39 @@ def test_trainer_logs_go_to_the_logger_and_the_bar_not_stdout(tiny, tmp_path, ca
     steps = [r for r in caplog.records if r.getMessage().startswith("trainer step")]
     assert len(steps) == stats["train/steps"] == 2 and "'loss'" in steps[0].getMessage()
     assert any(r.levelno == logging.INFO and "train_runtime" in r.getMessage() for r in caplog.records)
+
+
+def four_pairs():
+    return pairs()[:len(SHAPES)]
+
+
+def test_continuing_an_adapter_with_other_lora_settings_is_refused(tiny, tmp_path):
+    path, tokenizer = tiny
+    train = TrainSettings(epochs=1, batch_size=4)
+    finetune(path, tokenizer, four_pairs(), tmp_path / "a1", lora=LoraSettings(r=4, alpha=8, dropout=0.0), train=train)
+    for other in (LoraSettings(r=8, alpha=8, dropout=0.0), LoraSettings(r=4, alpha=16, dropout=0.0),
+                  LoraSettings(r=4, alpha=8, dropout=0.1), LoraSettings(r=4, alpha=8, dropout=0.0,
+                                                                        target_modules=("q_proj",))):
+        with pytest.raises(UsageError, match="other LoRA settings") as err:
+            finetune(path, tokenizer, four_pairs(), tmp_path / "a2", lora=other, train=train, init_adapter=tmp_path / "a1")
+        assert "\n" not in str(err.value)
+        assert not (tmp_path / "a2").exists()
+    same = finetune(path, tokenizer, four_pairs(), tmp_path / "a3", lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+                    train=train, init_adapter=tmp_path / "a1")
+    assert same["train/steps"] == 1
+
+
+def test_pairs_longer_than_max_length_are_counted_and_logged(tiny, tmp_path, caplog):
+    path, tokenizer = tiny
+    long_prompt = "# a few-shot prompt\n" * 40 + PROMPT.format(query_for("star"))
+    batch = [*four_pairs(), (long_prompt, right_program("star"))]
+    limit = max(len(tokenizer(p)["input_ids"]) for p, _ in four_pairs()) + 40
+    assert len(tokenizer(long_prompt)["input_ids"]) > limit
+    with caplog.at_level(logging.WARNING, logger="viprog.finetune"):
+        stats = finetune(path, tokenizer, batch, tmp_path / "a", train=TrainSettings(epochs=1, batch_size=5,
+                                                                                      max_length=limit))
+    assert stats["train/over_max_length"] == 1
+    assert any("1 of 5 training pairs are longer than max_length" in r.getMessage() for r in caplog.records)
+    stats = finetune(path, tokenizer, four_pairs(), tmp_path / "b", train=TrainSettings(epochs=1, batch_size=4,
+                                                                                   max_length=limit))
+    assert stats["train/over_max_length"] == 0

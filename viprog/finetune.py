@@ -178,6 +178,33 @@ def free_memory(cuda: bool) -> None:
         torch.cuda.empty_cache()
 
 
+def check_continued_lora(init_adapter: str | Path, lora: LoraSettings) -> None:
+    """A `UsageError` when the adapter to continue was made with other LoRA settings than
+    `lora`: a continued adapter keeps its own rank, alpha, dropout and target modules, so
+    the configured ones would otherwise be silently ignored."""
+    from peft import PeftConfig
+
+    saved = PeftConfig.from_pretrained(str(init_adapter))
+    wanted = {"r": lora.r, "alpha": lora.alpha, "dropout": lora.dropout, "target_modules": sorted(lora.target_modules)}
+    found = {"r": saved.r, "alpha": saved.lora_alpha, "dropout": saved.lora_dropout,
+             "target_modules": sorted(saved.target_modules or ())}
+    diff = [f"{key} {wanted[key]} (adapter: {found[key]})" for key in wanted if wanted[key] != found[key]]
+    if diff:
+        raise UsageError(f"the adapter continued from {init_adapter} was trained with other LoRA settings: "
+                         f"{'; '.join(diff)}; configure the adapter's settings or use --restart-from-base")
+
+
+def count_over_length(tokenizer: Any, rows: Sequence[dict[str, str]], max_length: int) -> int:
+    """How many (prompt, completion) rows are longer than `max_length` tokens (with the
+    end-of-text token the trainer appends): the trainer cuts their end, the program's tokens,
+    so such a row teaches less, or nothing at all."""
+    over = 0
+    for row in rows:
+        n = len(tokenizer(row["prompt"])["input_ids"]) + len(tokenizer(row["completion"])["input_ids"]) + 1
+        over += n > max_length
+    return over
+
+
 def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], out_dir: str | Path, *,
              lora: LoraSettings = LoraSettings(), train: TrainSettings = TrainSettings(),
              init_adapter: str | Path | None = None, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
@@ -185,6 +212,8 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
 
     init_adapter: continue training this adapter (rounds that continue from the last
         adapter) instead of starting a fresh one on the base model. seed: the trainer's seed.
+    A continued adapter must have `lora`'s settings (`check_continued_lora`); pairs longer
+    than `train.max_length` are counted (`train/over_max_length`) and logged.
     Returns `train/*` metrics (loss, steps, examples, tokens, seconds, whether activations
     were checkpointed, and on a GPU the peak memory training allocated); they are also saved
     beside the adapter as `train_stats.json`. Nothing exists at `out_dir` until the adapter
@@ -200,10 +229,18 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
         raise ValueError("no training pairs")
     out_dir = Path(out_dir)
     work = tmp_dir_for(out_dir)
+    if init_adapter is not None:
+        check_continued_lora(init_adapter, lora)
     model, peft_config, cuda, bf16 = trainable_model(model_path, lora, init_adapter, device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dataset = Dataset.from_list([{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs])
+    rows = [{"prompt": p, "completion": completion_for(p, c)} for p, c in pairs]
+    over = count_over_length(tokenizer, rows, train.max_length)
+    if over:
+        log.warning("%d of %d training pairs are longer than max_length=%d tokens and lose their end (the program) "
+                    "to truncation; raise --train.max-length or train under the short prompt", over, len(rows),
+                    train.max_length)
+    dataset = Dataset.from_list(rows)
     args = SFTConfig(**sft_options(train, work / "trainer", cuda=cuda, bf16=bf16, seed=seed))
     trainer = route_logs(SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                     peft_config=peft_config))  # its log entries to the logger and the bar
@@ -217,6 +254,7 @@ def finetune(model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]], 
     tokens = int(sum(len(ids) for ids in trainer.train_dataset["input_ids"]))
     stats = {
         "train/examples": len(pairs),
+        "train/over_max_length": over,
         "train/steps": int(output.global_step),
         "train/loss_first": float(losses[0]) if losses else None,
         "train/loss_last": float(losses[-1]) if losses else None,

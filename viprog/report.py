@@ -37,7 +37,8 @@ pre{background:#f7f7f7;padding:6px;font-size:11px;overflow-x:auto;white-space:pr
 def svg_plot(series: dict[str, list[tuple[int, float]]], *, width: int = 520, height: int = 260,
              title: str = "") -> str:
     """A line plot of values in [0, 1] against round numbers, as inline SVG."""
-    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    per_row = max(1, (width - 64) // 170)  # legend entries per line
     rounds = sorted({x for points in series.values() for x, _ in points}) or [0]
     left, right, top, bottom = 48, 16, 28, 36
     span = max(max(rounds) - min(rounds), 1)
@@ -65,7 +66,8 @@ def svg_plot(series: dict[str, list[tuple[int, float]]], *, width: int = 520, he
         for x, y in points:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{color}">'
                        f'<title>{html.escape(name)} round {x}: {y:.1%}</title></circle>')
-        out.append(f'<text x="{left + 8 + 150 * i}" y="{top + 12}" font-size="11" fill="{color}">■ {html.escape(name)}</text>')
+        out.append(f'<text x="{left + 8 + 170 * (i % per_row)}" y="{top + 12 + 13 * (i // per_row)}" font-size="11" '
+                   f'fill="{color}">■ {html.escape(name)}</text>')
     out.append("</svg>")
     return "".join(out)
 

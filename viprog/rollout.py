@@ -36,7 +36,7 @@ from viprog.errors import UsageError
 from viprog.executor import Job
 from viprog.executor.backend import make_executor
 from viprog.executor.result import ExecutionResult
-from viprog.policy import Prompter, extract_program, load_policy
+from viprog.policy import EMBEDDED_POLICIES, Prompter, extract_program, load_policy
 from viprog.policy.base import Policy, SamplingParams
 from viprog.primitives.apidoc import api_section
 from viprog.primitives.patch import PrimitiveError
@@ -123,7 +123,7 @@ def load_scripted_or(name: str, model: str | None, device: str, quantize: str = 
     if name == "scripted":
         return load_policy(name, **({"path": model} if model else {}))
     if quantize == "auto":
-        quantize = "int8" if device == "cpu" and name in ("hf", "qwen2.5-coder-0.5b") else "none"
+        quantize = "int8" if device == "cpu" and name in ("hf", *EMBEDDED_POLICIES) else "none"
     return load_policy(name, model=model, device=device, **({"quantize": quantize} if quantize != "none" else {}),
                        **(options or {}))
 

@@ -38,7 +38,7 @@ import tyro
 from viprog.config import TaskPolicyConfig
 from viprog.corrections import library_rows
 from viprog.errors import DataError, UsageError
-from viprog.filtering import filter_samples, filter_stats
+from viprog.filtering import filter_stats, primitive_calls, select_programs
 from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
 from viprog.grpo import GrpoOptions, check_options, train_round
 from viprog.launch import launched
@@ -88,6 +88,10 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Drop programs identical (up to layout and comments) to one kept for the same question."""
     cap_per_question: int | None = 2
     """Keep at most this many programs per question (None: no cap)."""
+    drop_lucky: bool = True
+    """Do not keep lucky guesses: programs that made no primitive call or return a constant."""
+    dedup_across_questions: bool = False
+    """Do not keep a program identical to one kept for an earlier question of the round."""
     restart_from_base: bool = False
     """Fine-tune each round from the base model on the whole library, instead of continuing
     the last adapter on this round's programs."""
@@ -126,8 +130,7 @@ class SelfTrainConfig(TaskPolicyConfig):
     report: bool = True
     """Write runs/<name>/report.html at the end."""
     algo: Literal["rest", "grpo"] = "rest"
-    """rest: ViReP's filtered behaviour cloning; grpo: online RL with TRL's GRPOTrainer, the
-    sandbox's reward for each sampled program (options: --grpo.*)."""
+    """rest: ViReP's filtered behaviour cloning; grpo: online RL (TRL's GRPOTrainer, the sandbox's reward; --grpo.*)."""
     grpo: GrpoOptions = dataclasses.field(default_factory=GrpoOptions)
     """Options of --algo grpo."""
     corrections: str | None = None
@@ -348,18 +351,19 @@ def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str
 
 
 def filter_step(ctx: Context, k: int) -> dict[str, Any]:
-    """Keep the rewarded samples (reward ≥ tau, deduplicated, capped per question) in
-    `kept.jsonl`: chosen from their summaries, then copied whole one row at a time, so no
-    answers or traces of the whole rollout are held at once."""
+    """Keep the rewarded samples (reward ≥ tau, no lucky guesses, deduplicated, capped per
+    question) in `kept.jsonl`: chosen from their summaries, then copied whole one row at a
+    time, so no answers or traces of the whole rollout are held at once."""
     cfg, path = ctx.cfg, ctx.run.artifact(k, "samples.jsonl")
-    samples = [summary(row) for row in iter_jsonl(path)]
-    chosen = filter_samples(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question)
+    samples = [{**summary(row), "primitive_calls": primitive_calls(row)} for row in iter_jsonl(path)]
+    chosen, removed = select_programs(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question,
+                                      drop_lucky=cfg.drop_lucky, dedup_across_questions=cfg.dedup_across_questions)
     wanted = {(r["question_id"], r["sample"]) for r in chosen}
     with AtomicJsonl(ctx.run.artifact(k, "kept.jsonl")) as kept:
         for row in iter_jsonl(path):
             if (row["question_id"], row["sample"]) in wanted:
                 kept.write(row)
-    return filter_stats(samples, chosen)
+    return filter_stats(samples, chosen, removed)
 
 
 def train_step(ctx: Context, k: int, adapter_in: Any) -> dict[str, Any]:

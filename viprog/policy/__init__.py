@@ -16,6 +16,8 @@ from viprog.policy.scripted import ScriptedPolicy
 
 #: the policy used when none is named: Qwen2.5-Coder-0.5B-Instruct, shipped on PyPI
 DEFAULT_POLICY = "qwen2.5-coder-0.5b"
+#: the models shipped as PyPI parts (viprog.policy.embedded.MODELS), as policy names
+EMBEDDED_POLICIES = (DEFAULT_POLICY, "qwen2.5-coder-1.5b")
 
 POLICIES.add("hf", "viprog.policy.hf:HFPolicy", help="transformers on CPU/GPU, shared-prefix KV reuse, PEFT LoRA")
 POLICIES.add("vllm", "viprog.policy.vllm:VLLMPolicy", help="vLLM on GPUs, prefix caching, LoRARequest per round")
@@ -24,6 +26,8 @@ POLICIES.add("llamacpp", "viprog.policy.llamacpp:LlamaCppPolicy",
              help="llama.cpp on the CPU: GGUF models, sequences batched over a shared prefix, GGUF LoRA per round")
 POLICIES.add(DEFAULT_POLICY, "viprog.policy.embedded:embedded_policy",
              help="the embedded default: Qwen2.5-Coder-0.5B-Instruct from PyPI parts, via llama.cpp or hf")
+POLICIES.add(EMBEDDED_POLICIES[1], "viprog.policy.embedded:embedded_policy_1_5b",
+             help="Qwen2.5-Coder-1.5B-Instruct from PyPI parts (viprog[embedded-1.5b]), the 3x larger frozen model")
 
 #: backends that cannot run without a model name or folder
 NEEDS_MODEL = ("hf", "vllm", "llamacpp")
@@ -48,5 +52,5 @@ def load_policy(name: str = DEFAULT_POLICY, *, model: str | None = None, device:
         raise UsageError(f"policy {name!r}: {exc}") from None
 
 
-__all__ = ["DEFAULT_POLICY", "HEADER", "POLICIES", "Policy", "Prompter", "SamplingParams", "extract_program",
+__all__ = ["DEFAULT_POLICY", "EMBEDDED_POLICIES", "HEADER", "POLICIES", "Policy", "Prompter", "SamplingParams", "extract_program",
            "load_policy"]

@@ -1,0 +1,328 @@
+"""The self-training study: does the policy learn, and from what — its weights or its prompt?
+
+One fixed held-out set (the first `n_questions` of the task's evaluation split, checked to
+cover every question type of that split), seeds × rounds, and arms that take the two
+mechanisms of a default run apart:
+
+    a_base_fewshot             the base model, few-shot (round 0; no seed changes it: run once)
+    b_base_fewshot_library     the base model, few-shot + the run's library of rounds 1..k (in context only)
+    c_lora_train_prompt        the round-k adapter under the prompt it was trained on, no library
+    c_lora_fewshot             the round-k adapter, few-shot, no library (round 0's prompt: the weights alone)
+    d_lora_fewshot_library     the round-k adapter, few-shot + library (the default run's own evaluation)
+    e_restart_fewshot_library  like d, but each round trains a fresh LoRA from the base on the whole library
+    fewshot_large              a larger frozen model, few-shot (default Qwen2.5-Coder-1.5B), once
+
+The rounds are `viprog.selftrain` runs (one continuing the adapter and one with
+--restart-from-base per seed, under runs/); the other arms evaluate those runs' adapters
+and libraries through the same rollout (`viprog.selftrain.rollout`). Every (arm, seed, round)
+cell saves its per-question rows to rows/<arm>/seed<s>-round<k>.jsonl, and a cell whose rows
+exist is not run again, so a killed study resumes where it stopped. At the end: a table of
+mean ± 95 % bootstrap CI (over questions and seeds, `viprog.bootstrap`) per arm and round and
+per question type, report.html with the curves, rows.jsonl, and the results JSON.
+
+    python bench/selftrain_study.py                                    # the full study (hours)
+    python bench/selftrain_study.py --n-questions 40 --seeds 0 --rounds 1 \\
+        --results bench/results/selftrain_study_smoke.json             # a smoke run
+    python bench/selftrain_study.py --task shapes-hard                 # the second table
+    python bench/selftrain_study.py --selftrain.questions-per-round 24 # any selftrain option
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from viprog.errors import UsageError
+from viprog.selftrain import SelfTrainConfig, embedded
+
+log = logging.getLogger("viprog.study")
+
+ARMS: dict[str, str] = {
+    "a_base_fewshot": "base model, few-shot prompt (round 0)",
+    "b_base_fewshot_library": "base model, few-shot + library programs of rounds 1..k (in context only)",
+    "c_lora_train_prompt": "round-k adapter, the prompt it was trained on, no library",
+    "c_lora_fewshot": "round-k adapter, few-shot prompt, no library",
+    "d_lora_fewshot_library": "round-k adapter, few-shot + library (the default run's evaluation)",
+    "e_restart_fewshot_library": "--restart-from-base: round-k adapter trained from the base on the whole library, "
+                                 "few-shot + library",
+}
+LARGE = "fewshot_large"
+#: arms evaluated by the study on a continuing run's adapters and libraries: (adapter?, prompt, library?)
+EXTRA: dict[str, tuple[bool, str, bool]] = {
+    "b_base_fewshot_library": (False, "few-shot", True),
+    "c_lora_train_prompt": (True, "train", False),
+    "c_lora_fewshot": (True, "few-shot", False),
+}
+
+
+@dataclass
+class StudyConfig:
+    """A seeded self-training study with ablations (see the module docstring)."""
+
+    task: str = "shapes"
+    """Task (shapes, shapes-hard, or any other with train and test splits)."""
+    n_questions: int = 300
+    """Held-out questions: the first N of the evaluation split (they must cover all its question types)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the self-training runs (question order, sampling, training)."""
+    rounds: int = 3
+    """Self-training rounds after round 0."""
+    arms: tuple[str, ...] = tuple(ARMS)
+    """Arms to run (a_base_fewshot and d_lora_fewshot_library come with every continuing run)."""
+    large_policy: str | None = "qwen2.5-coder-1.5b"
+    """The larger frozen model evaluated few-shot once (None: skip)."""
+    large_model: str | None = None
+    """Model folder for large_policy when it is hf (None: the policy's own)."""
+    out_dir: str = "runs/study"
+    """Where the study's runs, rows, table and report go (a folder per task)."""
+    results: str | None = "bench/results/selftrain_study.json"
+    """Also write the results JSON here (None: only under out_dir)."""
+    draws: int = 10_000
+    """Bootstrap resamples."""
+    summary_only: bool = False
+    """Run nothing: summarise the cells saved so far (tables, report, results JSON)."""
+    selftrain: SelfTrainConfig = field(default_factory=embedded)
+    """Settings of each round (the embedded preset's by default); the study sets task, seed, rounds,
+    eval set, run folders and the few-shot evaluation prompts itself."""
+
+
+# -- the cells ---------------------------------------------------------------------------------
+def rows_path(root: Path, arm: str, seed: int | None, k: int) -> Path:
+    return root / "rows" / arm / (f"round{k}.jsonl" if seed is None else f"seed{seed}-round{k}.jsonl")
+
+
+def cell_rows(rows: Sequence[dict[str, Any]], arm: str, seed: int | None, k: int) -> list[dict[str, Any]]:
+    """The per-question record of one cell: what the statistics and the analysis read."""
+    keep = ("question_id", "question_type", "reward", "error_kind", "program", "answer")
+    return [{"arm": arm, "seed": seed, "round": k, **{key: r.get(key) for key in keep}} for r in rows]
+
+
+def save_cell(root: Path, arm: str, seed: int | None, k: int, rows: Sequence[dict[str, Any]]) -> None:
+    from viprog.runs import write_jsonl_atomic
+
+    write_jsonl_atomic(rows_path(root, arm, seed, k), cell_rows(rows, arm, seed, k))
+
+
+def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> SelfTrainConfig:
+    """The selftrain config of one seed's continuing (or restarting) run."""
+    name = f"seed{seed}-{'restart' if restart else 'continue'}"
+    return dataclasses.replace(study.selftrain, task=study.task, seed=seed, rounds=study.rounds,
+                               eval_size=study.n_questions, eval_split=None, base_prompt="few-shot",
+                               tuned_prompt="few-shot", restart_from_base=restart, run_name=name,
+                               runs_dir=str(root / "runs"), resume=(root / "runs" / name / "config.json").exists(),
+                               overwrite=False, report=False, preset=None)
+
+
+class Study:
+    """Runs the cells of a `StudyConfig` that have no rows yet, then summarises all of them."""
+
+    def __init__(self, cfg: StudyConfig) -> None:
+        from tqdm.auto import tqdm
+
+        unknown = sorted(set(cfg.arms) - set(ARMS))
+        if unknown:
+            raise UsageError(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
+        if not cfg.seeds or cfg.rounds < 1 or cfg.n_questions < 1:
+            raise UsageError("the study needs at least one seed, one round and one question")
+        if cfg.selftrain.library_shots < 1:
+            raise UsageError("--selftrain.library-shots must be ≥ 1: the library arms show library programs")
+        self.cfg = cfg
+        self.root = Path(cfg.out_dir) / cfg.task
+        self.failed: list[dict[str, Any]] = []
+        self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
+        self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
+                               unit="cell", position=i, leave=True, dynamic_ncols=True)
+                     for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot",
+                                                                                        "d_lora_fewshot_library"))}
+        for arm, bar in self.bars.items():
+            bar.update(sum(rows_path(self.root, arm, s, k).exists() for s in cfg.seeds for k in self._rounds(arm)))
+
+    def _rounds(self, arm: str) -> range:
+        return range(1) if arm == "a_base_fewshot" else range(1, self.cfg.rounds + 1)
+
+    def _done(self, arm: str, seed: int) -> bool:
+        return all(rows_path(self.root, arm, seed, k).exists() for k in self._rounds(arm))
+
+    def _mark(self, arm: str) -> None:
+        if arm in self.bars:
+            self.bars[arm].update(1)
+
+    # -- selftrain runs: arms a, d (continuing) and e (restarting) ------------------------------
+    def selftrain_run(self, seed: int, restart: bool) -> Path:
+        """Run (or resume) one seed's selftrain run and save the cells it evaluated."""
+        from viprog.selftrain import main as selftrain
+
+        cfg = run_config(self.cfg, self.root, seed, restart)
+        run_root = Path(cfg.runs_dir) / cfg.run_name
+        arms = ("e_restart_fewshot_library",) if restart else ("a_base_fewshot", "d_lora_fewshot_library")
+        if all(self._done(arm, seed) for arm in arms):
+            return run_root
+        first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
+        if run_root.name != first.parent.name and (first / "metrics.json").exists() and not (run_root / "round_0").exists():
+            shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
+        self.close()  # one copy of the model at a time: the run loads its own
+        log.info("seed %d: %s run in %s", seed, "restart-from-base" if restart else "continuing", run_root)
+        selftrain(cfg)
+        for k in range(self.cfg.rounds + 1):
+            arm = arms[0] if restart or k == 0 else arms[1]
+            if (restart and k == 0) or rows_path(self.root, arm, seed, k).exists():
+                continue
+            from viprog.runs import read_jsonl
+
+            save_cell(self.root, arm, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
+            self._mark(arm)
+        return run_root
+
+    # -- arms b and c: the continuing run's adapters and libraries, evaluated here ---------------
+    def _components(self, cfg: SelfTrainConfig) -> Any:
+        from viprog.rollout import build
+
+        if self.parts is None:
+            self.parts = build(cfg)
+        return self.parts
+
+    def evaluate(self, cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
+                 style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
+        """Greedy rows of the eval set under one (adapter, prompt, library), through the run's
+        own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
+        from viprog.rollout import greedy_params, prompt_fn
+        from viprog.runs import Run
+        from viprog.selftrain import Context, resolve_config, round_rollout
+
+        cfg = resolve_config(cfg, parts.task)
+        eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)
+        ctx = Context(cfg, Run(run_root), parts, [], eval_set)
+        ctx.run.round_dir(k).mkdir(parents=True, exist_ok=True)
+        parts.policy.load_adapter(adapter)
+        prompt = prompt_fn(parts.prompter, style, library, cfg.library_shots)
+        rows, _ = round_rollout(ctx, k, eval_set, prompt, greedy_params(parts.prompter, cfg.max_new_tokens,
+                                                                        seed=cfg.seed), name)
+        ctx.run.artifact(k, f"{name}.partial.jsonl").unlink(missing_ok=True)
+        return rows
+
+    def extra_cells(self, seed: int, run_root: Path) -> None:
+        from viprog.library import Library
+        from viprog.runs import Run
+
+        cfg = run_config(self.cfg, self.root, seed, restart=False)
+        run = Run(run_root)
+        for k in range(1, self.cfg.rounds + 1):
+            for arm, (tuned, style, with_library) in EXTRA.items():
+                if arm not in self.cfg.arms or rows_path(self.root, arm, seed, k).exists():
+                    continue
+                if style == "train":
+                    style = cfg.train_prompt
+                library = Library(Library.collect(run, range(1, k + 1))) if with_library else None
+                adapter = run.latest_adapter(before=k + 1) if tuned else None
+                self.guarded(arm, seed, k, functools.partial(
+                    self.evaluate, cfg, run_root, k, f"study-{arm}", adapter=adapter, style=style, library=library,
+                    parts=self._components(cfg)))
+
+    def guarded(self, arm: str, seed: int | None, k: int, fn: Callable[[], list[dict[str, Any]]]) -> None:
+        """Run one cell; a failure is recorded (and retried by the next run), not fatal: one
+        broken cell must not cost the hours of the others."""
+        try:
+            rows = fn()
+        except Exception as exc:  # noqa: BLE001 - recorded in the results and in the log, the cell stays to do
+            log.error("cell %s seed %s round %d failed: %s: %s", arm, seed, k, type(exc).__name__, exc)
+            self.failed.append({"arm": arm, "seed": seed, "round": k, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        save_cell(self.root, arm, seed, k, rows)
+        self._mark(arm)
+
+    # -- the larger frozen model --------------------------------------------------------------
+    def large_cell(self) -> str | None:
+        """Evaluate the large policy few-shot once; returns why it could not be, or None."""
+        if self.cfg.large_policy is None or rows_path(self.root, LARGE, None, 0).exists():
+            return None
+        from viprog.rollout import build
+
+        self.close()  # the 0.5B's memory first
+        cfg = dataclasses.replace(run_config(self.cfg, self.root, self.cfg.seeds[0], restart=False),
+                                  policy=self.cfg.large_policy, model=self.cfg.large_model)
+        try:
+            parts = build(cfg)
+        except UsageError as exc:
+            log.warning("the large policy %s is not evaluated: %s", self.cfg.large_policy, exc)
+            return str(exc)
+        try:
+            self.guarded(LARGE, None, 0, functools.partial(self.evaluate, cfg, self.root / "runs" / "large-fewshot", 0,
+                                                           "study-large", adapter=None, style="few-shot",
+                                                           library=None, parts=parts))
+        finally:
+            parts.close()
+        return None
+
+    def close(self) -> None:
+        if self.parts is not None:
+            self.parts.close()
+            self.parts = None
+
+    def run(self) -> str | None:
+        check_coverage(self.cfg)
+        try:
+            for seed in self.cfg.seeds:
+                run_root = self.selftrain_run(seed, restart=False)
+                self.extra_cells(seed, run_root)
+                if "e_restart_fewshot_library" in self.cfg.arms:
+                    self.selftrain_run(seed, restart=True)
+            return self.large_cell()
+        finally:
+            self.close()
+
+
+def check_coverage(cfg: StudyConfig) -> None:
+    """A `UsageError` when the first n_questions of the evaluation split miss a question type."""
+    from viprog.tasks import TASKS
+
+    task = TASKS.get(cfg.task)(data_dir=cfg.selftrain.data_dir)
+    split = task.default_splits[1]
+    every = {ex.question_type for ex in task.examples(split)}
+    held_out = task.examples(split, limit=cfg.n_questions)
+    missing = sorted(every - {ex.question_type for ex in held_out})
+    if missing:
+        raise UsageError(f"the first {cfg.n_questions} {split} questions of {cfg.task} miss the question type(s) "
+                         f"{', '.join(missing)}; raise --n-questions")
+    log.info("held-out set: %d %s questions of %s covering all %d question types", len(held_out), split, cfg.task,
+             len(every))
+
+
+def machine_load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import tyro
+    from study_summary import summarise
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = tyro.cli(StudyConfig, args=list(sys.argv[1:] if argv is None else argv))
+    load_before, start = machine_load(), time.perf_counter()
+    study = Study(cfg)
+    large_missing = None if cfg.summary_only else study.run()
+    for bar in study.bars.values():
+        bar.close()
+    meta = {"load_before": load_before, "load_after": machine_load(), "cpus": os.cpu_count(),
+            "wall_s_this_process": round(time.perf_counter() - start, 1), "failed_cells": study.failed,
+            "large_missing": large_missing}
+    summary = summarise(cfg, study.root, meta)
+    if cfg.results:
+        from viprog.runs import write_json_atomic
+
+        write_json_atomic(cfg.results, summary)
+        log.info("results written to %s", cfg.results)
+    return 1 if study.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The self-training study's numbers from its saved rows: the results JSON, the tables and
+report.html (`bench/selftrain_study.py` writes the rows; this reads only them and the runs'
+metrics, so a summary can be redone at any time without running a model).
+
+Every accuracy is a mean over (seed, question) cells with a 95 % percentile-bootstrap
+interval over questions and seeds (`viprog.bootstrap`); gains are paired differences on
+the same questions and seeds. The base few-shot arm and the larger frozen model depend on
+no seed (greedy decoding of fixed weights): they are one row per question, paired with
+every seed of the arm they are compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from selftrain_study import ARMS, LARGE, StudyConfig, rows_path
+
+from viprog.bootstrap import bootstrap_ci, paired_difference
+from viprog.runs import read_json, read_jsonl, write_jsonl_atomic, write_text_atomic
+
+Cells = dict[tuple[str, int | None, int], dict[str, dict[str, Any]]]
+#: where the lucky-guess and dedup rules' counts, and the truncation count, are read from
+RUN_METRICS = ("filter/kept", "filter/samples", "filter/removed/", "train/over_max_length", "train/examples",
+               "time/round_s", "time/sample_s", "time/train_s", "time/eval_s")
+
+
+def load_cells(cfg: StudyConfig, root: Path) -> Cells:
+    """(arm, seed, round) → {question id: row} for every saved cell."""
+    cells: Cells = {}
+    wanted = [(arm, seed, k) for arm in ARMS for seed in cfg.seeds for k in range(cfg.rounds + 1)]
+    for arm, seed, k in [*wanted, (LARGE, None, 0)]:
+        path = rows_path(root, arm, seed, k)
+        if path.exists():
+            cells[(arm, seed, k)] = {r["question_id"]: r for r in read_jsonl(path)}
+    return cells
+
+
+def matrix(cells: Cells, arm: str, seeds: tuple[int | None, ...], k: int, questions: list[str]) -> np.ndarray | None:
+    """Rewards (seeds with this cell × questions); a question without a row scores 0. None: no cell."""
+    found = [cells[(arm, s, k)] for s in seeds if (arm, s, k) in cells]
+    if not found:
+        return None
+    return np.array([[float(rows.get(q, {}).get("reward") or 0.0) for q in questions] for rows in found])
+
+
+def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The results dict (also written to root/study.json), with the tables and report.html."""
+    cells = load_cells(cfg, root)
+    base_key = next(((a, s, k) for (a, s, k) in cells if a == "a_base_fewshot"), None)
+    if base_key is None:
+        raise RuntimeError(f"{root}: no round-0 rows yet; run the study first")
+    questions = sorted(cells[base_key])
+    types = {q: cells[base_key][q].get("question_type") or "?" for q in questions}
+    seeds: tuple[int | None, ...] = tuple(cfg.seeds)
+    est = {"draws": cfg.draws}
+    arms: dict[str, dict[str, Any]] = {}
+    by_type: dict[str, dict[str, Any]] = {}
+    scores: dict[tuple[str, int], np.ndarray] = {}
+    for arm in ARMS:
+        for k in range(cfg.rounds + 1):
+            m = matrix(cells, arm, seeds, k, questions)
+            if m is None:
+                continue
+            scores[(arm, k)] = m
+            arms.setdefault(arm, {})[f"round_{k}"] = {**bootstrap_ci(m, **est).to_json(), "seeds": m.shape[0]}
+            by_type.setdefault(arm, {})[f"round_{k}"] = {
+                t: {**bootstrap_ci(m[:, cols], **est).to_json(), "n": len(cols)}
+                for t in sorted(set(types.values())) for cols in [[i for i, q in enumerate(questions) if types[q] == t]]}
+    base = scores[("a_base_fewshot", 0)][:1]  # seed-independent: one row per question
+    gains = {arm: {f"round_{k}": paired_difference(m, base, **est).to_json() for (a, k), m in scores.items()
+                   if a == arm and k >= 1} for arm in ARMS if arm != "a_base_fewshot"}
+    last = max((k for (a, k) in scores if a == "c_lora_fewshot"), default=None)
+    large = matrix(cells, LARGE, (None,), 0, questions)
+    candidates = [(float(m.mean()), arm, k) for (arm, k), m in scores.items() if k >= 1]
+    best = max(candidates, default=None)
+    result: dict[str, Any] = {
+        "task": cfg.task,
+        "n_questions": len(questions),
+        "seeds": list(cfg.seeds),
+        "rounds": cfg.rounds,
+        "arms": arms,
+        "gain_lora_only": ({**gains["c_lora_fewshot"][f"round_{last}"], "arm": "c_lora_fewshot", "round": last,
+                            "versus": "a_base_fewshot round_0"} if last is not None else None),
+        "fewshot_1_5b": bootstrap_ci(large, **est).to_json() if large is not None else None,
+        "large_policy": cfg.large_policy,
+        "best_selftrained": ({"arm": best[1], "round": best[2], **bootstrap_ci(scores[best[1:]], **est).to_json()}
+                             if best is not None else None),
+        "best_minus_1_5b": (paired_difference(scores[best[1:]], large, **est).to_json()
+                            if best is not None and large is not None else None),
+        "gains_vs_round_0": gains,
+        "by_type": by_type,
+        "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
+        "runs": run_metrics(root),
+        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
+                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite")},
+        "meta": meta,
+        "note": "bootstrap over questions and seeds; accuracies in [0, 1]; best_selftrained is the maximum over "
+                "arms b-e and rounds >= 1, so it is optimistic (a selection over cells)",
+    }
+    write_outputs(root, cfg, result, cells, scores, large)
+    return result
+
+
+def run_metrics(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per selftrain run and round: what the filter rules removed, truncation, seconds."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted((root / "runs").glob("seed*/round_*/metrics.json")):
+        metrics = read_json(path)
+        out.setdefault(path.parent.parent.name, {})[path.parent.name] = {
+            k: v for k, v in metrics.items() if any(k == p or (p.endswith("/") and k.startswith(p)) for p in RUN_METRICS)}
+    return out
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    if not entry:
+        return "–"
+    lo, hi = entry["ci95"]
+    return f"{entry['mean']:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def tables(result: dict[str, Any]) -> str:
+    """Markdown: accuracy per arm and round, then per question type at round 0 and the last round."""
+    rounds = [f"round_{k}" for k in range(result["rounds"] + 1)]
+    lines = [f"n = {result['n_questions']} questions × seeds {result['seeds']} ({result['task']})", "",
+             "| arm | " + " | ".join(rounds) + " |", "|---" * (len(rounds) + 1) + "|"]
+    for arm, per_round in result["arms"].items():
+        lines.append(f"| {arm} | " + " | ".join(_cell(per_round.get(r)) for r in rounds) + " |")
+    if result["fewshot_1_5b"]:
+        lines.append(f"| {LARGE} ({result['large_policy']}) | {_cell(result['fewshot_1_5b'])} |" + " |" * len(rounds[1:]))
+    if result["gain_lora_only"]:
+        gain = result["gain_lora_only"]
+        lines += ["", f"gain, LoRA only (c_lora_fewshot round {gain['round']} − round 0): {_cell(gain)}"]
+    if result["best_selftrained"]:
+        b = result["best_selftrained"]
+        lines.append(f"best self-trained: {b['arm']} round {b['round']}: {_cell(b)}")
+    last = rounds[-1]
+    shown = [(arm, r) for arm in result["by_type"] for r in ("round_0", last) if r in result["by_type"][arm]]
+    type_names = sorted({t for arm, r in shown for t in result["by_type"][arm][r]})
+    lines += ["", "| question type | " + " | ".join(f"{a} {r}" for a, r in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+    for t in type_names:
+        lines.append(f"| {t} (n={result['by_type'][shown[0][0]][shown[0][1]][t]['n']}) | "
+                     + " | ".join(f"{result['by_type'][a][r][t]['mean']:.0%}" for a, r in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(root: Path, cfg: StudyConfig, result: dict[str, Any], cells: Cells,
+                  scores: dict[tuple[str, int], np.ndarray], large: np.ndarray | None) -> None:
+    """study.json, table.md, rows.jsonl (every cell's rows) and report.html under `root`."""
+    from viprog.report import CSS, svg_plot
+    from viprog.runs import write_json_atomic
+
+    write_json_atomic(root / "study.json", result)
+    table = tables(result)
+    write_text_atomic(root / "table.md", table)
+    write_jsonl_atomic(root / "rows.jsonl", (row for key in sorted(cells, key=str) for row in cells[key].values()))
+    base = float(scores[("a_base_fewshot", 0)].mean())
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for (arm, k), m in sorted(scores.items()):
+        series[arm].append((k, float(m.mean())))
+    for arm in ("b_base_fewshot_library", "c_lora_fewshot", "d_lora_fewshot_library", "e_restart_fewshot_library"):
+        if arm in series:  # at round 0 each of these is the base model under the base prompt
+            series[arm].insert(0, (0, base))
+    flat = {"a_base_fewshot": base, **({LARGE: float(large.mean())} if large is not None else {})}
+    for name, value in flat.items():
+        series[name] = [(k, value) for k in range(cfg.rounds + 1)]
+    plot = svg_plot(dict(series), width=760, height=340, title=f"Self-training study on {cfg.task}: held-out "
+                                                                f"accuracy per round ({result['n_questions']} questions)")
+    arms = "".join(f"<li><b>{html.escape(a)}</b>: {html.escape(d)}</li>" for a, d in result["arm_descriptions"].items())
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>viprog study {html.escape(cfg.task)}</title>"
+            f"<style>{CSS}</style></head><body><h1>Self-training study: <code>{html.escape(cfg.task)}</code></h1>"
+            f"<p>{result['n_questions']} held-out questions, seeds {result['seeds']}, {cfg.rounds} round(s); "
+            f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot}"
+            f"<p>Flat lines: the base model and the larger frozen model, which no round changes. Means over "
+            f"questions and seeds; the tables give the 95 % bootstrap intervals.</p><ul>{arms}</ul>"
+            f"<pre>{html.escape(table)}</pre></body></html>")
+    write_text_atomic(root / "report.html", page)

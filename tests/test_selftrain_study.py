@@ -1,0 +1,177 @@
+"""The self-training study end to end at toy scale (bench/selftrain_study.py): a tiny Qwen2
+on the toy counting task, two seeds, one round, every arm and the "large" frozen model;
+the results JSON has the issue's schema, its numbers are the saved rows' numbers, a rerun
+runs nothing that is done, and lucky guesses are counted out of the training data."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import selftrain_fixtures as F
+
+from viprog.errors import UsageError
+from viprog.runs import read_jsonl
+
+# slow: four selftrain runs and the extra arms (~20 min at load 15-24 on 2 cores, a few minutes on a quiet machine)
+pytestmark = pytest.mark.slow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+study = importlib.import_module("selftrain_study")
+summary = importlib.import_module("study_summary")
+
+LUCKY = "def execute_command(image):\n    return 2\n"  # right for one shape in four, calls nothing
+
+
+def toy_prompter(task_name, task, policy, style="completion"):
+    """The toy task's prompter with no API section: few-shot prompts a 2-layer model can learn."""
+    from viprog.policy import Prompter
+
+    return Prompter("", task.seed_programs(), tokenizer=getattr(policy, "tokenizer", None))
+
+
+@pytest.fixture(scope="module")
+def guessing_model(tmp_path_factory):
+    """Under the toy few-shot prompt: right for circles; for the other shapes wrong (40 %) more
+    often than right or a constant guess (30 % each), so greedy round 0 gets only circles. (Other prompts — the short one, library examples — it was
+    not trained on: the arms that use them run, but their accuracy is not asserted.)"""
+    out = tmp_path_factory.mktemp("guessing-policy")
+    prompter = toy_prompter("toy-count", F.ToyCountTask(), None)
+    rows = []
+    for shape in F.SHAPES:
+        mix = ([(F.right_program(shape), 1.0)] if shape == "circle" else
+               [(F.right_program(shape), 0.3), (F.wrong_program(shape), 0.4), (LUCKY, 0.3)])
+        rows += [(prompter.few_shot(F.query_for(shape)), program, weight) for program, weight in mix]
+    return F.train_tiny_qwen2(out, rows, steps=200)
+
+
+def toy_study(model, root, **overrides):
+    from viprog.finetune import LoraSettings, TrainSettings
+    from viprog.selftrain import SelfTrainConfig
+
+    selftrain = SelfTrainConfig(data_dir=str(root / "data"), policy="hf", model=str(model), questions_per_round=16,
+                                samples_per_question=4, max_new_tokens=40, train_prompt="short", library_shots=1,
+                                train=TrainSettings(epochs=8.0, batch_size=4, learning_rate=1e-2), workers=1,
+                                cap_per_question=2,
+                                lora=LoraSettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                  "up_proj", "down_proj")))
+    base = {"task": "toy-count", "n_questions": 24, "seeds": (0, 1), "rounds": 1, "large_policy": "hf",
+            "large_model": str(model), "out_dir": str(root / "study"), "results": str(root / "results.json"),
+            "draws": 500, "selftrain": selftrain}
+    return study.StudyConfig(**(base | overrides))
+
+
+def cli(cfg):
+    s = cfg.selftrain
+    return ["--task", cfg.task, "--n-questions", str(cfg.n_questions), "--seeds", *map(str, cfg.seeds), "--rounds",
+            str(cfg.rounds), "--large-policy", cfg.large_policy, "--large-model", cfg.large_model, "--out-dir",
+            cfg.out_dir, "--results", cfg.results, "--draws", str(cfg.draws), "--selftrain.data-dir", s.data_dir,
+            "--selftrain.policy", "hf", "--selftrain.model", s.model, "--selftrain.questions-per-round", "16",
+            "--selftrain.samples-per-question", "4", "--selftrain.max-new-tokens", "40", "--selftrain.library-shots",
+            "1", "--selftrain.train.epochs", "8", "--selftrain.train.batch-size", "4",
+            "--selftrain.train.learning-rate", "1e-2", "--selftrain.workers", "1", "--selftrain.lora.target-modules",
+            *s.lora.target_modules]
+
+
+@pytest.fixture(scope="module")
+def toy_prompts():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("viprog.rollout.build_prompter", toy_prompter)
+        yield
+
+
+@pytest.fixture(scope="module")
+def finished(guessing_model, toy_prompts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    cfg = toy_study(guessing_model, root)
+    assert study.main(cli(cfg)) == 0
+    return cfg, root, json.loads((root / "results.json").read_text())
+
+
+def test_the_results_have_the_issues_schema(finished):
+    _, _, result = finished
+    assert result["n_questions"] == 24 and result["seeds"] == [0, 1]
+    assert set(result["arms"]) == set(study.ARMS)
+    assert set(result["arms"]["a_base_fewshot"]) == {"round_0"}
+    for arm, rounds in result["arms"].items():
+        for entry in rounds.values():
+            lo, hi = entry["ci95"]
+            assert 0.0 <= lo <= entry["mean"] <= hi <= 1.0, arm
+    for key in ("gain_lora_only", "fewshot_1_5b", "best_selftrained"):
+        assert set(result[key]) >= {"mean", "ci95"}
+    assert result["best_selftrained"]["arm"] in study.ARMS
+    assert result["meta"]["failed_cells"] == [] and "load average" in result["meta"]["load_before"]
+
+
+def test_every_number_is_the_mean_of_its_saved_rows(finished):
+    cfg, _, result = finished
+    root = Path(cfg.out_dir) / cfg.task
+    for arm in study.ARMS:
+        for seed_round in result["arms"][arm]:
+            k = int(seed_round.removeprefix("round_"))
+            rewards = [r["reward"] for s in cfg.seeds for r in read_jsonl(study.rows_path(root, arm, s, k))]
+            assert len(rewards) == 24 * 2
+            assert result["arms"][arm][seed_round]["mean"] == pytest.approx(np.mean(rewards), abs=1e-6)
+    large = [r["reward"] for r in read_jsonl(study.rows_path(root, study.LARGE, None, 0))]
+    assert result["fewshot_1_5b"]["mean"] == pytest.approx(np.mean(large), abs=1e-6)
+    base = [r["reward"] for r in read_jsonl(study.rows_path(root, "a_base_fewshot", 0, 0))]
+    assert large == base  # the same frozen model and prompt: the "large" arm here is the tiny base again
+    c = [r["reward"] for s in cfg.seeds for r in read_jsonl(study.rows_path(root, "c_lora_fewshot", s, 1))]
+    assert result["gain_lora_only"]["mean"] == pytest.approx(np.mean(c) - np.mean(base), abs=1e-6)
+
+
+def test_the_arms_differ_where_they_should(finished):
+    """The base arms never see an adapter; the tuned arms learned (toy: the rewarded programs)."""
+    cfg, _, result = finished
+    root = Path(cfg.out_dir) / cfg.task
+    a = result["arms"]["a_base_fewshot"]["round_0"]["mean"]
+    assert result["arms"]["c_lora_fewshot"]["round_1"]["mean"] > a
+    per_type = result["by_type"]["a_base_fewshot"]["round_0"]
+    assert set(per_type) == set(F.SHAPES) and all(v["n"] == 6 for v in per_type.values())
+    # round 0 ran once and was copied: each seed's (and the restart run's) round 0 is the same file
+    first = (root / "runs" / "seed0-continue" / "round_0" / "eval.jsonl").read_text()
+    assert (root / "runs" / "seed1-restart" / "round_0" / "eval.jsonl").read_text() == first
+
+
+def test_lucky_guesses_are_counted_out_of_the_training_data(finished):
+    cfg, _, result = finished
+    root = Path(cfg.out_dir) / cfg.task
+    removed = [r["filter/removed/lucky_no_primitive"] for run in result["runs"].values() for r in run.values()
+               if "filter/removed/lucky_no_primitive" in r]
+    assert removed and sum(removed) > 0
+    kept = [row["program"] for row in read_jsonl(root / "runs" / "seed0-continue" / "round_1" / "kept.jsonl")]
+    samples = [row for row in read_jsonl(root / "runs" / "seed0-continue" / "round_1" / "samples.jsonl")
+               if row["program"].strip() == LUCKY.strip()]
+    assert any(s["reward"] == 1.0 for s in samples)  # rewarded ...
+    assert LUCKY.strip() not in [p.strip() for p in kept]  # ... and still not kept
+
+
+def test_outputs_a_table_a_plot_and_all_rows(finished):
+    cfg, _, _ = finished
+    root = Path(cfg.out_dir) / cfg.task
+    page = (root / "report.html").read_text()
+    assert page.count('class="series"') == len(study.ARMS) + 1
+    table = (root / "table.md").read_text()
+    assert "| c_lora_fewshot |" in table and "[" in table
+    assert len(read_jsonl(root / "rows.jsonl")) == 24 * (2 * (len(study.ARMS)) + 1)
+
+
+def test_a_rerun_runs_only_what_is_missing(finished, monkeypatch):
+    cfg, root, result = finished
+    cell = study.rows_path(Path(cfg.out_dir) / cfg.task, "c_lora_train_prompt", 1, 1)
+    saved = cell.read_text()
+    cell.unlink()
+    import viprog.selftrain
+
+    monkeypatch.setattr(viprog.selftrain, "main", lambda cfg: pytest.fail(f"run {cfg.run_name} again"))
+    assert study.main(cli(cfg)) == 0
+    assert cell.read_text() == saved  # greedy, same adapter and prompt: the same rows
+    assert json.loads((root / "results.json").read_text())["arms"] == result["arms"]
+
+
+def test_a_held_out_set_missing_a_question_type_is_refused(guessing_model, tmp_path):
+    with pytest.raises(UsageError, match="miss the question type"):
+        study.Study(toy_study(guessing_model, tmp_path, n_questions=2)).run()
+    with pytest.raises(UsageError, match="unknown arm"):
+        study.Study(toy_study(guessing_model, tmp_path, arms=("z_magic",)))
