@@ -17,6 +17,7 @@ import viprog
 from viprog.cli import main
 from viprog.executor import Executor, Job
 from viprog.executor.ray_backend import RayExecutor
+from viprog.finetune import TrainSettings
 from viprog.library import Library
 from viprog.runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic
 from viprog.tasks import TASKS
@@ -64,7 +65,7 @@ def test_a_self_training_round_is_the_local_executors(cluster, tiny_model, tmp_p
     runs = {}
     for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", cluster.address])):
         cfg = tiny_config(tiny_model, tmp_path / "data", tmp_path, rounds=1, run_name=name, questions_per_round=8,
-                          eval_size=8, epochs=2.0)
+                          eval_size=8, train=TrainSettings(epochs=2.0, batch_size=4, learning_rate=1e-2))
         assert main(cli_args(cfg)[:-2] + ["--run-name", name, "--rounds", "1", *extra]) == 0
         runs[name] = tmp_path / name / "round_1"
     for artifact in ("samples.jsonl", "eval.jsonl", "kept.jsonl"):
