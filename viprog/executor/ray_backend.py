@@ -35,6 +35,7 @@ from typing import Any, Self
 
 import ray
 from ray.util import ActorPool
+from tqdm.auto import tqdm
 
 from viprog.errors import DataError
 from viprog.executor.job import Job
@@ -253,8 +254,6 @@ class RayExecutor:
                  max_bytes: int | None = None) -> Iterator[tuple[int, ExecutionResult]]:
         """As `Executor.run_iter`: `(index, result)` as chunks finish (in job order when
         `ordered`); jobs are read a chunk at a time as actors have room."""
-        from tqdm.auto import tqdm
-
         if self._busy:
             raise RuntimeError("the RayExecutor is running another run_iter: finish or close it first")
         self._busy = True

@@ -16,7 +16,6 @@ held-out split.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,10 +23,9 @@ from torch import Tensor, nn
 
 from viprog.reinforce import rewards
 from viprog.reinforce.data import CLASSES, Shapes, generate
+from viprog.reinforce.demo_parts import Demo, images_tensor, step_batches
+from viprog.reinforce.models import SeqPolicy
 from viprog.reinforce.tuner import Batch, PhaseConfig
-
-if TYPE_CHECKING:
-    from viprog.reinforce.demos import Demo
 
 SYNONYMS: dict[str, str] = {"circle": "disc", "square": "box", "triangle": "triangle", "big": "large",
                             "small": "little"}
@@ -142,9 +140,6 @@ def captioning(seed: int = 0, train_size: int = 2000, test_size: int = 300,
     """Shapes scenes → caption tokens with `SeqPolicy`; reward: per-caption CIDEr-D against
     the image's five references (training-corpus document frequencies); metric: corpus
     CIDEr-D of greedy captions on the held-out split."""
-    from viprog.reinforce.demos import Demo, _batches, _images
-    from viprog.reinforce.models import SeqPolicy
-
     world = caption_world(seed, train_size, test_size)
     tok = world.tokenizer
     dev = torch.device(device)
@@ -155,7 +150,7 @@ def captioning(seed: int = 0, train_size: int = 2000, test_size: int = 300,
     def make(idx: np.ndarray, rng: np.random.Generator) -> Batch:
         pick = rng.integers(0, 5, len(idx))
         seqs = np.stack([encoded[i][k] for i, k in zip(idx, pick)])
-        return {"x": _images(world.train, idx, dev), "y": torch.from_numpy(seqs).to(dev),
+        return {"x": images_tensor(world.train, idx, dev), "y": torch.from_numpy(seqs).to(dev),
                 "refs": [world.train_refs[i] for i in idx]}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
@@ -168,14 +163,14 @@ def captioning(seed: int = 0, train_size: int = 2000, test_size: int = 300,
     def evaluate(p: nn.Module) -> dict[str, float]:
         texts = []
         for i in range(0, test_size, 100):
-            x = _images(world.test, np.arange(i, min(i + 100, test_size)), dev)
+            x = images_tensor(world.test, np.arange(i, min(i + 100, test_size)), dev)
             texts += [tok.decode(s) for s in p.sample(x, 1, temperature=0)[:, 0].cpu().numpy()]
         words = [len(t.split()) for t in texts]
         return {"cider": 100 * rewards.cider(texts, world.test_refs),
                 "cider_train_df": 100 * rewards.cider(texts, world.test_refs, corpus=world.corpus),
                 "words": float(np.mean(words))}
 
-    return Demo("captioning", policy, _batches(train_size, 32, seed, make), _batches(train_size, 8, seed + 1, make),
+    return Demo("captioning", policy, step_batches(train_size, 32, seed, make), step_batches(train_size, 8, seed + 1, make),
                 reward, evaluate, "cider",
                 mle=PhaseConfig(steps=400, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=150, lr=2e-4, warmup=10, num_samples=8, temperature=1.0))

@@ -31,7 +31,7 @@ import copy
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,44 +40,13 @@ from torch import Tensor, nn
 
 from viprog.reinforce import rewards
 from viprog.reinforce.captioning import captioning
-from viprog.reinforce.data import CLASSES, PALETTE, Shapes, generate
+from viprog.reinforce.data import CLASSES, PALETTE, generate
+from viprog.reinforce.demo_parts import Demo, images_tensor, step_batches
 from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy, label_regions
-from viprog.reinforce.tuner import Batch, PhaseConfig, RewardFn, train
+from viprog.reinforce.tuner import Batch, PhaseConfig, train
 
 DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization", "captioning")
 LUMA = np.array([0.299, 0.587, 0.114])
-
-
-@dataclass
-class Demo:
-    """Everything one demo hands to the tuner, and how it is scored."""
-
-    name: str
-    policy: nn.Module
-    mle_batches: Callable[[int], Batch]
-    reward_batches: Callable[[int], Batch]
-    reward_fn: RewardFn
-    evaluate: Callable[[nn.Module], dict[str, float]]
-    metric: str
-    """the key of `evaluate`'s result that the before/after table reports"""
-    mle: PhaseConfig = field(default_factory=PhaseConfig)
-    reward: PhaseConfig = field(default_factory=PhaseConfig)
-    tuned_as: Callable[[nn.Module], nn.Module] | None = None
-    """wraps the MLE-trained `policy` into the policy the reward phase tunes (and that is
-    evaluated after it); None tunes `policy` itself"""
-
-
-def _images(s: Shapes, idx: np.ndarray, device: torch.device) -> Tensor:
-    return torch.from_numpy(s.images[idx]).to(device).permute(0, 3, 1, 2).float().div(255.0)
-
-
-def _batches(n: int, batch_size: int, seed: int, make: Callable[[np.ndarray, np.random.Generator], Batch]
-             ) -> Callable[[int], Batch]:
-    """batch(step): a reproducible random subset of the training pool for every step."""
-    def batch(step: int) -> Batch:
-        rng = np.random.default_rng([seed, step])
-        return make(rng.choice(n, batch_size, replace=False), rng)
-    return batch
 
 
 def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300,
@@ -94,7 +63,7 @@ def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300,
     policy = PixelPolicy(3, k).to(dev)
 
     def make(idx: np.ndarray, _rng: np.random.Generator) -> Batch:
-        return {"x": _images(train_set, idx, dev), "y": torch.from_numpy(train_set.semantic[idx]).to(dev)}
+        return {"x": images_tensor(train_set, idx, dev), "y": torch.from_numpy(train_set.semantic[idx]).to(dev)}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
         gts = [_components(g) for g in batch["y"].cpu().numpy()]
@@ -105,12 +74,12 @@ def segmentation(seed: int = 0, train_size: int = 10_000, test_size: int = 300,
 
     @torch.no_grad()
     def evaluate(p: nn.Module) -> dict[str, float]:
-        pred = torch.cat([p.sample(_images(test, np.arange(i, min(i + 100, test_size)), dev), 1, temperature=0)[:, 0]
+        pred = torch.cat([p.sample(images_tensor(test, np.arange(i, min(i + 100, test_size)), dev), 1, temperature=0)[:, 0]
                           for i in range(0, test_size, 100)]).cpu().numpy()
         pq = _pq([_components(m) for m in pred], test_segments)
         return {"pq": 100 * pq, "miou": 100 * rewards.miou(pred, test.semantic, k, reduce="dataset")}
 
-    return Demo("segmentation", policy, _batches(train_size, 32, seed, make), _batches(train_size, 32, seed + 1, make),
+    return Demo("segmentation", policy, step_batches(train_size, 32, seed, make), step_batches(train_size, 32, seed + 1, make),
                 reward, evaluate, "pq",
                 mle=PhaseConfig(steps=1200, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=600, lr=1e-4, num_samples=8, temperature=1.0),
@@ -144,7 +113,7 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
 
     def make(idx: np.ndarray, rng: np.random.Generator) -> Batch:
         seqs = np.stack([tok.encode(train_set.boxes[i], train_set.labels[i], rng) for i in idx])
-        return {"x": _images(train_set, idx, dev), "y": torch.from_numpy(seqs).to(dev),
+        return {"x": images_tensor(train_set, idx, dev), "y": torch.from_numpy(seqs).to(dev),
                 "gt": [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in idx]}
 
     def reward(batch: Batch, samples: Tensor) -> np.ndarray:
@@ -157,7 +126,7 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
     def evaluate(p: nn.Module) -> dict[str, float]:
         preds = []
         for i in range(0, test_size, 100):
-            x = _images(test, np.arange(i, min(i + 100, test_size)), dev)
+            x = images_tensor(test, np.arange(i, min(i + 100, test_size)), dev)
             seqs = p.sample(x, 1, temperature=0)
             logp = p.token_log_probs(x, seqs)
             preds += [tok.decode(s, lp) for s, lp in zip(seqs[:, 0].cpu().numpy(), logp[:, 0].cpu().numpy())]
@@ -166,7 +135,7 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
         return {"map": 100 * rewards.coco_map(preds, gts), "boxes_per_object": n_pred / sum(map(len, test.labels)),
                 "reward": float(rewards.detection_reward(preds, gts).mean())}
 
-    return Demo("detection", policy, _batches(train_size, 48, seed, make), _batches(train_size, 16, seed + 1, make),
+    return Demo("detection", policy, step_batches(train_size, 48, seed, make), step_batches(train_size, 16, seed + 1, make),
                 reward, evaluate, "map",
                 mle=PhaseConfig(steps=1500, lr=2e-3, schedule="cosine"),
                 # on-policy samples (temperature 1) and 12 per image: at 0.7 and 6 the
@@ -221,7 +190,7 @@ def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300,
                 "gt_colorfulness": float(rewards.colorfulness(test.images).mean()),
                 "pixel_acc": float((out == test.colours).mean())}
 
-    return Demo("colorization", policy, _batches(train_size, 32, seed, make), _batches(train_size, 16, seed + 1, make),
+    return Demo("colorization", policy, step_batches(train_size, 32, seed, make), step_batches(train_size, 16, seed + 1, make),
                 reward, evaluate, "colorfulness",
                 mle=PhaseConfig(steps=600, lr=2e-3, schedule="cosine"),
                 reward=PhaseConfig(steps=150, lr=3e-4, num_samples=6))
