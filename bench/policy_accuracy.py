@@ -14,9 +14,10 @@ Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
        [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
-The API-text comparison: --n 100 --engine hf --api worktree --api f873141 --json
-bench/results/prompt_text.json (fp32; at policy.json's 35 tok/s some 5-10 min an arm, but over an
-hour at load 20, where --dry-run gives the prompt lengths alone).
+The API-text comparison as committed: --n 100 --engine llamacpp --api worktree --api f873141 --json
+bench/results/prompt_text.json (about 4 min an arm here at load 2; `--engine hf` is the fp32
+reference, some 5-10 min an arm quiet, over an hour at load 20; --dry-run gives the prompt
+lengths alone).
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
 and with --json the report (per arm: accuracy, per question type, errors, prompt length,
 with `uptime` before and after).

@@ -60,8 +60,7 @@ def verify_property(self, object_name: str, property: str) -> bool:
 @primitive
 def best_text_match(self, option_list: list[str], prefix: str | None = None) -> str:
     """The one string of option_list that describes this patch best, returned as given:
-    how to answer an either-or question. A prefix, if given, is put before each option
-    when they are compared ("a photo of a" + option); the option alone is returned.
+    how to answer an either-or question.
 
     Example:
         # Query: Is the red object a circle or a triangle?

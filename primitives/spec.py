@@ -5,7 +5,7 @@ docstring are what the LLM sees in the prompt's API section:
 
     @primitive
     def find(self, object_name: str) -> list[ImagePatch]:
-        '''Returns a list of ImagePatch objects matching object_name ...'''
+        '''The patches of the objects called object_name ...'''
 
 The body, if any, is the profile-agnostic implementation; it runs in the parent (the
 PrimitiveServer, next to the pixels) and receives a `Call` per request. Declaring a

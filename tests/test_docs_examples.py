@@ -72,9 +72,10 @@ def shapes_examples(split: str, limit: int) -> list[Any]:
 
 
 def run_executor(tmp_path: Path) -> None:
-    ns, printed = run_block("executor", tmp_path, {"examples": shapes_examples("val", 4)})
+    ns, printed = run_block("executor", tmp_path)
     assert len(ns["results"]) == 4 and len(printed.splitlines()) == 4
-    assert all(r.ok and r.answer == "no" for r in ns["results"])  # no cups in the shapes world
+    circles = [sum(o["name"] == "circle" for o in ex.meta["scene_graph"]["objects"].values()) for ex in ns["examples"]]
+    assert [r.answer for r in ns["results"]] == ["yes" if n > 1 else "no" for n in circles]
 
 
 def run_reference_program(tmp_path: Path) -> None:

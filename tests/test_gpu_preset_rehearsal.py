@@ -102,7 +102,7 @@ def test_the_gpu_preset_runs_end_to_end_on_stand_in_models(gqa_setup: dict, poli
     rounds = "1" if policy == "hf" else "0"
     status = selftrain("--preset", "virep-gpu", "--data-dir", str(s["data"]), "--policy", policy, "--model", str(model),
                        "--device", "cpu", "--profile-options", s["options"], "--rounds", rounds,
-                       "--questions-per-round", "3", "--samples-per-question", "2", "--eval-size", "3",
+                       "--questions-per-round", "3", "--sampling.n", "2", "--eval-size", "3",
                        "--batch-questions", "2", "--workers", "1", "--max-new-tokens", "96", "--train.batch-size", "2",
                        "--train.grad-accum", "1", "--train.max-length", "1024", "--tau", "0", "--runs-dir", str(s["runs"]),
                        "--run-name", policy, "--base-prompt", "short")

@@ -3,6 +3,9 @@ the tiny Qwen2 of test_selftrain_loop (right for circles 80% of the time, for th
 shapes 20%): the reward function agrees with the executor, a short run raises the
 held-out accuracy, and a run killed mid-round resumes from TRL's checkpoint."""
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import signal
@@ -61,8 +64,17 @@ def grpo_run(tiny_model, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("grpo")
     corrections = root / "corrections.jsonl"  # only into the library: the prompts here show no library programs
     corrections.write_text(json.dumps({"query": F.query_for("star"), "program": F.right_program("star")}) + "\n")
-    assert selftrain(grpo_config(tiny_model, root, corrections=str(corrections))) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert selftrain(grpo_config(tiny_model, root, corrections=str(corrections))) == 0
+    (root / "stdout.txt").write_text(printed.getvalue())
     return root / "tiny"
+
+
+def test_the_trainers_logs_stay_off_stdout(grpo_run):
+    """TRL's per-step dicts go to the logger and the bar (viprog.trainlog), not stdout."""
+    printed = (grpo_run.parent / "stdout.txt").read_text()
+    assert "{'loss'" not in printed and "'reward'" not in printed
 
 
 def test_grpo_raises_the_held_out_accuracy(grpo_run):
@@ -142,3 +154,18 @@ def test_a_killed_grpo_round_resumes_from_its_checkpoint(tiny_model, tmp_path): 
     assert [h["step"] for h in log if "loss" in h] == list(range(1, 9))
     m = json.loads((run / "round_1" / "metrics.json").read_text())
     assert m["train/steps"] == 8 and "grpo/kl" in m
+
+
+@pytest.mark.parametrize("given", [{"executor": "ray"}, {"train_launcher": "accelerate launch"}, {"sampling": None}])
+def test_settings_grpo_cannot_honour_are_refused(given, tmp_path):
+    """Not silently ignored: the Ray executor and a train launcher (GRPO trains in this process),
+    and groups of one program (no advantage)."""
+    from viprog.config import SamplingSettings
+    from viprog.errors import UsageError
+    from viprog.grpo import check_options
+
+    given = {k: (SamplingSettings(n=1) if v is None else v) for k, v in given.items()}
+    cfg = dataclasses.replace(grpo_config("unused", tmp_path), **given)
+    with pytest.raises(UsageError, match="--"):
+        check_options(cfg)
+    check_options(grpo_config("unused", tmp_path))  # the defaults are fine

@@ -74,3 +74,23 @@ def test_few_shot_examples_come_from_similar_queries(lib):
     library, _, circle = lib
     assert library.examples("How many circles are there?", 2) == [(circle.query, F.right_program("circle"))]
     assert library.examples("How many circles are there?", 2, exclude=[circle.id]) == []
+
+
+def test_solve_prompts_the_policy_as_the_runs_evaluation_does(lib, monkeypatch):
+    """No adapter in this run, so the base prompt style: short when the run's evaluation used
+    the short prompt, else few-shot with the library's similar programs (a new query has
+    no stored program of its own to leave out)."""
+    import viprog.library
+
+    library, _, circle = lib
+    seen = []
+    monkeypatch.setattr(viprog.library, "write_program",
+                        lambda policy, prompt, params, style: seen.append(prompt) or F.right_program("star"))
+    asked = F.query_for("star")
+    library.config["base_prompt"] = "short"
+    library.solve(circle.image, asked)
+    prompter = library._get_policy()[1]
+    assert seen[-1] == prompter.short(asked)
+    library.config["base_prompt"] = "few-shot"
+    library.solve(circle.image, asked)
+    assert seen[-1] == prompter.few_shot(asked, extra=library.examples(asked, 1)) and circle.query in seen[-1]

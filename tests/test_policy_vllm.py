@@ -14,6 +14,7 @@ from typing import ClassVar
 import pytest
 import selftrain_fixtures as F
 
+from viprog.config import SamplingSettings
 from viprog.finetune import completion_for
 from viprog.policy import SamplingParams, load_policy
 from viprog.policy.scripted import query_of
@@ -166,7 +167,7 @@ def test_a_selftrain_round_trains_while_the_engine_sleeps(events, tiny_folder, t
     monkeypatch.setattr(viprog.selftrain, "finetune", recording_finetune)
     monkeypatch.setattr("viprog.rollout.require_device", lambda device: None)  # the fake engine stands in for a GPU
     cfg = SelfTrainConfig(task="toy-count", data_dir=str(tmp_path / "data"), policy="vllm", model=str(tiny_folder),
-                          device="cuda", rounds=1, questions_per_round=4, samples_per_question=1, max_new_tokens=40,
+                          device="cuda", rounds=1, questions_per_round=4, sampling=SamplingSettings(n=1), max_new_tokens=40,
                           base_prompt="short", tuned_prompt="short", train_prompt="short", library_shots=0,
                           eval_size=4, train=TrainSettings(epochs=1.0, batch_size=4), lora=LoraSettings(r=4, alpha=8),
                           workers=1,

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from viprog.config import SamplingSettings
 from viprog.errors import UsageError
 from viprog.finetune import LoraSettings, TrainSettings
 from viprog.runs import write_json_atomic
@@ -17,7 +18,7 @@ def test_the_embedded_preset_is_the_default():
 def test_a_preset_applies_and_explicit_options_win():
     cfg = resolve_config(SelfTrainConfig.from_preset("virep-gpu", rounds=3))
     assert cfg.rounds == 3 and cfg.lora.r == virep_gpu().lora.r == 16 and cfg.lora.alpha == 32
-    assert cfg.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and cfg.temperature == 1.0
+    assert cfg.lora.target_modules == ("q_proj", "k_proj", "v_proj", "o_proj") and cfg.sampling.temperature == 1.0
     assert (cfg.train.batch_size, cfg.train.grad_accum, cfg.train.max_length) == (8, 2, 1024)
 
 
@@ -46,12 +47,12 @@ def test_the_task_names_its_default_splits():
 
 
 def test_resume_continues_with_the_saved_config_plus_what_is_given_now(tmp_path):
-    saved = dataclasses.replace(SelfTrainConfig(), samples_per_question=8, device="cuda", run_name="r",
+    saved = dataclasses.replace(SelfTrainConfig(), sampling=SamplingSettings(n=8), device="cuda", run_name="r",
                                 runs_dir=str(tmp_path))
     write_json_atomic(tmp_path / "r" / "config.json", dataclasses.asdict(saved))
     cfg = SelfTrainConfig.from_cli(["--resume", "--rounds", "5", "--device", "cpu", "--run-name", "r",
                                     "--runs-dir", str(tmp_path)])
-    assert cfg.samples_per_question == 8 and cfg.rounds == 5 and cfg.resume and cfg.device == "cpu"
+    assert cfg.sampling.n == 8 and cfg.rounds == 5 and cfg.resume and cfg.device == "cpu"
 
 
 def test_resume_keeps_the_saved_lora_and_training_groups(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import selftrain_fixtures as F
 
 from viprog.cli import main
+from viprog.config import SamplingSettings
 from viprog.finetune import LoraSettings, TrainSettings
 from viprog.runs import read_jsonl
 from viprog.selftrain import SelfTrainConfig
@@ -18,7 +19,7 @@ from viprog.selftrain import main as selftrain
 
 def tiny_config(model, data_dir, runs_dir, **overrides):
     base = {"task": "toy-count", "data_dir": str(data_dir), "policy": "hf", "model": str(model), "rounds": 2,
-            "questions_per_round": 16, "samples_per_question": 4, "max_new_tokens": 40, "base_prompt": "short",
+            "questions_per_round": 16, "sampling": SamplingSettings(n=4), "max_new_tokens": 40, "base_prompt": "short",
             "tuned_prompt": "short", "library_shots": 0, "eval_size": 24,
             "train": TrainSettings(epochs=8.0, batch_size=4, learning_rate=1e-2),
             "lora": LoraSettings(r=8, alpha=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -30,7 +31,7 @@ def tiny_config(model, data_dir, runs_dir, **overrides):
 def cli_args(cfg):
     return ["selftrain", "--task", cfg.task, "--data-dir", cfg.data_dir, "--policy", cfg.policy, "--model", cfg.model,
             "--rounds", str(cfg.rounds), "--questions-per-round", str(cfg.questions_per_round),
-            "--samples-per-question", str(cfg.samples_per_question), "--max-new-tokens", str(cfg.max_new_tokens),
+            "--sampling.n", str(cfg.sampling.n), "--max-new-tokens", str(cfg.max_new_tokens),
             "--base-prompt", "short", "--tuned-prompt", "short", "--library-shots", "0", "--eval-size",
             str(cfg.eval_size), "--lora.r", str(cfg.lora.r), "--lora.alpha", str(cfg.lora.alpha),
             "--lora.target-modules", *cfg.lora.target_modules, "--train.learning-rate", str(cfg.train.learning_rate),

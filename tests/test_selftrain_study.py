@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import selftrain_fixtures as F
 
+from viprog.config import SamplingSettings
 from viprog.errors import UsageError
 from viprog.runs import read_jsonl
 
@@ -51,7 +52,7 @@ def toy_study(model, root, **overrides):
     from viprog.selftrain import SelfTrainConfig
 
     selftrain = SelfTrainConfig(data_dir=str(root / "data"), policy="hf", model=str(model), questions_per_round=16,
-                                samples_per_question=4, max_new_tokens=40, train_prompt="short", library_shots=1,
+                                sampling=SamplingSettings(n=4), max_new_tokens=40, train_prompt="short", library_shots=1,
                                 train=TrainSettings(epochs=8.0, batch_size=4, learning_rate=1e-2), workers=1,
                                 cap_per_question=2,
                                 lora=LoraSettings(target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
@@ -68,7 +69,7 @@ def cli(cfg):
             str(cfg.rounds), "--large-policy", cfg.large_policy, "--large-model", cfg.large_model, "--out-dir",
             cfg.out_dir, "--results", cfg.results, "--draws", str(cfg.draws), "--selftrain.data-dir", s.data_dir,
             "--selftrain.policy", "hf", "--selftrain.model", s.model, "--selftrain.questions-per-round", "16",
-            "--selftrain.samples-per-question", "4", "--selftrain.max-new-tokens", "40", "--selftrain.library-shots",
+            "--selftrain.sampling.n", "4", "--selftrain.max-new-tokens", "40", "--selftrain.library-shots",
             "1", "--selftrain.train.epochs", "8", "--selftrain.train.batch-size", "4",
             "--selftrain.train.learning-rate", "1e-2", "--selftrain.workers", "1", "--selftrain.lora.target-modules",
             *s.lora.target_modules]

@@ -13,6 +13,19 @@ from dataclasses import dataclass
 
 
 @dataclass
+class SamplingSettings:
+    """How each round's training programs are drawn: `n` per question at this temperature
+    and top-p (ViReP: 1.0 and 0.9). Evaluation is always greedy."""
+
+    n: int = 4
+    """Programs sampled per train question (the group size under --algo grpo)."""
+    temperature: float = 1.0
+    """Sampling temperature of the train rollouts."""
+    top_p: float = 0.9
+    """Nucleus sampling top-p."""
+
+
+@dataclass
 class TaskPolicyConfig:
     """The options `viprog eval` and `viprog selftrain` share: the task and its data, the
     primitive profile, the policy that writes programs and the sandbox that runs them."""

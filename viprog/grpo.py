@@ -17,7 +17,7 @@ same filter as ReST), `adapter/` the LoRA after the round, `grpo_log.jsonl` TRL'
 log; the round's metrics add `grpo/*` (TRL's means over the round: KL when `beta` > 0,
 entropy, reward std, clip ratios) to the usual `reward/*`, `exec/*` and `train/*`.
 
-A round is `questions_per_round` questions × `samples_per_question` programs, the same
+A round is `questions_per_round` questions × `sampling.n` programs, the same
 budget of sampled programs as a ReST round; each question is one group, `questions_per_step`
 groups per optimiser step. TRL checkpoints every `save_steps` steps under
 `round_<k>/grpo/`; `--resume` continues from the last one (the rows that the killed
@@ -53,7 +53,7 @@ class GrpoOptions:
     """Options of `--algo grpo` (TRL's GRPOConfig names in brackets)."""
 
     questions_per_step: int = 2
-    """Questions (groups of samples-per-question programs) per optimiser step."""
+    """Questions (groups of --sampling.n programs) per optimiser step."""
     learning_rate: float = 5e-5
     """Learning rate of the LoRA weights (constant)."""
     beta: float = 0.0
@@ -75,8 +75,8 @@ class GrpoOptions:
 def check_options(cfg: Any) -> None:
     """A `UsageError` for settings GRPO cannot run with."""
     g: GrpoOptions = cfg.grpo
-    if cfg.samples_per_question < 2:
-        raise UsageError("--algo grpo needs --samples-per-question ≥ 2 (an advantage is relative to its group)")
+    if cfg.sampling.n < 2:
+        raise UsageError("--algo grpo needs --sampling.n ≥ 2 (an advantage is relative to its group)")
     if g.questions_per_step < 1 or g.questions_per_step > cfg.questions_per_round:
         raise UsageError(f"--grpo.questions-per-step must be within 1..{cfg.questions_per_round} "
                          f"(--questions-per-round), got {g.questions_per_step}")
@@ -84,6 +84,9 @@ def check_options(cfg: Any) -> None:
         raise UsageError("--grpo.save-steps must be ≥ 1")
     if g.use_vllm and not cfg.device.startswith("cuda"):
         raise UsageError("--grpo.use-vllm needs --device cuda (vLLM samples on the GPU)")
+    if cfg.executor != "local" or cfg.train_launcher:
+        raise UsageError("--algo grpo runs its rewards and training in this process: drop --executor ray and "
+                         "--train-launcher (they work with --algo rest)")
 
 
 class ExecutorReward:
@@ -139,7 +142,7 @@ def grpo_settings(cfg: Any, out_dir: Path, *, steps: int, seed: int, cuda: bool,
     from trl import GRPOConfig
 
     g: GrpoOptions = cfg.grpo
-    n = cfg.samples_per_question
+    n = cfg.sampling.n
     options: dict[str, Any] = {
         "output_dir": str(out_dir),
         "num_generations": n,
@@ -147,8 +150,8 @@ def grpo_settings(cfg: Any, out_dir: Path, *, steps: int, seed: int, cuda: bool,
         "gradient_accumulation_steps": 1,
         "max_steps": steps,
         "max_completion_length": cfg.max_new_tokens,
-        "temperature": cfg.temperature,
-        "top_p": cfg.top_p,
+        "temperature": cfg.sampling.temperature,
+        "top_p": cfg.sampling.top_p,
         "learning_rate": g.learning_rate,
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
@@ -219,6 +222,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from viprog.trainlog import route_logs
 
     cfg, run = ctx.cfg, ctx.run
     images = load_images(ctx.parts.task, examples)
@@ -245,8 +249,8 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     start = time.perf_counter()
     with Executor(ctx.parts.profile, workers=cfg.workers, timeout=cfg.timeout) as executor, Appender(partial) as sink:
         reward = ExecutorReward(ctx.parts.task, examples, images, executor, prompt_style=cfg.prompt_style, sink=sink)
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                              processing_class=tokenizer, peft_config=peft_config)
+        trainer = route_logs(GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
+                                         processing_class=tokenizer, peft_config=peft_config))  # logs off stdout
         with torch.enable_grad():  # a policy in this process may have turned gradients off globally
             output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start

@@ -33,7 +33,7 @@ from viprog.executor.backend import make_executor
 from viprog.filtering import normalize_program
 from viprog.images import read_rgb
 from viprog.policy.prompts import normalize_query
-from viprog.rollout import build_policy, build_profile, greedy_params, write_program
+from viprog.rollout import build_policy, build_profile, greedy_params, prompt_fn, write_program
 from viprog.runs import Run, read_json, read_jsonl, write_jsonl_atomic
 from viprog.tasks import TASKS
 
@@ -72,6 +72,15 @@ class StoredProgram:
         return self.library.run_program(self.program, image, query or self.query, question_id=self.question_id)
 
 
+@dataclass(frozen=True)
+class Asked:
+    """A question asked of `solve`, shaped like an example for the rollout's prompt builder
+    (it is no stored question, so no stored program is left out of its few-shot prompt)."""
+
+    query: str
+    id: str = ""
+
+
 class Library:
     """Kept programs of a run, with the means to run them and to write new ones."""
 
@@ -92,6 +101,7 @@ class Library:
         self._executor: Any = None
         self._policy: Any = None
         self._prompter: Any = None
+        self._adapter: Path | None = None
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -199,7 +209,9 @@ class Library:
         if stored is not None:
             return self.run_program(stored.program, image, query, question_id=stored.question_id)
         policy, prompter = self._get_policy()
-        prompt = prompter.few_shot(query, extra=self.examples(query, int(self.config.get("library_shots", 2))))
+        # the prompt the run's own evaluation gives this policy: tuned or base style, library shots
+        style = self.config.get("tuned_prompt" if self._adapter else "base_prompt") or "few-shot"
+        prompt = prompt_fn(prompter, style, self, int(self.config.get("library_shots", 2)))(Asked(query))
         program = write_program(policy, prompt, greedy_params(prompter, int(self.config.get("max_new_tokens", 256))),
                                 self.config.get("prompt_style", "completion"))
         return self.run_program(program, image, query, source="policy")
@@ -221,7 +233,8 @@ class Library:
                                  "load it with viprog.load(run_dir)")
             task = TASKS.get(self.config["task"])(data_dir=self.config.get("data_dir"))
             self._policy, self._prompter = build_policy(self.config, task)
-            self._policy.load_adapter(Run(self.run_dir).latest_adapter())
+            self._adapter = Run(self.run_dir).latest_adapter()
+            self._policy.load_adapter(self._adapter)
         return self._policy, self._prompter
 
     def close(self) -> None:

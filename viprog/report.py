@@ -186,10 +186,10 @@ def write_report(run_dir: str | Path, *, gallery_size: int = 24) -> Path:
                                          for m in rounds])
     last = rounds[-1]["round"] if rounds else None
     eval_rows = read_jsonl(run.artifact(last, "eval.jsonl")) if last is not None and run.has(last, "eval.jsonl") else []
-    shown = {**config, **{f"{group}.{k}": v for group in ("lora", "train")
+    shown = {**config, **{f"{group}.{k}": v for group in ("lora", "train", "sampling")
                           for k, v in (config.get(group) or {}).items()}}
     settings = ", ".join(f"{k}={html.escape(str(shown.get(k)))}" for k in
-                         ("task", "policy", "model", "profile", "rounds", "questions_per_round", "samples_per_question",
+                         ("task", "policy", "model", "profile", "rounds", "questions_per_round", "sampling.n",
                           "tau", "lora.r", "train.learning_rate") if k in shown)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>viprog run {html.escape(run.root.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>Self-training run <code>{html.escape(run.root.name)}</code></h1>"

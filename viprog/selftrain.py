@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import tyro
 
-from viprog.config import TaskPolicyConfig
+from viprog.config import SamplingSettings, TaskPolicyConfig
 from viprog.corrections import library_rows
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_stats, primitive_calls, select_programs
@@ -76,12 +76,8 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Self-training rounds after the round-0 baseline."""
     questions_per_round: int = 12
     """Train questions sampled per round (a new slice of the shuffled train split each round)."""
-    samples_per_question: int = 4
-    """Programs sampled per question."""
-    temperature: float = 1.0
-    """Sampling temperature for the train rollouts (evaluation is greedy)."""
-    top_p: float = 0.9
-    """Nucleus sampling top-p."""
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    """How the train programs are sampled (--sampling.n, --sampling.temperature, --sampling.top-p)."""
     tau: float = 1.0
     """Reward threshold: keep programs with reward ≥ tau."""
     dedup: bool = True
@@ -181,7 +177,7 @@ def virep_gpu() -> SelfTrainConfig:
     """ViReP's settings on one GPU: a 7B code model, r=16, alpha=32 on q/k/v/o, lr 2e-4,
     temperature 1.0, top-p 0.9, 10 rounds, all correct programs kept."""
     return SelfTrainConfig(task="gqa", policy="vllm", model="Qwen/Qwen2.5-Coder-7B", device="cuda", rounds=10,
-                           questions_per_round=2000, samples_per_question=8, max_new_tokens=256, batch_questions=64,
+                           questions_per_round=2000, sampling=SamplingSettings(n=8), max_new_tokens=256, batch_questions=64,
                            cap_per_question=None, lora=LoraSettings(r=16, alpha=32),
                            train=TrainSettings(learning_rate=2e-4, epochs=1.0, batch_size=8, grad_accum=2,
                                                max_length=1024), eval_size=2000, workers=8,
@@ -219,7 +215,8 @@ FLAT_OPTIONS = {"lora_r": ("lora", "r"), "lora_alpha": ("lora", "alpha"), "lora_
                 "target_modules": ("lora", "target_modules"), "learning_rate": ("train", "learning_rate"),
                 "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"),
                 "grad_accum": ("train", "grad_accum"), "max_length": ("train", "max_length"),
-                "report_to": ("train", "report_to")}
+                "report_to": ("train", "report_to"), "samples_per_question": ("sampling", "n"),
+                "temperature": ("sampling", "temperature"), "top_p": ("sampling", "top_p")}
 
 
 def config_from_dict(saved: dict[str, Any]) -> SelfTrainConfig:
@@ -227,7 +224,7 @@ def config_from_dict(saved: dict[str, Any]) -> SelfTrainConfig:
     one saved with the flat option names of earlier versions (`lora_r`, `learning_rate`, ...).
     Keys it does not know are left out."""
     saved = dict(saved)
-    groups: dict[str, dict[str, Any]] = {group: dict(saved.pop(group, None) or {}) for group in ("lora", "train", "grpo")}
+    groups: dict[str, dict[str, Any]] = {group: dict(saved.pop(group, None) or {}) for group in ("lora", "train", "grpo", "sampling")}
     for old, (group, name) in FLAT_OPTIONS.items():
         if old in saved:
             groups[group].setdefault(name, saved.pop(old))
@@ -262,8 +259,8 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
     if task is not None:
         train, held_out = task.default_splits
         cfg = dataclasses.replace(cfg, train_split=cfg.train_split or train, eval_split=cfg.eval_split or held_out)
-    if cfg.rounds < 0 or cfg.questions_per_round < 1 or cfg.samples_per_question < 1:
-        raise UsageError("rounds must be ≥ 0, questions-per-round and samples-per-question ≥ 1")
+    if cfg.rounds < 0 or cfg.questions_per_round < 1 or cfg.sampling.n < 1:
+        raise UsageError("--rounds must be ≥ 0, --questions-per-round and --sampling.n ≥ 1")
     if not 0.0 <= cfg.tau <= 1.0:
         raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
     if cfg.algo == "grpo":
@@ -337,12 +334,12 @@ STEPS = ("sample", "filter", "train", "eval")
 
 # -- the steps -----------------------------------------------------------------------------
 def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str, Any]:
-    """Sample `samples_per_question` programs for each of round k's train questions (few-shot
+    """Sample `sampling.n` programs for each of round k's train questions (few-shot
     prompts show similar library programs), run them in the sandbox and reward them; the rows
     stream to `samples.jsonl`."""
     cfg = ctx.cfg
     examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
-    params = SamplingParams(n=cfg.samples_per_question, temperature=cfg.temperature, top_p=cfg.top_p,
+    params = SamplingParams(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=tuple(ctx.prompter.stop()),
                             seed=cfg.seed + 1000 * k)
     prompt = prompt_fn(ctx.prompter, cfg.tuned_prompt if tuned else cfg.base_prompt, library, cfg.library_shots)

@@ -37,7 +37,7 @@ import ray
 from ray.util import ActorPool
 from tqdm.auto import tqdm
 
-from viprog.errors import DataError
+from viprog.errors import DataError, UsageError
 from viprog.executor.job import Job
 from viprog.executor.ordered import InOrder
 from viprog.executor.pool import Executor
@@ -60,7 +60,11 @@ def connect(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except ConnectionError as exc:
+        raise UsageError(f"could not join a Ray cluster at {address or 'RAY_ADDRESS'} ({exc}); start one with "
+                         "`ray start --head` or give its host:port with --ray-address") from None
     log.info("joined the Ray cluster at %s (%d nodes)", address or "a new local instance",
              sum(1 for n in ray.nodes() if n["Alive"]))
     return True
