@@ -71,14 +71,14 @@ def shapes_examples(split: str, limit: int) -> list[Any]:
     return TASKS.get("shapes")().examples(split, limit=limit)
 
 
-def run_executor(tmp_path: Path) -> None:
+def run_executor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ns, printed = run_block("executor", tmp_path)
     assert len(ns["results"]) == 4 and len(printed.splitlines()) == 4
     circles = [sum(o["name"] == "circle" for o in ex.meta["scene_graph"]["objects"].values()) for ex in ns["examples"]]
     assert [r.answer for r in ns["results"]] == ["yes" if n > 1 else "no" for n in circles]
 
 
-def run_reference_program(tmp_path: Path) -> None:
+def run_reference_program(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ns, printed = run_block("reference-program", tmp_path)
     assert ns["ex"].question_type == "relate_query" and printed.startswith(ns["ex"].query)
     assert ns["result"].ok and ns["reward"] == 1.0
@@ -121,7 +121,7 @@ def write_library_run(cwd: Path) -> None:
         shutil.copy(ex.image, cwd / name)
 
 
-def run_library(tmp_path: Path) -> None:
+def run_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_library_run(tmp_path)
     ns, printed = run_block("library", tmp_path)
     assert ns["out"].source == "policy" and ns["out"].ok and 'find("red circle")' in ns["out"].program
@@ -138,11 +138,7 @@ RUNNERS: dict[str, Callable[..., None]] = {
 
 @pytest.mark.parametrize("name", sorted(RUNNERS))
 def test_example_runs(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runner = RUNNERS[name]
-    if "monkeypatch" in runner.__code__.co_varnames[: runner.__code__.co_argcount]:
-        runner(tmp_path, monkeypatch)
-    else:
-        runner(tmp_path)
+    RUNNERS[name](tmp_path, monkeypatch)
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from viprog.executor.job import Job
 from viprog.executor.ordered import InOrder
 from viprog.executor.pool import Executor
 from viprog.executor.result import ExecutionResult, within_budget
-from viprog.executor.server import _as_rgb
+from viprog.executor.server import as_rgb
 from viprog.images import read_rgb
 from viprog.primitives.profile import Call, PatchData, Profile, get_profile
 from viprog.primitives.spec import SPECS
@@ -331,4 +331,4 @@ def _pixels(job: Job) -> Any:
     source = job.image
     if isinstance(source, (str, os.PathLike)):
         return read_rgb(source)
-    return _as_rgb(source() if callable(source) else source, job.image_id)
+    return as_rgb(source() if callable(source) else source, job.image_id)

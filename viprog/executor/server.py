@@ -42,7 +42,7 @@ ImageSource = str | Path | np.ndarray | Callable[[], np.ndarray]
 Key = tuple[str, tuple[tuple[Any, ...], ...], str]
 
 
-def _as_rgb(array: Any, image_id: str) -> np.ndarray:
+def as_rgb(array: Any, image_id: str) -> np.ndarray:
     array = np.asarray(array)
     if array.ndim == 2:
         array = np.stack([array] * 3, axis=-1)
@@ -66,7 +66,7 @@ class _Image:
             if isinstance(source, (str, Path)):
                 pixels = read_rgb(source)
             else:
-                pixels = _as_rgb(source() if callable(source) else source, image_id)
+                pixels = as_rgb(source() if callable(source) else source, image_id)
             self.pixels = pixels
         return pixels
 

@@ -39,6 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -48,7 +49,7 @@ from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.decode import common_prefix
 from viprog.policy.gguf_export import export_lora, export_model
 from viprog.policy.hf import HFPolicy
-from viprog.policy.stops import cut_at_stop, stopped
+from viprog.policy.stops import cut_at_stop, eos_ids, stopped
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +146,11 @@ class LlamaCppPolicy(Policy):
             from transformers import GenerationConfig
 
             self._tokenizer = HFPolicy(self.model_path).tokenizer  # loaded (and refused) exactly as hf does
-            self._eos = {self._tokenizer.eos_token_id} - {None}
             try:
-                configured = GenerationConfig.from_pretrained(self.model_path).eos_token_id
+                generation = GenerationConfig.from_pretrained(self.model_path)
             except OSError:  # no generation_config.json: the tokenizer's eos alone
-                configured = None
-            self._eos |= {configured} if isinstance(configured, int) else set(configured or ())
+                generation = None
+            self._eos = eos_ids(SimpleNamespace(generation_config=generation), self._tokenizer)  # hf's rule
         return self._tokenizer
 
     def _config(self) -> Any:
