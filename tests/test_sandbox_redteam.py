@@ -271,7 +271,7 @@ def test_huge_primitive_argument_does_not_break_the_pool(executor: Executor) -> 
 
 def test_primitive_arguments_cannot_fill_the_parents_memory(executor: Executor) -> None:
     gc.collect()
-    before = executor.server.cache.copy()
+    before = set(executor.server.cache)
     source = program("p = ImagePatch(image)", "s = 'x' * 1000000", "for i in range(60):", "    p.find(str(i) + s)",
                      "return 1")
     result = run(executor, source)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from viprog.errors import DataError
+from viprog.executor.lru import DEFAULT_MAX_BYTES, ResultCache
 from viprog.images import read_rgb, read_size
 from viprog.primitives.patch import ImageRef, PrimitiveError
 from viprog.primitives.profile import Call, PatchData, Profile
@@ -127,13 +128,12 @@ class PrimitiveServer:
     """Answers primitive requests with `profile`, batched per primitive and cached."""
 
     def __init__(self, profile: Profile, *, batch_size: int = 32, batch_wait: float = 0.05, cache: bool = True,
-                 cache_size: int = 200_000, cache_max_mb: int = 256, on_done: Callable[[], None] = lambda: None) -> None:
+                 cache_max_bytes: int = DEFAULT_MAX_BYTES, on_done: Callable[[], None] = lambda: None) -> None:
         self.profile = profile
-        self.batch_size, self.batch_wait, self.cache_size = max(1, batch_size), max(0.0, batch_wait), cache_size
+        self.batch_size, self.batch_wait = max(1, batch_size), max(0.0, batch_wait)
         self.use_cache = cache
         self.images = ImageStore()
-        self.cache: OrderedDict[Key, tuple[Any, int]] = OrderedDict()  # key → (result, bytes)
-        self.cache_bytes, self.cache_max_bytes = 0, cache_max_mb * 2**20
+        self.cache = ResultCache(cache_max_bytes)
         self.inflight: dict[Key, Pending] = {}
         self.queues: dict[str, deque[Pending]] = {}
         self.done: deque[tuple[Pending, bool, Any]] = deque()
@@ -155,10 +155,10 @@ class PrimitiveServer:
         handles = [(p[0], int(p[1]), int(p[2]), int(p[3]), int(p[4])) for p in patches]
         key: Key = (name, tuple(handles), json.dumps(args, sort_keys=True))
         if self.use_cache:
-            if key in self.cache:
+            hit, value = self.cache.lookup(key)
+            if hit:
                 self.stats["cache_hits"] += 1
-                self.cache.move_to_end(key)
-                return True, self.cache[key][0]
+                return True, value
             pending = self.inflight.get(key)
             if pending is not None:
                 self.stats["joined"] += 1
@@ -192,7 +192,6 @@ class PrimitiveServer:
     def clear_cache(self) -> None:
         """Forget cached results (the workers keep theirs until they are replaced)."""
         self.cache.clear()
-        self.cache_bytes = 0
 
     def set_running(self, running: int) -> None:
         """How many programs in flight are computing (not waiting for a primitive)."""
@@ -210,11 +209,7 @@ class PrimitiveServer:
             if self.use_cache:
                 self.inflight.pop(pending.key, None)
                 if ok and pending.key not in self.cache:
-                    size = len(pending.key[2]) + 40 * len(pending.key[1]) + len(json.dumps(value))
-                    self.cache[pending.key] = (value, size)
-                    self.cache_bytes += size
-                    while len(self.cache) > self.cache_size or self.cache_bytes > self.cache_max_bytes:
-                        self.cache_bytes -= self.cache.popitem(last=False)[1][1]
+                    self.cache.put(pending.key, value)
             out.append((pending, ok, value))
         return out
 
