@@ -1,5 +1,7 @@
 """The train step under `accelerate launch` with two processes on the CPU (DDP over gloo):
-both processes train (each on half the batches), rank 0 publishes the adapter, the loss falls."""
+both processes train (each on half the batches), rank 0 publishes the adapter, the loss falls.
+The command is the issue's `accelerate launch --num_processes 2 --cpu`, which accelerate alone
+would run as one process (`viprog.launch.launch_command`)."""
 
 import json
 import sys
@@ -9,7 +11,7 @@ import selftrain_fixtures as F
 from test_selftrain_loop import tiny_model  # noqa: F401  (session fixture)
 
 from viprog.finetune import LoraSettings, TrainSettings
-from viprog.launch import finetune_launched
+from viprog.launch import finetune_launched, launch_command
 from viprog.policy import Prompter
 
 
@@ -18,7 +20,7 @@ def test_two_processes_fine_tune_the_tiny_policy_and_publish_one_adapter(tiny_mo
     prompter = Prompter("", [])
     pairs = [(prompter.short(F.query_for(s)), F.right_program(s)) for s in F.SHAPES] * 4  # 16 pairs
     out = tmp_path / "adapter"
-    stats = finetune_launched(f"{accelerate} launch --multi_gpu --num_processes 2 --main_process_port 0",
+    stats = finetune_launched(f"{accelerate} launch --num_processes 2 --cpu --main_process_port 0",
                               str(tiny_model), None, pairs, out, lora=LoraSettings(8, 16, 0.0, ("q_proj", "v_proj")),
                               train=TrainSettings(learning_rate=1e-2, epochs=4, batch_size=2, max_length=256))
     assert stats["train/processes"] == 2
@@ -26,3 +28,13 @@ def test_two_processes_fine_tune_the_tiny_policy_and_publish_one_adapter(tiny_mo
     assert stats["train/loss_last"] < stats["train/loss_first"]
     assert (out / "adapter_model.safetensors").exists() and json.loads((out / "train_stats.json").read_text()) == stats
     assert not list(tmp_path.glob("*.tmp-*"))  # both processes' work folders are gone
+
+
+def test_only_the_single_process_cpu_form_is_rewritten():
+    assert launch_command("accelerate launch --num_processes 2 --cpu") == (
+        ["accelerate", "launch", "--num_processes", "2", "--multi_gpu"], {"ACCELERATE_USE_CPU": "true"})
+    assert launch_command("/venv/bin/accelerate launch --cpu --num_processes=4")[0][2] == "--multi_gpu"
+    for kept in ("accelerate launch --cpu", "accelerate launch --cpu --num_processes 1",
+                 "accelerate launch --cpu --num_processes 2 --mpirun_hostfile hosts",
+                 "accelerate launch --multi_gpu --num_processes 2", "torchrun --nproc_per_node 2 --cpu"):
+        assert launch_command(kept) == (kept.split(), {}), kept

@@ -11,9 +11,14 @@ a JSON file and runs `LAUNCHER -m viprog.launch FILE` — e.g.
 Every process calls the same `viprog.finetune.finetune` (TRL's trainer does the rest);
 rank 0 alone publishes the adapter, and the driver reads its `train_stats.json`.
 `viprog selftrain --train-launcher "accelerate launch --multi_gpu --num_processes 2"` does
-this for every round. (On CPUs that is DDP over gloo: torchrun's processes, each with a
-trainer that sees no GPU. `accelerate launch --cpu --num_processes 2` starts one process
-unless given an MPI hostfile.)
+this for every round. On CPUs that is DDP over gloo: torchrun's processes, each with a
+trainer that sees no GPU.
+
+`accelerate launch --cpu --num_processes N`, the form one tries first on a CPU machine,
+would start a single process: accelerate's `--cpu` path runs the script once, or under
+`mpirun` when given `--mpirun_hostfile`, and ignores `--num_processes` otherwise. So
+`launch_command` runs that form as `--multi_gpu` (torchrun's N processes) with
+`ACCELERATE_USE_CPU=true`, which keeps every process's accelerator state on the CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -42,6 +48,26 @@ def launched(launcher: str | None, in_process: Callable[..., dict[str, Any]]) ->
     return in_process if not launcher else functools.partial(finetune_launched, launcher)
 
 
+def launch_command(launcher: str) -> tuple[list[str], dict[str, str]]:
+    """The launcher's command line, and what to add to the environment: the form
+    `accelerate launch --cpu --num_processes N` (N > 1, no `--mpirun_hostfile`) becomes
+    accelerate's multi-process launcher on the CPU (see the module's docstring)."""
+    command = shlex.split(launcher)
+    if not command:
+        raise UsageError("--train-launcher is empty; give a command such as 'accelerate launch --multi_gpu --num_processes 2'")
+    accelerate = Path(command[0]).name == "accelerate" and command[1:2] == ["launch"]
+    if not accelerate or "--cpu" not in command or any(a.startswith("--mpirun_hostfile") for a in command):
+        return command, {}
+    given = [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "--num_processes"]
+    given += [arg.split("=", 1)[1] for arg in command if arg.startswith("--num_processes=")]
+    processes = int(given[-1]) if given and given[-1].isdigit() else 1
+    if processes < 2:
+        return command, {}
+    log.info("accelerate launch --cpu starts one process without an MPI hostfile: running %d processes as "
+             "--multi_gpu with ACCELERATE_USE_CPU=true (DDP over gloo)", processes)
+    return ["--multi_gpu" if arg == "--cpu" else arg for arg in command], {"ACCELERATE_USE_CPU": "true"}
+
+
 def finetune_launched(launcher: str, model_path: str, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                       out_dir: str | Path, *, lora: LoraSettings, train: TrainSettings,
                       init_adapter: str | Path | None = None, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
@@ -49,9 +75,7 @@ def finetune_launched(launcher: str, model_path: str, tokenizer: Any, pairs: Seq
     share the work; each loads the tokenizer from `model_path`, so `tokenizer` is not sent);
     returns the same `train/*` metrics, read from the published adapter."""
     out_dir = Path(out_dir)
-    command = shlex.split(launcher)
-    if not command:
-        raise UsageError("--train-launcher is empty; give a command such as 'accelerate launch --multi_gpu --num_processes 2'")
+    command, env = launch_command(launcher)
     work = tmp_dir_for(out_dir.with_name(out_dir.name + ".launch"))
     spec = work / "step.json"
     write_json_atomic(spec, {"model_path": model_path, "pairs": [list(p) for p in pairs], "out_dir": str(out_dir),
@@ -60,7 +84,8 @@ def finetune_launched(launcher: str, model_path: str, tokenizer: Any, pairs: Seq
                              "device": device, "seed": seed})
     log.info("training under %s (log: %s)", launcher, work / "launch.log")
     with open(work / "launch.log", "wb") as out:
-        code = subprocess.call([*command, "-m", "viprog.launch", str(spec)], stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call([*command, "-m", "viprog.launch", str(spec)], stdout=out, stderr=subprocess.STDOUT,
+                               env={**os.environ, **env})
     if code != 0 or not (out_dir / "train_stats.json").exists():
         tail = (work / "launch.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"the launched train step failed (exit {code}); the end of its log:\n{tail}")
