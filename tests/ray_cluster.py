@@ -19,7 +19,8 @@ from typing import Any
 
 from selftrain_fixtures import ToyProfile
 
-from viprog.primitives.profile import Call
+from viprog.primitives.patch import PrimitiveError
+from viprog.primitives.profile import PROFILES, Call
 
 _FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                 "RAY_health_check_initial_delay_ms": "0"}
@@ -129,3 +130,14 @@ class SlowToy(ToyProfile):
     def find(self, calls: list[Call]) -> list[Any]:
         time.sleep(0.05)
         return super().find(calls)
+
+
+class Unloadable(ToyProfile):
+    """The toy profile with a model that cannot be had (as a wrong hub name or an offline machine)."""
+
+    def preflight(self, kinds: Any = None) -> None:
+        raise PrimitiveError("profile 'toy' cannot load its detector '/nowhere/owl' (OSError: no such folder)")
+
+
+if "toy-unloadable" not in PROFILES:
+    PROFILES.add("toy-unloadable", Unloadable)

@@ -1,24 +1,33 @@
 """`--executor ray` on a real two-node Ray cluster on this machine: `viprog eval`, a tiny
-self-training round and `viprog.load` give the local executor's rows, and a node killed in
+self-training round (one executor for the whole run, the models loaded in the model actors
+only), `viprog.load` and the tiny neural profile (one model actor per kind) give the local
+executor's rows; no actor is created with arguments Ray could not rebuild; a node killed in
 the middle of a rollout loses and duplicates no result. (The node kill is the last test:
 it leaves the module's cluster with its head alone.)"""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray", reason="the dist extra (pip install 'viprog[dist]') is not installed")
 
 import selftrain_fixtures as F
-from ray_cluster import LocalCluster, SlowToy
+from ray_cluster import LocalCluster, SlowToy  # also registers the profile toy-unloadable
 from test_selftrain_loop import cli_args, tiny_config, tiny_model  # noqa: F401  (session fixture)
 
 import viprog
 from viprog.cli import main
+from viprog.errors import UsageError
 from viprog.executor import Executor, Job
 from viprog.executor.ray_backend import RayExecutor
 from viprog.finetune import TrainSettings
 from viprog.library import Library
+from viprog.primitives.profile import build_profile
 from viprog.runs import Run, read_jsonl, write_json_atomic, write_jsonl_atomic
 from viprog.tasks import TASKS
 
@@ -61,13 +70,22 @@ def test_eval_rows_are_the_local_executors(cluster, tmp_path, capsys):
     assert ray_report == local_report and 0 < ray_report["accuracy"] < 1
 
 
-def test_a_self_training_round_is_the_local_executors(cluster, tiny_model, tmp_path):  # noqa: F811
-    runs = {}
+def test_a_self_training_round_is_the_local_executors(cluster, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    runs, opened, real_init = {}, [], RayExecutor.__init__
+
+    def counted(self, *args, **kwargs):
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
     for name, extra in (("local", []), ("ray", ["--executor", "ray", "--ray-address", cluster.address])):
         cfg = tiny_config(tiny_model, tmp_path / "data", tmp_path, rounds=1, run_name=name, questions_per_round=8,
                           eval_size=8, train=TrainSettings(epochs=2.0, batch_size=4, learning_rate=1e-2))
+        if extra:  # the three rollouts (round 0 eval, round 1 samples and eval) share one executor
+            monkeypatch.setattr(RayExecutor, "__init__", counted)
+            monkeypatch.setattr(F.ToyProfile, "preflight", lambda self, kinds=None: pytest.fail("loaded in the driver"))
         assert main(cli_args(cfg)[:-2] + ["--run-name", name, "--rounds", "1", *extra]) == 0
         runs[name] = tmp_path / name / "round_1"
+    assert len(opened) == 1 and not opened[0].hosts  # opened once, closed at the end of the run
     for artifact in ("samples.jsonl", "eval.jsonl", "kept.jsonl"):
         local, remote = (read_jsonl(runs[n] / artifact) for n in ("local", "ray"))
         assert local and without_timing(remote) == without_timing(local), artifact
@@ -89,6 +107,78 @@ def test_viprog_load_runs_a_stored_program_on_the_cluster(cluster, tmp_path):
             answers.append((out.ok, out.answer, out.trace))
             assert isinstance(library._executor, RayExecutor) == bool(options)
     assert answers[0] == answers[1] and answers[0][0]
+
+
+NEURAL_PROGRAM = ("def execute_command(image, query):\n    patch = ImagePatch(image)\n"
+                  "    return [len(patch.find('circle')), patch.exists('square'), patch.verify_property('shape', 'red'),\n"
+                  "            patch.best_text_match(['red', 'blue', 'green']), patch.simple_query(query)]\n")
+
+
+def test_the_tiny_neural_profile_runs_in_one_model_actor_per_kind(cluster, tiny_models_dir):
+    from viprog.primitives.backends.tiny import build_tiny_models
+
+    options = {**build_tiny_models(tiny_models_dir), "depth": None, "llm": None}
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    queries = ["what color is this?", "how many circle?", "what shape is the object?", "is this a star?"]
+    jobs = [Job(NEURAL_PROGRAM, f"img-{i % 3}", images[i % 3], query=queries[i % 4]) for i in range(12)]
+    with Executor(build_profile("neural", options), workers=1) as local:
+        expected = outcome(local.run_many(jobs))
+    assert all(error is None for _, error, _, _ in expected)
+    with RayExecutor("neural", profile_options=options, workers=1, chunk=4) as remote:
+        assert sorted(remote.hosts) == ["clip", "detector", "vqa"]  # no depth or LLM model configured: no actor
+        pids = set(remote.model_pids.values())  # each kind loaded its models in a process of its own
+        assert len(pids) == 3 and os.getpid() not in pids
+        assert outcome(remote.run_many(jobs)) == expected
+        stats = remote.model_stats()
+    assert all(stats[kind]["requests"] > 0 for kind in ("clip", "detector", "vqa")), stats
+
+
+def test_a_model_that_cannot_load_in_its_actor_is_one_usage_error(cluster):
+    with pytest.raises(UsageError, match=r"cannot load its detector '/nowhere/owl'.*--profile-options"):
+        RayExecutor("toy-unloadable", workers=1)
+
+
+CONTROL = "then an actor with a handle among its arguments"
+OPEN_AND_RUN = textwrap.dedent(f"""
+    import sys, ray
+    import selftrain_fixtures as F
+    from viprog.executor import Job
+    from viprog.executor.ray_backend import RayExecutor
+
+    ray.init(address=sys.argv[1], log_to_driver=False, configure_logging=False)
+    ex = F.ToyCountTask(data_dir=sys.argv[2]).examples("test")[0]
+    with RayExecutor("toy", workers=1) as executor:
+        (result,) = executor.run_many([Job(ex.reference_program, ex.image_key, ex.image, query=ex.query, meta=ex.meta)])
+    assert result.error is None, result.error
+    print("{CONTROL}", file=sys.stderr, flush=True)
+
+    @ray.remote
+    class Other:
+        def ping(self):
+            return 1
+
+    @ray.remote(max_restarts=1)
+    class Holder:
+        def __init__(self, other):
+            self.other = other
+
+        def ping(self):
+            return ray.get(self.other.ping.remote())
+
+    assert ray.get(Holder.remote(Other.remote()).ping.remote()) == 1
+""")
+
+
+def test_no_actor_is_created_with_arguments_ray_cannot_rebuild(cluster, tmp_path):
+    # Ray logs (once per process, at error level) when an actor that may restart is created with an
+    # object-store argument or an actor handle (Ray issue 53727); the control shows the line would be seen
+    out = subprocess.run([sys.executable, "-c", OPEN_AND_RUN, cluster.address, str(tmp_path)], env=cluster.env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours, control = out.stderr.split(CONTROL)
+    line = "constructor arguments in the object store"
+    assert line not in ours and line in control, out.stderr[-3000:]
 
 
 def test_a_node_lost_mid_rollout_loses_and_duplicates_no_result(cluster, tmp_path):

@@ -65,3 +65,7 @@ class TaskPolicyConfig:
     ray_address: str | None = None
     """The Ray cluster for --executor ray: host:port, or auto for the one started on this machine by `ray start`
     (None: $RAY_ADDRESS, else a Ray started for this run alone)."""
+    ray_model_gpus: str | None = None
+    """GPUs of each primitive-model actor under --executor ray (one per model kind: detector, clip, vqa, depth,
+    llm for the neural profile): a number for all, or a JSON object per kind, e.g. '{"vqa": 1, "detector": 0.5}'
+    (None: on --device cuda the kinds share one GPU)."""

@@ -136,7 +136,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         images = load_images(task, examples)
         rows = execute_programs(task, examples, {qid: [("", p)] for qid, p in programs.items()},
                                 profile=parts.profile, images=images, workers=cfg.workers, timeout=cfg.timeout,
-                                executor=cfg.executor, ray_address=cfg.ray_address)
+                                executor=parts.executor)
         check_primitives_answered(rows, f"the {split} split")
     finally:
         parts.close()

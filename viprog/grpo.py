@@ -118,7 +118,7 @@ class ExecutorReward:
             slots.append((qid, len(programs[qid])))
             programs[qid].append((text, extract_program(text, self.prompt_style)))
         rows = execute_programs(self.task, [self.by_id[qid] for qid in programs], programs, profile=self.executor.profile,
-                                images=self.images, open_executor=self.executor, desc="")
+                                images=self.images, executor=self.executor, desc="")
         by_slot = {(row["question_id"], row["sample"]): row for row in rows}
         return [by_slot[slot] for slot in slots]
 

@@ -29,11 +29,11 @@ from PIL import Image
 
 from viprog.errors import DataError, UsageError
 from viprog.executor import Job
-from viprog.executor.backend import make_executor
+from viprog.executor.backend import open_executor
 from viprog.filtering import normalize_program
 from viprog.images import read_rgb
 from viprog.policy.prompts import normalize_query
-from viprog.rollout import build_policy, build_profile, greedy_params, prompt_fn, write_program
+from viprog.rollout import build_policy, greedy_params, prompt_fn, write_program
 from viprog.runs import Run, read_json, read_jsonl, write_jsonl_atomic
 from viprog.tasks import TASKS
 
@@ -219,11 +219,12 @@ class Library:
     def _get_executor(self) -> Any:
         if self._executor is None:
             profile = self.config.get("profile") or TASKS.get(self.config.get("task", "shapes")).default_profile
-            built = build_profile(profile, self.config.get("profile_options"), device=self.config.get("device", "cpu"))
-            self._executor = make_executor(built, executor=self.config.get("executor", "local"),
-                                           ray_address=self.config.get("ray_address"), workers=1,
+            self._executor = open_executor(profile, self.config.get("profile_options"),
+                                           device=self.config.get("device", "cpu"),
+                                           executor=self.config.get("executor") or "local",
+                                           ray_address=self.config.get("ray_address"),
+                                           model_gpus=self.config.get("ray_model_gpus"), workers=1,
                                            timeout=float(self.config.get("timeout", 10.0)))
-            self._executor.__enter__()
         return self._executor
 
     def _get_policy(self) -> tuple[Any, Any]:
@@ -240,7 +241,7 @@ class Library:
     def close(self) -> None:
         """Stop the sandbox workers and release the policy."""
         if self._executor is not None:
-            self._executor.__exit__(None, None, None)
+            self._executor.close()
             self._executor = None
         if self._policy is not None:
             self._policy.close()

@@ -7,9 +7,11 @@ and differ only in sampling parameters and in which split they read. Sampling is
 expensive part (minutes on a CPU), so it records each finished question on disk as it
 goes (`viprog.runs.Appender`) and a resumed rollout samples only what is missing.
 
-The components (task, primitive profile, policy, prompter) are built here once per run
-(`build`): the profile's models load once and serve every rollout of the run, and a
-model that cannot load stops the run before any round is spent (`Profile.preflight`).
+The components (task, primitive profile, policy, prompter, and with `--executor ray` the
+open Ray executor) are built here once per run (`build`): the profile's models load once
+— in this process, or in the Ray model actors and only there — and serve every rollout of
+the run, and a model that cannot load stops the run before any round is spent
+(`Profile.preflight`).
 
 Rows are plain dicts (one JSON line each in `samples.jsonl` / `eval.jsonl`): the
 question (`question_id`, `query`, `image`, `question_type`, `gold`), the `sample` index,
@@ -19,8 +21,6 @@ the `completion`, the extracted `program`, and the result (`answer`, `error`,
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,13 +34,12 @@ from tqdm.auto import tqdm
 
 from viprog.errors import UsageError
 from viprog.executor import Job
-from viprog.executor.backend import make_executor
+from viprog.executor.backend import check_executor, make_executor, open_executor
 from viprog.executor.result import ExecutionResult
 from viprog.policy import EMBEDDED_POLICIES, Prompter, extract_program, load_policy
 from viprog.policy.base import Policy, SamplingParams
 from viprog.primitives.apidoc import api_section
-from viprog.primitives.patch import PrimitiveError
-from viprog.primitives.profile import PROFILES, Profile
+from viprog.primitives.profile import Profile, build_profile, parse_profile_options
 from viprog.runs import Appender, AtomicJsonl, read_partial
 from viprog.tasks import TASKS
 from viprog.tasks.base import Example, Task
@@ -65,56 +64,6 @@ class ShotSource(Protocol):
 # -- the components of a run, built once ---------------------------------------------------
 def _config_dict(config: Any) -> dict[str, Any]:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
-
-
-def parse_profile_options(options: str | Mapping[str, Any] | None, flag: str = "--profile-options") -> dict[str, Any]:
-    """`--profile-options` (or the option `flag`): a JSON object (or a mapping already) → keyword options."""
-    if options is None or options == "":
-        return {}
-    if isinstance(options, Mapping):
-        return dict(options)
-    try:
-        value = json.loads(options)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{flag} is not valid JSON ({exc.msg} at character {exc.pos}); give an object "
-                         """such as '{"device": "cuda", "batch_size": 64}'""") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"{flag} must be a JSON object of option names, not {type(value).__name__}")
-    return value
-
-
-def profile_option_names(cls: type[Profile]) -> list[str]:
-    """The named keyword parameters of a profile's constructor (its own and its bases')."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in names:
-                names.append(p.name)
-    return names
-
-
-def build_profile(name: str, options: str | Mapping[str, Any] | None = None, *, device: str = "cpu",
-                  preflight: bool = True) -> Profile:
-    """The primitive profile `name` with `options` (the device follows `device` unless the
-    options name one), its models loaded now when `preflight`: a model that cannot load is
-    a `UsageError` naming it, before any program runs."""
-    cls = PROFILES.get(name)
-    opts = parse_profile_options(options)
-    known = profile_option_names(cls)
-    unknown = sorted(set(opts) - set(known))
-    if unknown:
-        raise UsageError(f"profile {name!r} has no option {unknown[0]!r}; its options: {', '.join(known)}")
-    profile = cls(**{"device": device, **opts})
-    if preflight:
-        start = time.perf_counter()
-        try:
-            profile.preflight()
-        except PrimitiveError as exc:
-            raise UsageError(f"{exc} (set it with --profile-options)") from None
-        log.info("profile %s ready on %s (%.1f s)", name, profile.device, time.perf_counter() - start)
-    return profile
 
 
 def load_scripted_or(name: str, model: str | None, device: str, quantize: str = "none",
@@ -158,24 +107,32 @@ def _check_model_path(policy: str, model: str | None) -> None:
 @dataclass
 class Components:
     """What a rollout needs, built once per run: the task, its primitive profile (models
-    loaded), the policy and its prompter (None when programs come from elsewhere)."""
+    loaded, unless they live in the executor's actors), the policy and its prompter (None
+    when programs come from elsewhere), and where programs run: `"local"` (an executor per
+    rollout) or an executor held open for the whole run (Ray's; `close` closes it)."""
 
     task: Task
     profile_name: str
     profile: Profile
     policy: Policy | None
     prompter: Prompter | None
+    executor: Any = "local"
 
     def close(self) -> None:
         if self.policy is not None:
             self.policy.close()
+        if not isinstance(self.executor, str):
+            self.executor.close()
+            self.executor = "local"
 
 
 def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
           profile_options: str | Mapping[str, Any] | None = None) -> Components:
     """Components from a `TaskPolicyConfig` (or its saved dict): task, profile (options from
-    `profile_options` or the config's `profile_options`), policy and prompter. The profile is
-    built (and checked) before the policy, the cheaper failure first."""
+    `profile_options` or the config's `profile_options`), policy and prompter, and for the
+    `ray` executor the open `RayExecutor`, whose model actors load the profile's models
+    (here the profile is built without them). The profile is built (and checked) before the
+    policy, the cheaper failure first."""
     c = _config_dict(config)
     device = c.get("device") or "cpu"
     require_device(device)
@@ -185,9 +142,19 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     options = profile_options if profile_options is not None else c.get("profile_options")
     if with_policy and c.get("policy"):
         _check_model_path(c["policy"], c.get("model"))  # cheap, before the profile's models load
-    profile = build_profile(name, options, device=device)
-    policy, prompter = build_policy(c, task) if with_policy and c.get("policy") else (None, None)
-    return Components(task, name, profile, policy, prompter)
+    where = c.get("executor") or "local"
+    check_executor(where)
+    profile = build_profile(name, options, device=device, preflight=where == "local")
+    executor = where if where == "local" else open_executor(
+        name, options, device=device, executor=where, ray_address=c.get("ray_address"),
+        model_gpus=c.get("ray_model_gpus"), workers=int(c.get("workers", 2)), timeout=float(c.get("timeout", 10.0)))
+    try:
+        policy, prompter = build_policy(c, task) if with_policy and c.get("policy") else (None, None)
+    except BaseException:
+        if not isinstance(executor, str):
+            executor.close()
+        raise
+    return Components(task, name, profile, policy, prompter, executor)
 
 
 def build_policy(config: Any, task: Task) -> tuple[Policy, Prompter]:
@@ -279,10 +246,10 @@ def sample_programs(policy: Policy, examples: Sequence[Example], prompt: PromptF
 def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
             partial: str | Path, style: str = "completion", batch_questions: int = 4, workers: int = 2,
             timeout: float = 10.0, desc: str = "rollout", out: str | Path | None = None,
-            executor: str = "local", ray_address: str | None = None) -> tuple[list[dict[str, Any]], SampleStats]:
+            ) -> tuple[list[dict[str, Any]], SampleStats]:
     """The whole pipeline on `examples`: sample programs from `parts.policy` (resumably,
-    through `partial`), run them in the sandbox under `parts.profile`, reward them by
-    `parts.task`. Returns the rows (their summaries when they stream to `out`, see
+    through `partial`), run them in the sandbox under `parts.profile` on `parts.executor`,
+    reward them by `parts.task`. Returns the rows (their summaries when they stream to `out`, see
     `execute_programs`) and the stats, execution time included. A rollout in which every
     program failed inside a primitive is a `UsageError` (`check_primitives_answered`)."""
     if parts.policy is None:
@@ -292,7 +259,7 @@ def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, pa
     start = time.perf_counter()
     rows = execute_programs(parts.task, examples, programs, profile=parts.profile,
                             images=load_images(parts.task, examples), workers=workers, timeout=timeout,
-                            desc=f"{desc} execute", out=out, executor=executor, ray_address=ray_address)
+                            desc=f"{desc} execute", out=out, executor=parts.executor)
     stats.execute_seconds = time.perf_counter() - start
     check_primitives_answered(rows, desc)
     return rows, stats
@@ -333,8 +300,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 def execute_programs(task: Task, examples: Sequence[Example], programs: Programs, *,
                      profile: str | Profile, images: dict[str, np.ndarray], workers: int = 2,
                      timeout: float = 10.0, desc: str = "execute", out: str | Path | None = None,
-                     executor: str = "local", ray_address: str | None = None,
-                     open_executor: Any = None) -> list[dict[str, Any]]:
+                     executor: Any = "local") -> list[dict[str, Any]]:
     """Run every (completion, program) of every example in the sandbox and reward it.
 
     `programs` maps a question id to its (completion, program) pairs; examples whose
@@ -343,9 +309,10 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
     With `out`, each row is written to that JSONL file as its program finishes (the file
     appears whole, by a rename, at the end) and only its `summary` is returned, so the
     parent holds no answers or traces however many programs a rollout has.
-    `executor`, `ray_address`: where the programs run (`viprog.executor.backend`); with
-    `open_executor` (an open one, e.g. serving every step of an online RL round) they run
-    there and it stays open.
+    `executor`: where the programs run — `"local"` or `"ray"` (`viprog.executor.backend`;
+    Ray at `$RAY_ADDRESS`) opens one for this call with `workers` and `timeout`; an open
+    executor (the run's `Components.executor`, or one serving every step of an online RL
+    round) runs them and stays open.
     """
     owners = [(ex, i, completion, program) for ex in examples if ex.image_key in images
               for i, (completion, program) in enumerate(programs.get(ex.id, ()))]
@@ -361,8 +328,8 @@ def execute_programs(task: Task, examples: Sequence[Example], programs: Programs
         return {**question_row(ex), "sample": i, "completion": completion, "program": program, **result.to_json(),
                 "reward": float(task.reward(ex, result))}
 
-    with nullcontext(open_executor) if open_executor is not None else make_executor(
-            profile, executor=executor, ray_address=ray_address, workers=workers, timeout=timeout) as running:
+    with make_executor(profile, executor=executor, workers=workers, timeout=timeout) if isinstance(
+            executor, str) else nullcontext(executor) as running:
         results = running.run_iter(jobs, progress=desc, ordered=True)
         if out is None:
             return [row(index, result) for index, result in results]

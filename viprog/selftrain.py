@@ -285,8 +285,7 @@ def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptF
     cfg = ctx.cfg
     rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
                           style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
-                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out, executor=cfg.executor,
-                          ray_address=cfg.ray_address)
+                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out)
     prefix = "sample" if name == "samples" else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
@@ -299,7 +298,7 @@ class Context:
 
     cfg: SelfTrainConfig
     run: Run
-    parts: Components  # built once: the profile's models serve every rollout of the run
+    parts: Components  # built once: the profile's models (and a Ray executor) serve every rollout of the run
     train_pool: list[Any]
     eval_set: list[Any]
     corrections: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # library rows of --corrections

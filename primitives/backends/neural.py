@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +59,9 @@ class NeuralProfile(Profile):
     """Detector (OWLv2 or YOLO), CLIP, BLIP VQA, optional depth and LLM; lazy and batched."""
 
     name: ClassVar[str] = "neural"
+    model_kinds: ClassVar[Mapping[str, str]] = {
+        "find": "detector", "exists": "detector", "verify_property": "clip", "best_text_match": "clip",
+        "best_image_match": "clip", "simple_query": "vqa", "compute_depth": "depth", "llm_query": "llm"}
 
     def __init__(self, device: str = "cpu", detector: str = "google/owlv2-base-patch16-ensemble",
                  clip: str = "ViT-B-32", clip_pretrained: str | None = "openai",
@@ -166,15 +169,18 @@ class NeuralProfile(Profile):
 
         return self._model("llm", "language model", str(self.llm), load)
 
-    def preflight(self) -> None:
-        """Load the detector, CLIP and the VQA model (and depth / LLM when configured) now:
-        a run learns at its start, not after its first rollout, that a name is wrong or
-        that this machine is offline without local copies."""
-        loaders = [self._owl if self.detector_kind() == "owlv2" else self._yolo, self._clip, self._blip]
-        loaders += [self._depth_model] if self.depth is not None else []
-        loaders += [self._llm] if self.llm is not None else []
-        for load in loaders:
-            load()
+    def preflight(self, kinds: Collection[str] | None = None) -> None:
+        """Load the detector, CLIP and the VQA model (and depth / LLM when configured) now,
+        or only those of `kinds`: a run learns at its start, not after its first rollout,
+        that a name is wrong or that this machine is offline without local copies."""
+        loaders: dict[str, Callable[[], Any]] = {
+            "detector": self._owl if self.detector_kind() == "owlv2" else self._yolo, "clip": self._clip,
+            "vqa": self._blip}
+        loaders |= {"depth": self._depth_model} if self.depth is not None else {}
+        loaders |= {"llm": self._llm} if self.llm is not None else {}
+        for kind, load in loaders.items():
+            if kinds is None or kind in kinds:
+                load()
 
     def detector_kind(self) -> str:
         """'owlv2' or 'yolo', from the detector's name or its local folder's config."""

@@ -9,10 +9,15 @@ We only decide what an actor holds:
   kernel layers, the watchdog — so a program runs in exactly the sandbox it runs in on one
   machine. Its PrimitiveServer batches and caches as usual, but its profile is a stand-in
   that sends each batch to
-- the *model actor*, which holds the real profile (its models, `num_gpus` of a GPU) and
-  merges the batches that arrive from every sandbox actor while a batch runs into the next
-  one, with a result cache shared by all of them.
+- the *model actor* of the primitive's model kind (detector, CLIP, VQA ... as the profile
+  declares them; one actor for a profile without kinds), which builds its own copy of the
+  profile from the profile's class and options, loads that kind's models once, asks for
+  its own `num_gpus`, and merges the batches that arrive from every sandbox actor while a
+  batch runs into the next one, with a result cache shared by all of them.
 
+Every actor's constructor takes plain data only (names, options, settings), so Ray can
+restart any of them; the model actors' handles travel with each chunk. The executor is
+meant to stay open for a whole run: the models load when it opens, not per rollout.
 Images go into Ray's object store once per image id (pixels and annotations together);
 jobs carry only the reference, and an actor reads the image from its node's store.
 A chunk of jobs is one actor task; our jobs are idempotent, so when a node dies Ray runs
@@ -29,8 +34,9 @@ import asyncio
 import json
 import logging
 import os
+import socket
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 import ray
@@ -39,18 +45,21 @@ from tqdm.auto import tqdm
 
 from viprog.errors import DataError, UsageError
 from viprog.executor.job import Job
+from viprog.executor.lru import ResultCache
 from viprog.executor.ordered import InOrder
 from viprog.executor.pool import Executor
 from viprog.executor.result import ExecutionResult, within_budget
 from viprog.executor.server import as_rgb
 from viprog.images import read_rgb
-from viprog.primitives.profile import Call, PatchData, Profile, get_profile
+from viprog.primitives.profile import Call, PatchData, Profile, build_profile, load_models
 from viprog.primitives.spec import SPECS
 
 log = logging.getLogger(__name__)
 
 _IMAGES_HELD = 256  # images a model actor keeps decoded, most recently used
-_CACHE_SIZE = 200_000  # results a model actor keeps
+_PROBE_SECONDS = 3.0  # how long `connect` waits for a cluster's port to answer
+#: the kind of the model actor of a profile that names no kinds (`Profile.model_kinds`)
+ONE_ACTOR = "models"
 
 
 def connect(address: str | None = None) -> bool:
@@ -60,6 +69,8 @@ def connect(address: str | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        probe(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except ConnectionError as exc:
@@ -70,40 +81,70 @@ def connect(address: str | None = None) -> bool:
     return True
 
 
-class _RemoteModels(Profile):
-    """The sandbox actor's profile: answers a batch by asking the model actor."""
+def probe(address: str, timeout: float = _PROBE_SECONDS) -> None:
+    """A `UsageError` within `timeout` seconds when nothing listens at a `host:port` (or
+    `ray://host:port`) address. Ray's own connect retries for minutes there: its knobs
+    (`RAY_gcs_server_port_wait_time_s` for the attempts, `RAY_py_gcs_connect_timeout_s`
+    for each one) still take tens of seconds and are read when Ray is imported. `auto`
+    and addresses without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"nothing answers at the Ray address {address} ({exc.strerror or exc}); start a head there "
+                         f"with `ray start --head --port={port}`, or give --ray-address auto on a machine of a "
+                         "running cluster") from None
 
-    def __init__(self, host: Any, name: str, supported: frozenset[str]) -> None:
+
+class _RemoteModels(Profile):
+    """The sandbox actor's profile: answers a batch by asking the model actor of its primitive."""
+
+    def __init__(self, name: str, route: Mapping[str, str]) -> None:
         super().__init__()
         self.name = name  # type: ignore[misc]  # the real profile's, for identical error messages
-        self.host, self.supported = host, supported
+        self.route = dict(route)  # primitive → model kind
+        self.hosts: dict[str, Any] = {}  # model kind → its actor, given with each chunk
         self.refs: dict[str, Any] = {}  # image id → its object in the store
 
     def supports(self, primitive: str) -> bool:
-        return primitive in self.supported
+        return primitive in self.route
 
     def run(self, primitive: str, calls: list[Call]) -> list[Any]:
         payload = [(c.patches[0].image_id, [p.box for p in c.patches], list(c.args)) for c in calls]
         refs = {image_id: self.refs[image_id] for image_id, _, _ in payload}
         try:
-            return ray.get(self.host.run.remote(primitive, refs, payload))
+            return ray.get(self.hosts[self.route[primitive]].run.remote(primitive, refs, payload))
         except ray.exceptions.RayTaskError as exc:  # the profile's own exception, as the local server sees it
             raise exc.cause from None
 
 
 class ModelHost:
-    """The model actor: one profile, batches merged across sandbox actors, one cache."""
+    """A model actor: the profile's models of one kind (all of them for a profile without
+    kinds), built here from the profile's class and options; batches merged across sandbox
+    actors, one cache.
 
-    def __init__(self, profile: Profile, batch_size: int, cache: bool) -> None:
-        self.profile, self.batch_size, self.use_cache = profile, max(1, batch_size), cache
+    The class travels by reference (its module is imported here, which also registers a
+    profile that a user's module adds to `PROFILES`); a built `Profile` travels whole."""
+
+    def __init__(self, profile: type[Profile] | Profile, options: dict[str, Any], kind: str, batch_size: int,
+                 cache: bool) -> None:
+        self.profile = profile(**options) if isinstance(profile, type) else profile
+        self.kind, self.batch_size, self.use_cache = kind, max(1, batch_size), cache
         self.images: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self.cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self.cache = ResultCache()
         self.waiting: list[tuple[str, dict[str, Any], list[Any], asyncio.Future[Any]]] = []
         self.draining = False
         self.stats = {"requests": 0, "batches": 0, "cache_hits": 0}
 
-    def supported(self) -> tuple[str, frozenset[str]]:
-        return self.profile.name, frozenset(name for name in SPECS if self.profile.supports(name))
+    def load(self) -> int:
+        """Load this actor's models now (`Profile.preflight`); returns the actor's process id."""
+        load_models(self.profile, None if self.kind == ONE_ACTOR else [self.kind])
+        return os.getpid()
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats)
 
     async def run(self, primitive: str, refs: dict[str, Any], payload: list[Any]) -> list[Any]:
         """One sandbox actor's batch; it joins the batches of others waiting meanwhile."""
@@ -162,10 +203,10 @@ class ModelHost:
         answers: list[Any] = [None] * len(calls)
         missing = []
         for i, key in enumerate(keys):
-            if self.use_cache and key in self.cache:
+            hit, answer = self.cache.lookup(key) if self.use_cache else (False, None)
+            if hit:
                 self.stats["cache_hits"] += 1
-                self.cache.move_to_end(key)
-                answers[i] = self.cache[key]
+                answers[i] = answer
             else:
                 missing.append(i)
         if missing:
@@ -178,26 +219,30 @@ class ModelHost:
             for i, answer in zip(missing, self.profile.run(primitive, batch)):
                 answers[i] = answer
                 if self.use_cache:
-                    self.cache[keys[i]] = answer
-            while len(self.cache) > _CACHE_SIZE:
-                self.cache.popitem(last=False)
+                    self.cache.put(keys[i], answer)
         return answers
 
 
 class SandboxHost:
-    """A sandbox actor: a local `Executor` whose primitives are answered by the model actor."""
+    """A sandbox actor: a local `Executor` whose primitives are answered by the model actors.
 
-    def __init__(self, host: Any, settings: dict[str, Any]) -> None:
-        name, supported = ray.get(host.supported.remote())
-        self.models = _RemoteModels(host, name, supported)
+    Its constructor takes only plain data (the profile's name, which kind answers each
+    primitive, the executor's settings); the model actors' handles come with each chunk.
+    A handle among an actor's constructor arguments is a reference Ray cannot rebuild
+    when it restarts the actor (Ray issue 53727, and its error line at every start)."""
+
+    def __init__(self, name: str, route: dict[str, str], settings: dict[str, Any]) -> None:
+        self.models = _RemoteModels(name, route)
         self.executor = Executor(self.models, **settings)
 
     def node(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, chunk: list[tuple[int, str, str, Any, str | None]]) -> list[tuple[int, ExecutionResult]]:
-        """Run a chunk of (index, program, image id, image ref or the image's error, query);
-        results by index."""
+    def run(self, hosts: dict[str, Any], chunk: list[tuple[int, str, str, Any, str | None]],
+            ) -> list[tuple[int, ExecutionResult]]:
+        """Run a chunk of (index, program, image id, image ref or the image's error, query),
+        asking `hosts` (model kind → actor) for its primitives; results by index."""
+        self.models.hosts = hosts
         pixels, out, runs = {}, [], []
         for entry in chunk:
             index, _, image_id, ref, _ = entry
@@ -217,38 +262,83 @@ class SandboxHost:
         self.executor.close()
 
 
+def model_routes(profile: Profile) -> dict[str, str]:
+    """Primitive → the kind of model actor that answers it, for every primitive `profile`
+    supports (`Profile.model_kinds`; a primitive it does not name, and every primitive of a
+    profile without kinds, goes to the one actor `ONE_ACTOR`)."""
+    return {name: profile.model_kinds.get(name, ONE_ACTOR) for name in SPECS if profile.supports(name)}
+
+
+def gpus_per_kind(model_gpus: float | Mapping[str, float] | None, kinds: list[str], device: str) -> dict[str, float]:
+    """The GPUs each model actor asks Ray for: `model_gpus` for all, or per kind (kinds it
+    leaves out, and every kind when None, share one GPU when the profile's device is CUDA)."""
+    share = 1.0 / len(kinds) if str(device).startswith("cuda") and kinds else 0.0
+    if model_gpus is None or isinstance(model_gpus, Mapping):
+        given = dict(model_gpus or {})
+        unknown = sorted(set(given) - set(kinds))
+        if unknown:
+            raise UsageError(f"model_gpus names {unknown[0]!r}, which is not a model kind of this profile; "
+                             f"its kinds: {', '.join(kinds)}")
+        return {kind: float(given.get(kind, share)) for kind in kinds}
+    return dict.fromkeys(kinds, float(model_gpus))
+
+
 class RayExecutor:
     """The `Executor` interface (`run`, `run_many`, `run_iter`, a context manager) over Ray.
 
+    profile: a profile name, built by each model actor from its class and `profile_options`
+    (its models load there, once, and nowhere else), or a built `Profile`, which is
+    pickled into each model actor. There is one model actor per model kind of the profile
+    (`Profile.model_kinds`: detector, CLIP, VQA ... for `neural`), one for a profile
+    without kinds. model_gpus: the GPUs each model actor asks for, one number for all or
+    per kind (e.g. `{"vqa": 1, "detector": 0.5}`); None: on CUDA the kinds share one GPU.
     address: the cluster (see `connect`). sandboxes: sandbox actors (None: one per alive
-    node), each with `workers` worker processes and `sandbox_cpus` of Ray's CPUs.
-    model_gpus: GPUs the model actor asks for (None: one when the profile's device is CUDA). chunk: jobs per actor task (the unit Ray
-    retries). Every other keyword is the local `Executor`'s, used by each sandbox actor.
+    node), each with `workers` worker processes and `sandbox_cpus` of Ray's CPUs. chunk:
+    jobs per actor task (the unit Ray retries). Every other keyword is the local
+    `Executor`'s, used by each sandbox actor. Opening it loads the models (a model that
+    cannot load is a `UsageError` here); keep it open across the rollouts of a run.
     """
 
     run = Executor.run
     run_many = Executor.run_many
 
     def __init__(self, profile: str | Profile = "shapes", *, address: str | None = None, sandboxes: int | None = None,
-                 workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float | None = None, chunk: int = 256,
-                 profile_options: dict[str, Any] | None = None, batch_size: int = 32, cache: bool = True,
-                 max_run_bytes: int | None = 2**30, **settings: Any) -> None:
+                 workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float | Mapping[str, float] | None = None,
+                 chunk: int = 256, profile_options: dict[str, Any] | None = None, batch_size: int = 32,
+                 cache: bool = True, max_run_bytes: int | None = 2**30, **settings: Any) -> None:
         if chunk < 1 or (sandboxes is not None and sandboxes < 1):
             raise ValueError("chunk and sandboxes must be >= 1")
-        built = get_profile(profile, **(profile_options or {})) if isinstance(profile, str) else profile
+        # built here without its models (cheap), to check the options and read what it supports
+        here = build_profile(profile, profile_options, preflight=False) if isinstance(profile, str) else profile
+        made = (type(here), {"device": here.device, **(profile_options or {})}) if isinstance(profile, str) else (
+            profile, {})
+        routes = model_routes(here)
+        kinds = sorted(set(routes.values()))
+        gpus = gpus_per_kind(model_gpus, kinds, here.device)
         self._owns_ray = connect(address)
         self.max_run_bytes, self.chunk = max_run_bytes, chunk
         retry = {"max_restarts": -1, "max_task_retries": -1}
-        if model_gpus is None:
-            model_gpus = 1.0 if str(getattr(built, "device", "cpu")).startswith("cuda") else 0.0
-        self.host = ray.remote(ModelHost).options(num_cpus=0, num_gpus=model_gpus, **retry).remote(
-            built, batch_size, cache)
+        host = ray.remote(ModelHost)
+        self.hosts = {kind: host.options(num_cpus=0, num_gpus=gpus[kind], **retry).remote(
+            *made, kind, batch_size, cache) for kind in kinds}
+        self.actors: list[Any] = []
+        try:
+            self.model_pids = dict(zip(kinds, ray.get([self.hosts[k].load.remote() for k in kinds])))
+        except ray.exceptions.RayTaskError as exc:  # a model that cannot load: the profile's own message
+            self.close()
+            raise exc.cause from None
         count = sandboxes or sum(1 for n in ray.nodes() if n["Alive"])
         settings = {"workers": workers, "batch_size": batch_size, "cache": cache, "max_run_bytes": None, **settings}
         actor = ray.remote(SandboxHost).options(num_cpus=sandbox_cpus, scheduling_strategy="SPREAD", **retry)
-        self.actors = [actor.remote(self.host, settings) for _ in range(count)]
+        self.actors = [actor.remote(here.name, routes, settings) for _ in range(count)]
         self.pool = ActorPool(self.actors)
         self._busy = False
+        log.info("Ray executor open: %d sandbox actor(s), model actor(s) %s", count,
+                 ", ".join(f"{k} ({gpus[k]:g} GPU)" for k in kinds))
+
+    def model_stats(self) -> dict[str, dict[str, int]]:
+        """Per model kind: the requests, merged batches and cache hits its actor has served."""
+        return dict(zip(self.hosts, ray.get([h.counters.remote() for h in self.hosts.values()])))
 
     def nodes(self) -> list[str]:
         """The Ray node id of each sandbox actor (where it runs now)."""
@@ -273,7 +363,7 @@ class RayExecutor:
                     chunk = next(chunks, None)
                     if chunk is None:
                         break
-                    self.pool.submit(lambda actor, value: actor.run.remote(value), chunk)
+                    self.pool.submit(lambda actor, value: actor.run.remote(self.hosts, value), chunk)
                     running += 1
                 if not running:
                     break
@@ -311,12 +401,12 @@ class RayExecutor:
             yield chunk
 
     def close(self) -> None:
-        if not self.actors:
+        if not self.hosts:
             return
         ray.get([a.close.remote() for a in self.actors])
-        for a in [*self.actors, self.host]:
+        for a in [*self.actors, *self.hosts.values()]:
             ray.kill(a)
-        self.actors = []
+        self.actors, self.hosts = [], {}
         if self._owns_ray:
             ray.shutdown()
 
