@@ -20,7 +20,7 @@ from typing import Any
 from selftrain_fixtures import ToyProfile
 
 from viprog.primitives.patch import PrimitiveError
-from viprog.primitives.profile import PROFILES, Call
+from viprog.primitives.profile import Call
 
 _FAST_HEALTH = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
                 "RAY_health_check_initial_delay_ms": "0"}
@@ -137,7 +137,3 @@ class Unloadable(ToyProfile):
 
     def preflight(self, kinds: Any = None) -> None:
         raise PrimitiveError("profile 'toy' cannot load its detector '/nowhere/owl' (OSError: no such folder)")
-
-
-if "toy-unloadable" not in PROFILES:
-    PROFILES.add("toy-unloadable", Unloadable)

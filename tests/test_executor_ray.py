@@ -17,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the dist extra (pip install 'viprog[dist]') is not installed")
 
 import selftrain_fixtures as F
-from ray_cluster import LocalCluster, SlowToy  # also registers the profile toy-unloadable
+from ray_cluster import LocalCluster, SlowToy, Unloadable
 from test_selftrain_loop import cli_args, tiny_config, tiny_model  # noqa: F401  (session fixture)
 
 import viprog
@@ -136,7 +136,7 @@ def test_the_tiny_neural_profile_runs_in_one_model_actor_per_kind(cluster, tiny_
 
 def test_a_model_that_cannot_load_in_its_actor_is_one_usage_error(cluster):
     with pytest.raises(UsageError, match=r"cannot load its detector '/nowhere/owl'.*--profile-options"):
-        RayExecutor("toy-unloadable", workers=1)
+        RayExecutor(Unloadable(), workers=1)
 
 
 CONTROL = "then an actor with a handle among its arguments"
