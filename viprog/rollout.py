@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,11 +119,25 @@ class Components:
     executor: Any = "local"
 
     def close(self) -> None:
-        if self.policy is not None:
-            self.policy.close()
-        if not isinstance(self.executor, str):
-            self.executor.close()
-            self.executor = "local"
+        """Close the policy and the executor held for the run (the executor even when closing
+        the policy fails)."""
+        try:
+            if self.policy is not None:
+                self.policy.close()
+        finally:
+            if not isinstance(self.executor, str):
+                executor, self.executor = self.executor, "local"
+                executor.close()
+
+    @contextmanager
+    def closed_on_error(self) -> Iterator[None]:
+        """Close these components when the block raises (e.g. a run folder refused after the
+        models loaded on the cluster), then let the error through."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
 
 
 def build(config: Any, *, task: Task | None = None, with_policy: bool = True,

@@ -463,7 +463,8 @@ def main(cfg: SelfTrainConfig) -> int:
         raise UsageError(f"task {cfg.task!r}: the {cfg.train_split} or {cfg.eval_split} split is empty")
     corrections = library_rows(cfg.corrections, cfg.task, eval_set)  # checked before any work
     parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
-    run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
+    with parts.closed_on_error():  # a refused run folder must not leave the models loaded (a Ray cluster's)
+        run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
     log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,
              cfg.policy, cfg.rounds)
