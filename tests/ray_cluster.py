@@ -35,6 +35,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """The process ids below `pid` (children, their children ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit():
+            parents.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 class LocalCluster:
     """`ray start` a head (`head_cpus`) and one more node (`node_cpus`); `close` ends both."""
 
@@ -98,9 +116,17 @@ class LocalCluster:
         return sum(1 for n in ray.nodes() if n["Alive"])
 
     def kill_node(self) -> None:
-        """Lose the second node at once (its raylet, store and workers)."""
+        """Lose the second node at once: its raylet, store and every worker process. (The
+        workers are not all in the node's process group, and a worker left alive keeps
+        answering the actor calls it has, as a machine that is gone would not.)"""
         proc = self.procs.pop("node")
+        doomed = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
     def close(self) -> None:
@@ -125,11 +151,32 @@ class LocalCluster:
 
 class SlowToy(ToyProfile):
     """The toy profile with a model's latency: 50 ms a batch (so a rollout lasts long enough
-    to lose a node in the middle of it)."""
+    to lose a node in the middle of it); with `log`, each call appends its image id to that
+    file (so a test can see which jobs' calls were answered, wherever the profile runs)."""
+
+    def __init__(self, log: str | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.log = log
 
     def find(self, calls: list[Call]) -> list[Any]:
         time.sleep(0.05)
+        if self.log:
+            with open(self.log, "a", encoding="utf-8") as f:
+                f.write("".join(f"{call.patches[0].image_id}\n" for call in calls))
         return super().find(calls)
+
+
+def calls_logged(path: Path) -> list[str]:
+    """The image id of each call a `SlowToy(log=path)` has answered, in order."""
+    return path.read_text().split() if path.exists() else []
+
+
+class Crashing(ToyProfile):
+    """The toy profile with a model that kills its process at every call (as a native crash
+    or the kernel's out-of-memory killer would)."""
+
+    def find(self, calls: list[Call]) -> list[Any]:
+        os._exit(3)
 
 
 class Unloadable(ToyProfile):

@@ -1,15 +1,20 @@
 """`--executor ray` on a real two-node Ray cluster on this machine: `viprog eval`, a tiny
 self-training round (one executor for the whole run, the models loaded in the model actors
 only), `viprog.load` and the tiny neural profile (one model actor per kind) give the local
-executor's rows; no actor is created with arguments Ray could not rebuild; a node killed in
-the middle of a rollout loses and duplicates no result. (The node kill is the last test:
-it leaves the module's cluster with its head alone.)"""
+executor's rows; no actor is created with arguments Ray could not rebuild; an ask the
+cluster cannot place, a model that cannot load, a model that kills its actor at every call
+and a refused run folder are each one UsageError with nothing left running; images go to
+the object store once per run; a node killed in the middle of a rollout loses and
+duplicates no result, its chunk run again. (The node kill is the last test: it leaves the
+module's cluster with its head alone.)"""
 
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,14 +22,14 @@ import pytest
 ray = pytest.importorskip("ray", reason="the dist extra (pip install 'viprog[dist]') is not installed")
 
 import selftrain_fixtures as F
-from ray_cluster import LocalCluster, SlowToy, Unloadable
+from ray_cluster import Crashing, LocalCluster, SlowToy, Unloadable, calls_logged
 from test_selftrain_loop import cli_args, tiny_config, tiny_model  # noqa: F401  (session fixture)
 
 import viprog
 from viprog.cli import main
 from viprog.errors import UsageError
 from viprog.executor import Executor, Job
-from viprog.executor.ray_backend import RayExecutor
+from viprog.executor.ray_backend import RESTARTS, RayExecutor
 from viprog.finetune import TrainSettings
 from viprog.library import Library
 from viprog.primitives.profile import build_profile
@@ -34,7 +39,8 @@ from viprog.tasks import TASKS
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("ray"), head_cpus=2, node_cpus=1)
+    # Ray's CPUs are a count, not the cores: the neural test's 3 model actors and 2 sandbox actors need 5
+    cluster = LocalCluster(tmp_path_factory.mktemp("ray"), head_cpus=4, node_cpus=2)
     try:
         cluster.connect()
         yield cluster
@@ -134,9 +140,79 @@ def test_the_tiny_neural_profile_runs_in_one_model_actor_per_kind(cluster, tiny_
     assert all(stats[kind]["requests"] > 0 for kind in ("clip", "detector", "vqa")), stats
 
 
+def all_cpus_free(seconds: float = 30.0) -> bool:
+    """Whether every CPU of the cluster is free again within `seconds`: no actor is left
+    (Ray frees a killed actor's CPUs shortly after the kill)."""
+    deadline = time.monotonic() + seconds
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
+
+
 def test_a_model_that_cannot_load_in_its_actor_is_one_usage_error(cluster):
     with pytest.raises(UsageError, match=r"cannot load its detector '/nowhere/owl'.*--profile-options"):
         RayExecutor(Unloadable(), workers=1)
+
+
+def test_a_neural_model_file_missing_on_the_cluster_closes_what_was_opened(cluster, tiny_models_dir):
+    from viprog.primitives.backends.tiny import build_tiny_models
+
+    options = {**build_tiny_models(tiny_models_dir), "depth": None, "llm": None, "detector": "/nowhere/owl"}
+    with pytest.raises(UsageError, match="/nowhere/owl") as error:  # the profile built by name, in its actor
+        RayExecutor("neural", profile_options=options, workers=1)
+    assert "\n" not in str(error.value)
+    assert all_cpus_free()  # the three model actors (one CPU each) were killed
+
+
+def test_an_ask_no_node_can_place_is_one_usage_error_at_once(cluster):
+    assert all_cpus_free()
+    start = time.monotonic()
+    with pytest.raises(UsageError, match="no node of the Ray cluster offers 1 GPU for the models model actor"):
+        RayExecutor(F.ToyProfile(device="cuda"), workers=1)  # --device cuda on a CPU-only cluster
+    with pytest.raises(UsageError, match="offers 64 CPU for the models model actor"):
+        RayExecutor(F.ToyProfile(), model_cpus=64, workers=1)
+    assert time.monotonic() - start < 10 and all_cpus_free(0)  # refused before any actor was created
+
+
+def test_a_model_that_kills_its_actor_every_time_ends_the_rollout(cluster, tmp_path):
+    examples = TASKS.get("toy-count")(data_dir=tmp_path).examples("test")[:4]
+    jobs = [Job(ex.reference_program, ex.image_key, ex.image, query=ex.query, meta=ex.meta) for ex in examples]
+    with (RayExecutor(Crashing(), workers=1, sandboxes=1) as executor,
+          pytest.raises(UsageError, match=f"the models model actor died {RESTARTS + 1} times")):
+        executor.run_many(jobs)
+    assert all_cpus_free()
+
+
+def test_a_cpu_model_actor_computes_with_the_cpus_it_holds(cluster):
+    with RayExecutor(F.ToyProfile(), model_cpus=2, workers=1, sandboxes=1) as executor:
+        stats = executor.model_stats()["models"]
+    assert stats["omp_threads"] == 2 and stats["threads"] == 2, stats
+
+
+def test_images_go_to_the_object_store_once_per_run(cluster, tmp_path, monkeypatch):
+    examples = TASKS.get("toy-count")(data_dir=tmp_path).examples("test")[:3]
+    jobs = [Job(ex.reference_program, ex.image_key, ex.image, query=ex.query, meta=ex.meta) for ex in examples * 2]
+    puts, real_put = [], ray.put
+    monkeypatch.setattr(ray, "put", lambda value, **kw: puts.append(value) or real_put(value, **kw))
+    with RayExecutor(F.ToyProfile(), workers=1, chunk=2) as executor:
+        first, second = (outcome(executor.run_many(jobs)) for _ in range(2))  # two rollouts of one run
+    assert first == second and all(error is None for _, error, _, _ in first)
+    assert len(puts) == len({ex.image_key for ex in examples}) == 3
+
+
+def test_a_refused_run_folder_closes_the_ray_executor(cluster, tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    opened, real_init = [], RayExecutor.__init__
+
+    def counted(self, *args, **kwargs):
+        opened.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(RayExecutor, "__init__", counted)
+    cfg = tiny_config(tiny_model, tmp_path / "data", tmp_path, rounds=1, run_name="taken")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}")  # an earlier run's folder: needs --resume or --overwrite
+    assert main(cli_args(cfg) + ["--executor", "ray", "--ray-address", cluster.address]) == 2
+    assert len(opened) == 1 and not opened[0].hosts and not opened[0].actors
 
 
 CONTROL = "then an actor with a handle among its arguments"
@@ -182,20 +258,39 @@ def test_no_actor_is_created_with_arguments_ray_cannot_rebuild(cluster, tmp_path
 
 
 def test_a_node_lost_mid_rollout_loses_and_duplicates_no_result(cluster, tmp_path):
+    # the node is killed while both sandbox actors are inside a chunk (the model has answered some of its
+    # calls and the chunk has not finished), so the lost actor's chunk is run again: more calls answered than
+    # in the local run. Each job has an image id of its own (`<key>-<job>`), so a call names its chunk.
     examples = TASKS.get("toy-count")(data_dir=tmp_path).examples("train")
     program = ("def execute_command(image, query):\n    patch = ImagePatch(image)\n"
                "    return [len(patch.find(s)) for s in ['circle', 'square', 'triangle', 'star']]\n")
-    jobs = [Job(program if i % 5 else F.right_program("star"), ex.image_key, ex.image, query=ex.query, meta=ex.meta)
-            for i, ex in enumerate(examples * 4)]  # 192 programs
-    with Executor(SlowToy(), workers=1) as local:
+    jobs = [Job(program if i % 5 else F.right_program("star"), f"{ex.image_key}-{i}", ex.image, query=ex.query,
+                meta=ex.meta) for i, ex in enumerate(examples * 4)]  # 192 programs
+    chunk = 8
+    local_log, ray_log = tmp_path / "local.calls", tmp_path / "ray.calls"
+    with Executor(SlowToy(str(local_log)), workers=1, cache=False) as local:
         expected = outcome(local.run_many(jobs))
-    seen = []
-    with RayExecutor(SlowToy(), workers=1, chunk=8, cache=False) as executor:
+    seen, finished = [], threading.Event()
+    with RayExecutor(SlowToy(str(ray_log)), workers=1, chunk=chunk, cache=False) as executor:
         assert len(set(executor.nodes())) == 2  # one sandbox actor on each node
-        for index, result in executor.run_iter(jobs):
-            if not seen:
-                cluster.kill_node()  # both actors are running a chunk now
-            seen.append((index, result))
+
+        def kill_while_two_chunks_run():
+            while not finished.is_set():
+                started = {int(image.rsplit("-", 1)[1]) // chunk for image in calls_logged(ray_log)}
+                if len(started - {index // chunk for index, _ in list(seen)}) >= 2:  # called, not yet returned
+                    cluster.kill_node()
+                    return
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_while_two_chunks_run)
+        killer.start()
+        try:
+            for item in executor.run_iter(jobs):
+                seen.append(item)  # noqa: PERF402 — read by the killer thread meanwhile
+        finally:
+            finished.set()
+            killer.join()
         assert cluster.alive() == 1 and len(set(executor.nodes())) == 1  # the lost actor came back on the head
     assert sorted(i for i, _ in seen) == list(range(len(jobs)))  # each program exactly once
     assert outcome(r for _, r in sorted(seen, key=lambda t: t[0])) == expected
+    assert len(calls_logged(ray_log)) > len(calls_logged(local_log)) > 0  # the lost chunk's calls were made again

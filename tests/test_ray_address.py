@@ -1,5 +1,6 @@
 """A `--ray-address` where nothing listens is one line within seconds (Ray alone retries for
-minutes), and `--ray-model-gpus` is a number or an object per model kind."""
+minutes), and `--ray-model-gpus` is a number or an object per model kind; an ask no node can
+place is refused before any actor exists."""
 
 import json
 import socket
@@ -14,7 +15,8 @@ import selftrain_fixtures as F  # noqa: F401  (registers the toy task and profil
 from viprog.cli import main
 from viprog.errors import UsageError
 from viprog.executor.backend import parse_model_gpus
-from viprog.executor.ray_backend import gpus_per_kind, model_routes, probe
+from viprog.executor.ray_backend import probe
+from viprog.executor.ray_place import check_placement, cpus_per_model, gpus_per_kind, model_routes, threads
 from viprog.primitives.profile import build_profile
 from viprog.tasks import TASKS
 
@@ -66,3 +68,19 @@ def test_model_gpus_per_kind():
         gpus_per_kind({"depth": 1}, kinds, "cuda")
     with pytest.raises(UsageError, match="ray-model-gpus"):
         parse_model_gpus("{vqa: 1}")
+
+
+def test_asks_are_checked_against_each_node_and_the_cluster():
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # a dead node offers nothing
+    check_placement([("vqa model actor", 1.0, 1.0), ("sandbox actor", 2.0, 0.0), ("sandbox actor", 2.0, 0.0)], nodes)
+    with pytest.raises(UsageError, match=r"offers 2 GPU for the vqa model actor \(its nodes offer at most 1\)"):
+        check_placement([("vqa model actor", 0.0, 2.0)], nodes)
+    with pytest.raises(UsageError, match="offers 8 CPU for the sandbox actor"):
+        check_placement([("sandbox actor", 8.0, 0.0)], nodes)
+    with pytest.raises(UsageError, match="ask for 1.5 GPU together and the cluster has 1"):
+        check_placement([("vqa model actor", 0.0, 1.0), ("clip model actor", 0.0, 0.5)], nodes)
+    assert cpus_per_model(None, "cpu") == 1.0 and cpus_per_model(None, "cuda:0") == 0.0
+    assert [threads(c) for c in (0.0, 0.5, 1.0, 2.7)] == [1, 1, 1, 2]
+    with pytest.raises(UsageError, match="ray-model-cpus"):
+        cpus_per_model(-1, "cpu")

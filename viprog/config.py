@@ -69,3 +69,6 @@ class TaskPolicyConfig:
     """GPUs of each primitive-model actor under --executor ray (one per model kind: detector, clip, vqa, depth,
     llm for the neural profile): a number for all, or a JSON object per kind, e.g. '{"vqa": 1, "detector": 0.5}'
     (None: on --device cuda the kinds share one GPU)."""
+    ray_model_cpus: float | None = None
+    """CPUs each primitive-model actor reserves under --executor ray, also its torch/OpenMP threads (Ray sets
+    OMP_NUM_THREADS to them; None: 1 for models on the CPU, 0 on --device cuda)."""

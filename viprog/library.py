@@ -223,7 +223,8 @@ class Library:
                                            device=self.config.get("device", "cpu"),
                                            executor=self.config.get("executor") or "local",
                                            ray_address=self.config.get("ray_address"),
-                                           model_gpus=self.config.get("ray_model_gpus"), workers=1,
+                                           model_gpus=self.config.get("ray_model_gpus"),
+                                           model_cpus=self.config.get("ray_model_cpus"), workers=1,
                                            timeout=float(self.config.get("timeout", 10.0)))
         return self._executor
 

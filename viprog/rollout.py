@@ -161,7 +161,7 @@ def build(config: Any, *, task: Task | None = None, with_policy: bool = True,
     profile = build_profile(name, options, device=device, preflight=where == "local")
     executor = where if where == "local" else open_executor(
         name, options, device=device, executor=where, ray_address=c.get("ray_address"),
-        model_gpus=c.get("ray_model_gpus"), workers=int(c.get("workers", 2)), timeout=float(c.get("timeout", 10.0)))
+        model_gpus=c.get("ray_model_gpus"), model_cpus=c.get("ray_model_cpus"), workers=int(c.get("workers", 2)), timeout=float(c.get("timeout", 10.0)))
     try:
         policy, prompter = build_policy(c, task) if with_policy and c.get("policy") else (None, None)
     except BaseException:

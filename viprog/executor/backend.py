@@ -1,7 +1,7 @@
 """Choosing where programs run: this machine (`local`) or a Ray cluster (`ray`).
 
 Why one module: `selftrain`, `eval` and `viprog.load` all open an executor from the same
-options (`executor`, `ray_address`, `ray_model_gpus`), and Ray is an optional extra whose
+options (`executor`, `ray_address`, `ray_model_gpus`, `ray_model_cpus`), and Ray is an optional extra whose
 absence must be one line saying what to install, not an ImportError deep in a run.
 `open_executor` is the one place that decides where a profile's models load: in this
 process for the local executor, inside the Ray model actors (and nowhere else) for Ray.
@@ -41,15 +41,17 @@ def make_executor(profile: str | Profile, *, executor: str = "local", ray_addres
 
 def open_executor(profile: str, options: str | Mapping[str, Any] | None = None, *, device: str = "cpu",
                   executor: str = "local", ray_address: str | None = None, model_gpus: str | None = None,
-                  **settings: Any) -> Any:
+                  model_cpus: float | None = None, **settings: Any) -> Any:
     """An open executor for the profile named `profile` with `options` (the `--profile-options`
     JSON; its device follows `device` unless it names one). Local: the profile is built and
     its models loaded here. Ray: only the name and options go to the model actors, which
-    build and load their own (`model_gpus`: the `--ray-model-gpus` JSON)."""
+    build and load their own (`model_gpus`: the `--ray-model-gpus` JSON; `model_cpus`:
+    `--ray-model-cpus`, each model actor's CPUs and threads)."""
     check_executor(executor)
     if executor == "local":
         return Executor(build_profile(profile, options, device=device), **settings)
     return make_executor(profile, executor="ray", ray_address=ray_address, model_gpus=parse_model_gpus(model_gpus),
+                         model_cpus=model_cpus,
                          profile_options={"device": device, **parse_profile_options(options)}, **settings)
 
 

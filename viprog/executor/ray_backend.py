@@ -21,7 +21,12 @@ meant to stay open for a whole run: the models load when it opens, not per rollo
 Images go into Ray's object store once per image id (pixels and annotations together);
 jobs carry only the reference, and an actor reads the image from its node's store.
 A chunk of jobs is one actor task; our jobs are idempotent, so when a node dies Ray runs
-its chunks again on a restarted actor and every job still gets exactly one result.
+its chunks again on a restarted actor and every job still gets exactly one result. Restarts
+and retries are bounded (`RESTARTS`, `TASK_RETRIES`): a chunk or a model call that kills its actor every
+time ends the rollout with one error naming the actor, instead of being retried forever.
+Before any actor is created the executor checks that some node offers the CPUs and GPUs
+each actor asks for (an actor Ray cannot place would wait with no error), and the models
+must load within `load_timeout` seconds.
 
 What differs from the local `Executor`: result sizes for `max_bytes` are measured as the
 result's JSON (the local executor counts the worker's message), and `seconds` is the
@@ -34,7 +39,10 @@ import asyncio
 import json
 import logging
 import os
+import re
 import socket
+import sys
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
@@ -48,18 +56,23 @@ from viprog.executor.job import Job
 from viprog.executor.lru import ResultCache
 from viprog.executor.ordered import InOrder
 from viprog.executor.pool import Executor
+from viprog.executor.ray_place import ONE_ACTOR, check_placement, cpus_per_model, gpus_per_kind, model_routes, threads
 from viprog.executor.result import ExecutionResult, within_budget
 from viprog.executor.server import as_rgb
 from viprog.images import read_rgb
 from viprog.primitives.profile import Call, PatchData, Profile, build_profile, load_models
-from viprog.primitives.spec import SPECS
 
 log = logging.getLogger(__name__)
 
 _IMAGES_HELD = 256  # images a model actor keeps decoded, most recently used
+_IMAGE_BYTES = 2**30  # pixels the driver keeps referenced in the object store, most recently used
+_CLOSE_SECONDS = 30.0  # how long `close` waits for the sandbox actors to stop their workers
+#: how often Ray restarts a lost actor before the run fails
+RESTARTS = 3
+#: how often Ray re-runs an actor task it lost: more than RESTARTS, as one lost node can cost several (each
+#: try made before the node is declared dead fails); an actor out of restarts fails its tasks at once anyway
+TASK_RETRIES = 4 * RESTARTS
 _PROBE_SECONDS = 3.0  # how long `connect` waits for a cluster's port to answer
-#: the kind of the model actor of a profile that names no kinds (`Profile.model_kinds`)
-ONE_ACTOR = "models"
 
 
 def connect(address: str | None = None) -> bool:
@@ -107,6 +120,7 @@ class _RemoteModels(Profile):
         self.route = dict(route)  # primitive → model kind
         self.hosts: dict[str, Any] = {}  # model kind → its actor, given with each chunk
         self.refs: dict[str, Any] = {}  # image id → its object in the store
+        self.lost: str | None = None  # why a model actor is gone for good, once it is
 
     def supports(self, primitive: str) -> bool:
         return primitive in self.route
@@ -114,10 +128,14 @@ class _RemoteModels(Profile):
     def run(self, primitive: str, calls: list[Call]) -> list[Any]:
         payload = [(c.patches[0].image_id, [p.box for p in c.patches], list(c.args)) for c in calls]
         refs = {image_id: self.refs[image_id] for image_id, _, _ in payload}
+        kind = self.route[primitive]
         try:
-            return ray.get(self.hosts[self.route[primitive]].run.remote(primitive, refs, payload))
+            return ray.get(self.hosts[kind].run.remote(primitive, refs, payload))
         except ray.exceptions.RayTaskError as exc:  # the profile's own exception, as the local server sees it
             raise exc.cause from None
+        except ray.exceptions.RayActorError as exc:  # restarted RESTARTS times: the chunk fails (`SandboxHost.run`)
+            self.lost = f"the {kind} model actor died {RESTARTS + 1} times ({one_line(exc)})"
+            raise
 
 
 class ModelHost:
@@ -129,7 +147,9 @@ class ModelHost:
     profile that a user's module adds to `PROFILES`); a built `Profile` travels whole."""
 
     def __init__(self, profile: type[Profile] | Profile, options: dict[str, Any], kind: str, batch_size: int,
-                 cache: bool) -> None:
+                 cache: bool, threads: int) -> None:
+        if "torch" in sys.modules:  # Ray set OMP_NUM_THREADS to the actor's CPUs; torch, imported before, did not see it
+            sys.modules["torch"].set_num_threads(threads)
         self.profile = profile(**options) if isinstance(profile, type) else profile
         self.kind, self.batch_size, self.use_cache = kind, max(1, batch_size), cache
         self.images: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -144,7 +164,10 @@ class ModelHost:
         return os.getpid()
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats)
+        """The requests, merged batches and cache hits served, and the compute threads used."""
+        import torch
+
+        return {**self.stats, "threads": torch.get_num_threads(), "omp_threads": int(os.environ["OMP_NUM_THREADS"])}
 
     async def run(self, primitive: str, refs: dict[str, Any], payload: list[Any]) -> list[Any]:
         """One sandbox actor's batch; it joins the batches of others waiting meanwhile."""
@@ -256,31 +279,12 @@ class SandboxHost:
         jobs = [Job(program, image_id, pixels[image_id], query=query) for _, program, image_id, _, query in runs]
         out += [(runs[i][0], result) for i, result in self.executor.run_iter(jobs)]
         self.models.refs.clear()
+        if self.models.lost:  # its primitives failed for a lost actor, not for the programs: fail the chunk
+            raise RuntimeError(self.models.lost)
         return out
 
     def close(self) -> None:
         self.executor.close()
-
-
-def model_routes(profile: Profile) -> dict[str, str]:
-    """Primitive → the kind of model actor that answers it, for every primitive `profile`
-    supports (`Profile.model_kinds`; a primitive it does not name, and every primitive of a
-    profile without kinds, goes to the one actor `ONE_ACTOR`)."""
-    return {name: profile.model_kinds.get(name, ONE_ACTOR) for name in SPECS if profile.supports(name)}
-
-
-def gpus_per_kind(model_gpus: float | Mapping[str, float] | None, kinds: list[str], device: str) -> dict[str, float]:
-    """The GPUs each model actor asks Ray for: `model_gpus` for all, or per kind (kinds it
-    leaves out, and every kind when None, share one GPU when the profile's device is CUDA)."""
-    share = 1.0 / len(kinds) if str(device).startswith("cuda") and kinds else 0.0
-    if model_gpus is None or isinstance(model_gpus, Mapping):
-        given = dict(model_gpus or {})
-        unknown = sorted(set(given) - set(kinds))
-        if unknown:
-            raise UsageError(f"model_gpus names {unknown[0]!r}, which is not a model kind of this profile; "
-                             f"its kinds: {', '.join(kinds)}")
-        return {kind: float(given.get(kind, share)) for kind in kinds}
-    return dict.fromkeys(kinds, float(model_gpus))
 
 
 class RayExecutor:
@@ -292,11 +296,14 @@ class RayExecutor:
     (`Profile.model_kinds`: detector, CLIP, VQA ... for `neural`), one for a profile
     without kinds. model_gpus: the GPUs each model actor asks for, one number for all or
     per kind (e.g. `{"vqa": 1, "detector": 0.5}`); None: on CUDA the kinds share one GPU.
-    address: the cluster (see `connect`). sandboxes: sandbox actors (None: one per alive
-    node), each with `workers` worker processes and `sandbox_cpus` of Ray's CPUs. chunk:
-    jobs per actor task (the unit Ray retries). Every other keyword is the local
-    `Executor`'s, used by each sandbox actor. Opening it loads the models (a model that
-    cannot load is a `UsageError` here); keep it open across the rollouts of a run.
+    model_cpus: the CPUs each model actor reserves, which are also its compute threads
+    (None: 1 for models on the CPU, 0 on CUDA). address: the cluster (see `connect`).
+    sandboxes: sandbox actors (None: one per alive node), each with `workers` worker
+    processes and `sandbox_cpus` of Ray's CPUs. chunk: jobs per actor task (the unit Ray
+    retries). load_timeout: seconds the models may take to load. Every other keyword is
+    the local `Executor`'s, used by each sandbox actor. Opening it loads the models (an
+    actor the cluster cannot place, or a model that cannot load, is a `UsageError` here,
+    with everything it had created closed); keep it open across the rollouts of a run.
     """
 
     run = Executor.run
@@ -304,8 +311,9 @@ class RayExecutor:
 
     def __init__(self, profile: str | Profile = "shapes", *, address: str | None = None, sandboxes: int | None = None,
                  workers: int = 2, sandbox_cpus: float = 1.0, model_gpus: float | Mapping[str, float] | None = None,
-                 chunk: int = 256, profile_options: dict[str, Any] | None = None, batch_size: int = 32,
-                 cache: bool = True, max_run_bytes: int | None = 2**30, **settings: Any) -> None:
+                 model_cpus: float | None = None, chunk: int = 256, profile_options: dict[str, Any] | None = None,
+                 batch_size: int = 32, cache: bool = True, max_run_bytes: int | None = 2**30,
+                 load_timeout: float = 900.0, **settings: Any) -> None:
         if chunk < 1 or (sandboxes is not None and sandboxes < 1):
             raise ValueError("chunk and sandboxes must be >= 1")
         # built here without its models (cheap), to check the options and read what it supports
@@ -314,30 +322,55 @@ class RayExecutor:
             profile, {})
         routes = model_routes(here)
         kinds = sorted(set(routes.values()))
-        gpus = gpus_per_kind(model_gpus, kinds, here.device)
-        self._owns_ray = connect(address)
+        gpus, cpus = gpus_per_kind(model_gpus, kinds, here.device), cpus_per_model(model_cpus, here.device)
         self.max_run_bytes, self.chunk = max_run_bytes, chunk
-        retry = {"max_restarts": -1, "max_task_retries": -1}
-        host = ray.remote(ModelHost)
-        self.hosts = {kind: host.options(num_cpus=0, num_gpus=gpus[kind], **retry).remote(
-            *made, kind, batch_size, cache) for kind in kinds}
+        self.hosts: dict[str, Any] = {}
         self.actors: list[Any] = []
+        self._images: OrderedDict[str, tuple[Any, int]] = OrderedDict()  # image id → (its ref, its bytes)
+        self._image_bytes, self._busy = 0, False
+        self._owns_ray = connect(address)
         try:
-            self.model_pids = dict(zip(kinds, ray.get([self.hosts[k].load.remote() for k in kinds])))
-        except ray.exceptions.RayTaskError as exc:  # a model that cannot load: the profile's own message
+            count = sandboxes or sum(1 for n in ray.nodes() if n["Alive"])
+            check_placement([*((f"{kind} model actor", cpus, gpus[kind]) for kind in kinds),
+                             *(("sandbox actor", sandbox_cpus, 0.0) for _ in range(count))], ray.nodes())
+            retry = {"max_restarts": RESTARTS, "max_task_retries": TASK_RETRIES}
+            host = ray.remote(ModelHost)
+            self.hosts = {kind: host.options(num_cpus=cpus, num_gpus=gpus[kind], **retry).remote(
+                *made, kind, batch_size, cache, threads(cpus)) for kind in kinds}
+            self.model_pids = self._load(load_timeout)
+            settings = {"workers": workers, "batch_size": batch_size, "cache": cache, "max_run_bytes": None,
+                        **settings}
+            actor = ray.remote(SandboxHost).options(num_cpus=sandbox_cpus, scheduling_strategy="SPREAD", **retry)
+            self.actors = [actor.remote(here.name, routes, settings) for _ in range(count)]
+        except BaseException:
             self.close()
-            raise exc.cause from None
-        count = sandboxes or sum(1 for n in ray.nodes() if n["Alive"])
-        settings = {"workers": workers, "batch_size": batch_size, "cache": cache, "max_run_bytes": None, **settings}
-        actor = ray.remote(SandboxHost).options(num_cpus=sandbox_cpus, scheduling_strategy="SPREAD", **retry)
-        self.actors = [actor.remote(here.name, routes, settings) for _ in range(count)]
+            raise
         self.pool = ActorPool(self.actors)
-        self._busy = False
         log.info("Ray executor open: %d sandbox actor(s), model actor(s) %s", count,
-                 ", ".join(f"{k} ({gpus[k]:g} GPU)" for k in kinds))
+                 ", ".join(f"{k} ({gpus[k]:g} GPU, {cpus:g} CPU)" for k in kinds))
+
+    def _load(self, timeout: float) -> dict[str, int]:
+        """Each model actor's process id once its models loaded; a failure is one `UsageError`."""
+        loads = {kind: host.load.remote() for kind, host in self.hosts.items()}
+        deadline, pids = time.monotonic() + timeout, {}
+        for kind, ref in loads.items():
+            try:
+                pids[kind] = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                raise UsageError(f"the {kind} model actor did not load its models within {timeout:g} s; see "
+                                 "`ray status` for a busy cluster, or give a longer load_timeout") from None
+            except ray.exceptions.RayTaskError as exc:  # a model that cannot load: the profile's own message
+                if isinstance(exc.cause, UsageError):
+                    raise exc.cause from None
+                raise UsageError(f"the {kind} model actor could not load its models: {one_line(exc.cause)}") from None
+            except ray.exceptions.RayActorError as exc:
+                raise UsageError(f"the {kind} model actor could not start ({one_line(exc)}); viprog and the "
+                                 "profile's module must import on every node of the cluster") from None
+        return pids
 
     def model_stats(self) -> dict[str, dict[str, int]]:
-        """Per model kind: the requests, merged batches and cache hits its actor has served."""
+        """Per model kind: the requests, merged batches and cache hits its actor has served,
+        and its compute threads."""
         return dict(zip(self.hosts, ray.get([h.counters.remote() for h in self.hosts.values()])))
 
     def nodes(self) -> list[str]:
@@ -347,14 +380,14 @@ class RayExecutor:
     def run_iter(self, jobs: Iterable[Job], progress: bool | str = False, ordered: bool = False,
                  max_bytes: int | None = None) -> Iterator[tuple[int, ExecutionResult]]:
         """As `Executor.run_iter`: `(index, result)` as chunks finish (in job order when
-        `ordered`); jobs are read a chunk at a time as actors have room."""
+        `ordered`); jobs are read a chunk at a time as actors have room. An actor lost more
+        than `RESTARTS` times ends it with a `UsageError` naming the actor."""
         if self._busy:
             raise RuntimeError("the RayExecutor is running another run_iter: finish or close it first")
         self._busy = True
-        refs: dict[str, Any] = {}  # image id → object ref, for this run
         bar = tqdm(total=len(jobs) if hasattr(jobs, "__len__") else None, disable=not progress, unit="prog",
                    desc=progress if isinstance(progress, str) else "programs")
-        chunks = self._chunks(jobs, refs)
+        chunks = self._chunks(jobs)
         order = InOrder(2**62, 2**62)
         spent, running = 0, 0
         try:
@@ -367,7 +400,7 @@ class RayExecutor:
                     running += 1
                 if not running:
                     break
-                finished = self.pool.get_next_unordered()
+                finished = self._next()
                 running -= 1
                 bar.update(len(finished))
                 for index, result in finished:
@@ -379,42 +412,83 @@ class RayExecutor:
                         yield index, result
         finally:
             while self.pool.has_next():  # stopped early: let the chunks in flight finish, unread
-                self.pool.get_next_unordered()
+                try:
+                    self.pool.get_next_unordered()
+                except ray.exceptions.RayError:
+                    pass
             self._busy = False
             bar.close()
 
-    def _chunks(self, jobs: Iterable[Job], refs: dict[str, Any]) -> Iterator[list[Any]]:
+    def _next(self) -> list[tuple[int, ExecutionResult]]:
+        try:
+            return self.pool.get_next_unordered()
+        except ray.exceptions.RayTaskError as exc:  # a sandbox actor failed the chunk: a model actor is lost
+            raise UsageError(f"the rollout stopped: {one_line(exc.cause)}; the actor's log is in the node's "
+                             "Ray session folder (/tmp/ray/session_latest/logs)") from None
+        except ray.exceptions.RayActorError as exc:
+            raise UsageError(f"the rollout stopped: a sandbox actor died {RESTARTS + 1} times ({one_line(exc)}); "
+                             "see `ray status` and the node's /tmp/ray/session_latest/logs") from None
+
+    def _chunks(self, jobs: Iterable[Job]) -> Iterator[list[Any]]:
         chunk: list[Any] = []
         for index, job in enumerate(jobs):
-            ref = refs.get(job.image_id)
-            if ref is None:
-                try:
-                    ref = ray.put({"pixels": _pixels(job), "meta": dict(job.meta or {})})
-                except Exception as exc:  # noqa: BLE001 — an unreadable image fails its jobs only
-                    ref = (str(exc) if isinstance(exc, DataError) else f"image {job.image_id!r}: {exc!r}")[:400]
-                refs[job.image_id] = ref
-            chunk.append((index, job.program, job.image_id, ref, job.query))
+            chunk.append((index, job.program, job.image_id, self._image_ref(job), job.query))
             if len(chunk) == self.chunk:
                 yield chunk
                 chunk = []
         if chunk:
             yield chunk
 
+    def _image_ref(self, job: Job) -> Any:
+        """The job's image in the object store (or why it cannot be read), put once while the
+        executor keeps it: the most recently used images, up to `_IMAGE_BYTES` of pixels."""
+        kept = self._images.get(job.image_id)
+        if kept is not None:
+            self._images.move_to_end(job.image_id)
+            return kept[0]
+        try:
+            pixels = _pixels(job)
+            ref, size = ray.put({"pixels": pixels, "meta": dict(job.meta or {})}), int(getattr(pixels, "nbytes", 0))
+        except Exception as exc:  # noqa: BLE001 — an unreadable image fails its jobs only
+            ref, size = (str(exc) if isinstance(exc, DataError) else f"image {job.image_id!r}: {exc!r}")[:400], 0
+        self._images[job.image_id] = (ref, size)
+        self._image_bytes += size
+        while self._image_bytes > _IMAGE_BYTES and len(self._images) > 1:  # chunks in flight keep theirs alive
+            self._image_bytes -= self._images.popitem(last=False)[1][1]
+        return ref
+
     def close(self) -> None:
-        if not self.hosts:
-            return
-        ray.get([a.close.remote() for a in self.actors])
-        for a in [*self.actors, *self.hosts.values()]:
-            ray.kill(a)
-        self.actors, self.hosts = [], {}
-        if self._owns_ray:
-            ray.shutdown()
+        """Stop the sandbox actors' workers (waiting at most `_CLOSE_SECONDS`), kill every actor
+        and shut down a Ray this executor started; safe after a failed open and when called twice."""
+        actors, hosts = self.actors, self.hosts
+        self.actors, self.hosts, self._images, self._image_bytes = [], {}, OrderedDict(), 0
+        try:
+            if actors:
+                ray.get([a.close.remote() for a in actors], timeout=_CLOSE_SECONDS)
+        except ray.exceptions.RayError as exc:  # a lost actor, or one that does not answer in time
+            log.warning("sandbox actors did not close cleanly (%s); killing them", one_line(exc))
+        finally:
+            try:
+                for a in [*actors, *hosts.values()]:
+                    ray.kill(a)
+            finally:
+                if self._owns_ray:
+                    self._owns_ray = False
+                    ray.shutdown()
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line. Ray's messages carry tracebacks; their last
+    `SomeError: message` line says what happened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b:", line)]
+    return (named[-1] if named else lines[0] if lines else type(exc).__name__)[:300]
 
 
 def _pixels(job: Job) -> Any:
