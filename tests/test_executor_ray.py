@@ -186,7 +186,7 @@ def test_a_model_that_kills_its_actor_every_time_ends_the_rollout(cluster, tmp_p
 def test_a_cpu_model_actor_computes_with_the_cpus_it_holds(cluster):
     with RayExecutor(F.ToyProfile(), model_cpus=2, workers=1, sandboxes=1) as executor:
         stats = executor.model_stats()["models"]
-    assert stats["omp_threads"] == 2 and stats["threads"] == 2, stats
+    assert (stats["omp_threads"], stats["threads"]) == (2, 2)
 
 
 def test_images_go_to_the_object_store_once_per_run(cluster, tmp_path, monkeypatch):

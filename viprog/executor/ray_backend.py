@@ -41,7 +41,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -148,8 +147,10 @@ class ModelHost:
 
     def __init__(self, profile: type[Profile] | Profile, options: dict[str, Any], kind: str, batch_size: int,
                  cache: bool, threads: int) -> None:
-        if "torch" in sys.modules:  # Ray set OMP_NUM_THREADS to the actor's CPUs; torch, imported before, did not see it
-            sys.modules["torch"].set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # as Ray sets it, also where the node's environment had one
+        import torch  # the models' runtime; it may have read the variable before
+
+        torch.set_num_threads(threads)
         self.profile = profile(**options) if isinstance(profile, type) else profile
         self.kind, self.batch_size, self.use_cache = kind, max(1, batch_size), cache
         self.images: OrderedDict[str, dict[str, Any]] = OrderedDict()
