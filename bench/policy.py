@@ -14,8 +14,13 @@
    int8, its `static_prompt` cached; measured here only, when installed). Each side runs in
    its own child process, one after the other, so its peak RSS is its own; the first call
    encodes the prefix, later ones reuse it.
+4. The engines on the larger sibling's evaluation (`--only greedy-large`): Qwen2.5-Coder-1.5B,
+   greedy, `--calls` calls of 4 shapes questions over the same few-shot prompt (how a
+   round's evaluation and the study's frozen-1.5B arm call the policy), hf against
+   llama.cpp, each in its own child process. hf runs fp32 here: with its int8 copy the
+   1.5B's process reached 22.9 GB RSS on this 23 GiB machine and swapped (2026-12-01).
 
-Usage: python bench/policy.py [--only tiny|embedded|throughput|engines] [--quick] [--calls N]
+Usage: python bench/policy.py [--only tiny|embedded|throughput|engines|greedy-large] [--quick] [--calls N]
 Completions are not stopped early (no stop strings; only end-of-sequence), so both sides
 generate comparable token counts; tokens/s counts the tokens actually generated.
 Results are merged into bench/results/policy.json with the machine's load.
@@ -161,24 +166,27 @@ class CTranslate2Sampler(Policy):
         return [[self.tokenizer.decode(ids) for ids in r.sequences_ids] for r in results]
 
 
-def engine_side(side: str, calls: int) -> dict[str, object]:
-    """One backend on the embedded setting (run in a child process): tokens/s per call,
-    in all, and the process's peak RSS."""
-    from viprog.policy.embedded import ensure_gguf, ensure_model
+def engine_side(side: str, calls: int, large: bool = False) -> dict[str, object]:
+    """One backend on the embedded setting, or (`large`) on the 1.5B's greedy evaluation
+    (run in a child process): tokens/s per call, in all, and the process's peak RSS."""
+    from viprog.policy.embedded import NAME, ensure_gguf, ensure_model
     from viprog.policy.llamacpp import LlamaCppPolicy
 
-    folder = str(ensure_model(progress=False))
-    batch = QUESTIONS * SAMPLES
+    which = "qwen2.5-coder-1.5b" if large else NAME
+    folder = str(ensure_model(progress=False, which=which))
+    samples = 1 if large else SAMPLES
+    batch = QUESTIONS * samples
     workdir = tempfile.mkdtemp(prefix="bench-engine-")
     policy: Policy = (
-        HFPolicy(folder, quantize="int8", batch_size=batch, progress=False) if side == "hf"
+        HFPolicy(folder, quantize="none" if large else "int8", batch_size=batch, progress=False) if side == "hf"
         else CTranslate2Sampler(folder, workdir) if side == "ctranslate2"
-        else LlamaCppPolicy(folder, gguf=ensure_gguf(progress=False), batch_size=batch, progress=False))
+        else LlamaCppPolicy(folder, gguf=ensure_gguf(progress=False, which=which), batch_size=batch, progress=False))
     prompts = shapes_prompts(policy.tokenizer, QUESTIONS * calls)
     policy.sample(["def f():"], SamplingParams(n=1, max_new_tokens=2))  # warm-up: loads, builds the int8 copy
     rows = []
     for c in range(calls):
-        params = SamplingParams(n=SAMPLES, temperature=1.0, top_p=0.9, max_new_tokens=NEW_TOKENS, seed=c)
+        params = (SamplingParams(n=1, temperature=0.0, max_new_tokens=NEW_TOKENS, seed=c) if large else
+                  SamplingParams(n=SAMPLES, temperature=1.0, top_p=0.9, max_new_tokens=NEW_TOKENS, seed=c))
         seconds, tokens = timed(partial(policy.sample, prompts[c * QUESTIONS:(c + 1) * QUESTIONS], params), policy)
         rows.append({"call": c + 1, "sequences": batch, "tokens": tokens, "seconds": round(seconds, 1),
                      "tok_s": round(tokens / seconds, 2)})
@@ -195,19 +203,21 @@ def uptime() -> str:
     return subprocess.run(["uptime"], check=False, stdout=subprocess.PIPE, text=True).stdout.strip()
 
 
-def engines(quick: bool, calls: int) -> dict[str, object]:
-    """hf (int8, shared prefix), llama.cpp and CTranslate2 (when installed) on the
-    embedded setting, each in a child, one after the other; ratios against hf."""
+def engines(quick: bool, calls: int, large: bool = False) -> dict[str, object]:
+    """hf (int8, shared prefix), llama.cpp and CTranslate2 (when installed, not for `large`)
+    on the embedded setting or the 1.5B's greedy evaluation, each in a child, one after the
+    other; ratios against hf."""
     import importlib.util
 
     calls = 1 if quick else calls
-    sides = [s for s in SIDES if s != "ctranslate2" or importlib.util.find_spec("ctranslate2")]
-    out: dict[str, object] = {"setting": f"{calls} calls × {QUESTIONS} questions × {SAMPLES} samples, "
-                                         f"{NEW_TOKENS} new tokens, temperature 1.0, top-p 0.9",
-                              "uptime_before": uptime()}
+    sides = [s for s in SIDES if s != "ctranslate2" or (not large and importlib.util.find_spec("ctranslate2"))]
+    setting = (f"Qwen2.5-Coder-1.5B, {calls} calls × {QUESTIONS} questions, greedy, {NEW_TOKENS} new tokens" if large
+               else f"{calls} calls × {QUESTIONS} questions × {SAMPLES} samples, {NEW_TOKENS} new tokens, "
+                    "temperature 1.0, top-p 0.9")
+    out: dict[str, object] = {"setting": setting, "uptime_before": uptime()}
     for side in sides:
-        done = subprocess.run([sys.executable, __file__, "--side", side, "--calls", str(calls)], check=True,
-                              stdout=subprocess.PIPE, text=True)
+        done = subprocess.run([sys.executable, __file__, "--side", side, "--calls", str(calls),
+                               *(["--large"] if large else [])], check=True, stdout=subprocess.PIPE, text=True)
         out[side] = json.loads(done.stdout.strip().splitlines()[-1])
         print(json.dumps({side: out[side]}), flush=True)
     out["uptime_after"] = uptime()
@@ -232,14 +242,15 @@ def save(results: dict[str, object]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines"))
+    parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines", "greedy-large"))
     parser.add_argument("--quick", action="store_true", help="smaller grids (a smoke run)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child of `engines`
+    parser.add_argument("--large", action="store_true", help=argparse.SUPPRESS)  # a child of greedy-large
     parser.add_argument("--calls", type=int, default=CALLS, help="sampling calls per engine (engines)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.side:
-        print(json.dumps(engine_side(args.side, args.calls)))
+        print(json.dumps(engine_side(args.side, args.calls, args.large)))
         return
     results: dict[str, object] = {}
     if args.only in (None, "tiny"):
@@ -261,6 +272,8 @@ def main() -> None:
             results["throughput_embedded"] = throughput(embedded, args.quick)
     if args.only in (None, "engines"):
         results["engines_embedded"] = engines(args.quick, args.calls)
+    if args.only == "greedy-large":
+        results["engines_greedy_1_5b"] = engines(args.quick, args.calls, large=True)
     print(json.dumps(results, indent=1))
     save(results)
 

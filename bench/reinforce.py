@@ -30,7 +30,7 @@ from viprog.reinforce.cli import format_table
 from viprog.reinforce.demos import DEMOS, DemoResult, run
 
 DEFAULT_SEEDS = {"segmentation": [0, 1, 2, 3, 4], "detection": [0, 1, 2, 3, 4], "colorization": [0, 1, 2],
-                 "captioning": [0, 1, 2]}
+                 "captioning": [0, 1, 2], "vq-colorization": [0, 1, 2]}
 
 
 def short(metrics: dict[str, float] | None) -> str:
@@ -50,8 +50,17 @@ def one_run(demo: str, seed: int, out: str, threads: int) -> DemoResult:
     return result
 
 
-def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict[str, float]]:
-    """Per demo: mean metric after MLE, mean ± sd of both deltas, mean seconds per phase."""
+def t_interval(values: list[float], level: float = 0.95) -> list[float]:
+    """Two-sided t-interval of the mean of `values` (needs two or more)."""
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return [statistics.mean(values) - half, statistics.mean(values) + half]
+
+
+def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict]:
+    """Per demo: mean metric after MLE, mean ± sd of both deltas, the per-seed difference
+    tuned − MLE-as-long with its 95 % t-interval, mean seconds per phase."""
     out = {}
     for demo in demos:
         rs = [r for r in results if r.demo == demo]
@@ -65,7 +74,11 @@ def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict[str, 
                      "delta_mle_longer_sd": statistics.stdev(ctrl) if len(rs) > 1 else 0.0,
                      "mle_s": statistics.mean(r.mle_seconds for r in rs),
                      "reward_s": statistics.mean(r.reward_seconds for r in rs),
-                     "control_s": statistics.mean(r.control_seconds or 0.0 for r in rs)}
+                     "control_s": statistics.mean(r.control_seconds or 0.0 for r in rs),
+                     "setup_s": statistics.mean(r.setup_seconds for r in rs)}
+        beyond = [r.after_reward[m] - r.after_mle_control[m] for r in rs]
+        out[demo] |= {"reward_minus_longer": beyond, "reward_minus_longer_mean": statistics.mean(beyond),
+                      "reward_minus_longer_t95": t_interval(beyond) if len(rs) > 1 else None}
     return out
 
 
@@ -91,13 +104,17 @@ def main() -> None:
     print()
     print(format_table(results))
     print()
-    print(f"{'demo':<13} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs  MLE s / tune s / control s")
+    print(f"{'demo':<15} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs"
+          "  MLE s / tune s / control s / setup s")
     table = summary(results, args.demos)
     for demo, row in table.items():
         gain = f"{row['delta_reward']:+.2f} ± {row['delta_reward_sd']:.2f}"
         ctrl = f"{row['delta_mle_longer']:+.2f} ± {row['delta_mle_longer_sd']:.2f}"
-        print(f"{demo:<13} {row['metric']:<13} {row['after_mle']:>7.2f} {gain:>14} {ctrl:>14}  {row['runs']:>4}"
-              f"  {row['mle_s']:.0f} / {row['reward_s']:.0f} / {row['control_s']:.0f}")
+        print(f"{demo:<15} {row['metric']:<13} {row['after_mle']:>7.2f} {gain:>14} {ctrl:>14}  {row['runs']:>4}"
+              f"  {row['mle_s']:.0f} / {row['reward_s']:.0f} / {row['control_s']:.0f} / {row['setup_s']:.0f}")
+        if row["reward_minus_longer_t95"]:
+            low, high = row["reward_minus_longer_t95"]
+            print(f"{'':<15} tuned − MLE as long, per seed: {row['reward_minus_longer_mean']:+.2f} [{low:+.2f}, {high:+.2f}]")
     print("\nall held-out metrics (MLE → reward | MLE longer):")
     for r in results:
         print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)}"

@@ -9,5 +9,6 @@ per-pixel categorical maps and autoregressive token sequences are provided.
   panoptic quality, colourfulness, CIDEr-D), cross-checked against their references.
 - `tuner`: Algorithm 1 (MLE) and Algorithm 2 (reward step) with checkpoints and metrics.
 - `models`: `PixelPolicy`, `SeqPolicy` and the pix2seq `BoxTokenizer`.
-- `data`, `demos`, `captioning`, `cli`: the shapes world, four demonstrations, `viprog reinforce`.
+- `data`, `demos`, `captioning`, `vq`, `cli`: the shapes world, five demonstrations (`vq`:
+  codes of a VQ-VAE trained in the demo, tuned through its frozen decoder), `viprog reinforce`.
 """

@@ -18,11 +18,12 @@ from viprog.errors import UsageError
 class ReinforceConfig:
     """MLE-train a small model on the shapes world, tune it with its task reward, compare."""
 
-    demo: Literal["segmentation", "detection", "colorization", "captioning"] = "segmentation"
+    demo: Literal["segmentation", "detection", "colorization", "captioning", "vq-colorization"] = "segmentation"
     """which demonstration: per-pixel segmentation (reward: panoptic quality), pix2seq detection
     (reward: big_vision's detection reward, metric mAP), colorization (reward:
-    colourfulness with fidelity penalties) or captioning (reward: CIDEr-D against five
-    references per image)"""
+    colourfulness with fidelity penalties), captioning (reward: CIDEr-D against five
+    references per image) or vq-colorization (VQ-VAE codes written from the grey image,
+    reward: minus the squared error of the frozen decoder's image, metric PSNR)"""
     seeds: tuple[int, ...] = (0,)
     """one run per seed (data, initialisation and sampling all follow the seed)"""
     mle_steps: int | None = None
@@ -48,12 +49,12 @@ class ReinforceConfig:
 def format_table(results: list) -> str:
     """Before/after table of `DemoResult`s, one row per demo and seed."""
     control = any(r.after_mle_control is not None for r in results)
-    head = f"{'demo':<13} {'seed':>4} {'metric':<13} {'MLE':>7} {'reward':>7} {'Δ':>6}"
+    head = f"{'demo':<15} {'seed':>4} {'metric':<13} {'MLE':>7} {'reward':>7} {'Δ':>6}"
     head += f" {'MLE+':>7} {'Δ MLE+':>7}" if control else ""
     lines = [head + f" {'MLE s':>6} {'tune s':>6}"]
     for r in results:
         a, b = r.after_mle[r.metric], r.after_reward[r.metric]
-        row = f"{r.demo:<13} {r.seed:>4} {r.metric:<13} {a:>7.2f} {b:>7.2f} {b - a:>+6.2f}"
+        row = f"{r.demo:<15} {r.seed:>4} {r.metric:<13} {a:>7.2f} {b:>7.2f} {b - a:>+6.2f}"
         if control:
             c = r.after_mle_control[r.metric] if r.after_mle_control else float("nan")
             row += f" {c:>7.2f} {c - a:>+7.2f}"

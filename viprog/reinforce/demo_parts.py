@@ -35,6 +35,9 @@ class Demo:
     tuned_as: Callable[[nn.Module], nn.Module] | None = None
     """wraps the MLE-trained `policy` into the policy the reward phase tunes (and that is
     evaluated after it); None tunes `policy` itself"""
+    setup_seconds: float = 0.0
+    """what building the demo took before MLE began (a model trained inside it, such as
+    the VQ-VAE whose decoder the VQ-token demo writes codes for)"""
 
 
 def images_tensor(s: Shapes, idx: np.ndarray, device: torch.device) -> Tensor:
