@@ -38,3 +38,17 @@ def test_only_the_single_process_cpu_form_is_rewritten():
                  "accelerate launch --cpu --num_processes 2 --mpirun_hostfile hosts",
                  "accelerate launch --multi_gpu --num_processes 2", "torchrun --nproc_per_node 2 --cpu"):
         assert launch_command(kept) == (kept.split(), {}), kept
+
+
+def test_a_misspelt_launcher_is_refused_before_any_round(tmp_path):
+    import pytest
+
+    from viprog.errors import UsageError
+    from viprog.selftrain import SelfTrainConfig, resolve_config
+
+    cfg = SelfTrainConfig(train_launcher="acelerate launch --num_processes 2 --cpu", runs_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="'acelerate' is not a command on PATH"):
+        resolve_config(cfg)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    resolve_config(SelfTrainConfig(train_launcher=f"{accelerate} launch --multi_gpu --num_processes 2"))
+

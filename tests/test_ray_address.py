@@ -68,6 +68,23 @@ def test_model_gpus_per_kind():
         gpus_per_kind({"depth": 1}, kinds, "cuda")
     with pytest.raises(UsageError, match="ray-model-gpus"):
         parse_model_gpus("{vqa: 1}")
+    for negative in ("-1", '{"vqa": -0.5}'):  # Ray's own error for these is a traceback
+        with pytest.raises(UsageError, match="ray-model-gpus"):
+            parse_model_gpus(negative)
+
+
+def test_an_address_ray_cannot_parse_is_one_line(tmp_path, capsys):
+    import ray
+
+    assert not ray.is_initialized()
+    example = TASKS.get("toy-count")(data_dir=tmp_path).examples("test")[0]
+    programs = tmp_path / "p.jsonl"
+    programs.write_text(json.dumps({"question_id": example.id, "program": example.reference_program}) + "\n")
+    code = main(["eval", "--task", "toy-count", "--data-dir", str(tmp_path), "--programs", str(programs),
+                 "--executor", "ray", "--ray-address", "127.0.0.1"])  # no port: Ray raises ValueError
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "127.0.0.1" in err, err
+    assert not ray.is_initialized()
 
 
 def test_asks_are_checked_against_each_node_and_the_cluster():

@@ -48,6 +48,15 @@ def launched(launcher: str | None, in_process: Callable[..., dict[str, Any]]) ->
     return in_process if not launcher else functools.partial(finetune_launched, launcher)
 
 
+def check_launcher(launcher: str | None) -> None:
+    """A `UsageError` now, before a round is spent, when `launcher`'s program is not on PATH."""
+    if launcher:
+        program = launch_command(launcher)[0][0]
+        if shutil.which(program) is None:
+            raise UsageError(f"--train-launcher: {program!r} is not a command on PATH; fix the spelling, activate "
+                             "the environment that has it (accelerate comes with viprog) or give its full path")
+
+
 def launch_command(launcher: str) -> tuple[list[str], dict[str, str]]:
     """The launcher's command line, and what to add to the environment: the form
     `accelerate launch --cpu --num_processes N` (N > 1, no `--mpirun_hostfile`) becomes

@@ -41,7 +41,7 @@ from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_stats, primitive_calls, select_programs
 from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
 from viprog.grpo import GrpoOptions, check_options, train_round
-from viprog.launch import launched
+from viprog.launch import check_launcher, launched
 from viprog.library import Library
 from viprog.metrics import (
     PhaseTimer,
@@ -265,6 +265,7 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
         raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
     if cfg.algo == "grpo":
         check_options(cfg)
+    check_launcher(cfg.train_launcher)
     return cfg
 
 

@@ -62,9 +62,10 @@ def parse_model_gpus(text: str | float | Mapping[str, float] | None) -> float | 
         return None
     try:
         value = json.loads(text) if isinstance(text, str) and text.strip()[:1] == "{" else text
-        if isinstance(value, Mapping):
-            return {str(kind): float(n) for kind, n in value.items()}
-        return float(value)
+        gpus = {str(kind): float(n) for kind, n in value.items()} if isinstance(value, Mapping) else float(value)
+        if min(gpus.values() if isinstance(gpus, dict) else [gpus], default=0.0) < 0:
+            raise ValueError("negative")
+        return gpus
     except (TypeError, ValueError):
         raise UsageError(f"--ray-model-gpus {text!r}: give a number, or a JSON object of GPUs per model kind "
                          """such as '{"vqa": 1, "detector": 0.5}'""") from None

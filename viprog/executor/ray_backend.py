@@ -85,7 +85,7 @@ def connect(address: str | None = None) -> bool:
         probe(address)
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except ConnectionError as exc:
+    except (ConnectionError, ValueError) as exc:  # ValueError: an address Ray cannot parse
         raise UsageError(f"could not join a Ray cluster at {address or 'RAY_ADDRESS'} ({exc}); start one with "
                          "`ray start --head` or give its host:port with --ray-address") from None
     log.info("joined the Ray cluster at %s (%d nodes)", address or "a new local instance",
