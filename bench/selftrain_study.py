@@ -57,11 +57,12 @@ ARMS: dict[str, str] = {
                                  "few-shot + library",
 }
 LARGE = "fewshot_large"
-#: arms evaluated by the study on a continuing run's adapters and libraries: (adapter?, prompt, library?)
+#: arms the study can evaluate on a continuing run's adapters and libraries: (adapter?, prompt, library?)
 EXTRA: dict[str, tuple[bool, str, bool]] = {
     "b_base_fewshot_library": (False, "few-shot", True),
     "c_lora_train_prompt": (True, "train", False),
     "c_lora_fewshot": (True, "few-shot", False),
+    "d_lora_fewshot_library": (True, "few-shot", True),
 }
 
 
@@ -78,7 +79,10 @@ class StudyConfig:
     rounds: int = 3
     """Self-training rounds after round 0."""
     arms: tuple[str, ...] = tuple(ARMS)
-    """Arms to run (a_base_fewshot and d_lora_fewshot_library come with every continuing run)."""
+    """Arms to run (a_base_fewshot, and the arm the continuing runs evaluate, come with every seed)."""
+    run_eval_library: bool = True
+    """The continuing runs evaluate each round few-shot + library (arm d, as a default run does); False: few-shot
+    alone (arm c_lora_fewshot, the weights alone) — d is then a cell of its own, run only when among the arms."""
     large_policy: str | None = "qwen2.5-coder-1.5b"
     """The larger frozen model evaluated few-shot once (None: skip)."""
     large_model: str | None = None
@@ -119,6 +123,7 @@ def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> Self
     return dataclasses.replace(study.selftrain, task=study.task, seed=seed, rounds=study.rounds,
                                eval_size=study.n_questions, eval_split=None, base_prompt="few-shot",
                                tuned_prompt="few-shot", restart_from_base=restart, run_name=name,
+                               eval_library=study.run_eval_library or restart,
                                runs_dir=str(root / "runs"), resume=(root / "runs" / name / "config.json").exists(),
                                overwrite=False, report=False, preset=None)
 
@@ -140,10 +145,10 @@ class Study:
         self.root = Path(cfg.out_dir) / cfg.task
         self.failed: list[dict[str, Any]] = []
         self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
+        self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
         self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
-                     for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot",
-                                                                                        "d_lora_fewshot_library"))}
+                     for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
         for arm, bar in self.bars.items():
             bar.update(sum(rows_path(self.root, arm, s, k).exists() for s in cfg.seeds for k in self._rounds(arm)))
 
@@ -164,7 +169,7 @@ class Study:
 
         cfg = run_config(self.cfg, self.root, seed, restart)
         run_root = Path(cfg.runs_dir) / cfg.run_name
-        arms = ("e_restart_fewshot_library",) if restart else ("a_base_fewshot", "d_lora_fewshot_library")
+        arms = ("e_restart_fewshot_library",) if restart else ("a_base_fewshot", self.run_arm)
         if all(self._done(arm, seed) for arm in arms):
             return run_root
         first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
@@ -218,7 +223,7 @@ class Study:
         run = Run(run_root)
         for k in range(1, self.cfg.rounds + 1):
             for arm, (tuned, style, with_library) in EXTRA.items():
-                if arm not in self.cfg.arms or rows_path(self.root, arm, seed, k).exists():
+                if arm not in self.cfg.arms or arm == self.run_arm or rows_path(self.root, arm, seed, k).exists():
                     continue
                 if style == "train":
                     style = cfg.train_prompt

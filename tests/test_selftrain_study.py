@@ -176,3 +176,41 @@ def test_a_held_out_set_missing_a_question_type_is_refused(guessing_model, tmp_p
         study.Study(toy_study(guessing_model, tmp_path, n_questions=2)).run()
     with pytest.raises(UsageError, match="unknown arm"):
         study.Study(toy_study(guessing_model, tmp_path, arms=("z_magic",)))
+
+
+def test_runs_evaluating_without_the_library_give_the_same_cells(finished, tmp_path, monkeypatch):
+    """--no-run-eval-library: the continuing run's own evaluation is arm c and the study
+    evaluates d itself; greedy, same adapters and prompts, so both cells equal the default's."""
+    import shutil
+
+    import viprog.rollout
+    import viprog.selftrain
+
+    libraries, prompt_fn = [], viprog.rollout.prompt_fn
+
+    def recording(prompter, style, library=None, shots=0):  # the library each prompt is built with
+        libraries.append(library)
+        return prompt_fn(prompter, style, library, shots)
+
+    monkeypatch.setattr(viprog.selftrain, "prompt_fn", recording)  # the run's evaluation
+    monkeypatch.setattr(viprog.rollout, "prompt_fn", recording)  # the study's cells
+
+    cfg, _, _ = finished
+    task_root = Path(cfg.out_dir) / cfg.task
+    copy = tmp_path / "study"
+    shutil.copytree(task_root, copy / cfg.task)
+    run = copy / cfg.task / "runs" / "seed1-continue" / "round_1"
+    for name in ("metrics.json", "eval.metrics.json", "eval.jsonl"):
+        (run / name).unlink()
+    for arm in ("c_lora_fewshot", "d_lora_fewshot_library"):
+        study.rows_path(copy / cfg.task, arm, 1, 1).unlink()
+    args = cli(cfg)
+    args[args.index("--out-dir") + 1] = str(copy)
+    args[args.index("--results") + 1] = str(tmp_path / "results.json")
+    assert study.main([*args, "--no-run-eval-library", "--arms", "c_lora_fewshot", "d_lora_fewshot_library"]) == 0
+    for arm in ("c_lora_fewshot", "d_lora_fewshot_library"):
+        assert read_jsonl(study.rows_path(copy / cfg.task, arm, 1, 1)) == read_jsonl(
+            study.rows_path(task_root, arm, 1, 1))
+    assert json.loads((copy / cfg.task / "runs" / "seed1-continue" / "config.json").read_text())["eval_library"] is False
+    # (the toy model writes the same programs under both prompts: what differs is the prompt)
+    assert libraries[0] is None and libraries[1] is not None and len(libraries) == 2  # the run's c, the study's d

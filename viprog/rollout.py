@@ -22,6 +22,7 @@ the `completion`, the extracted `program`, and the result (`answer`, `error`,
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -62,6 +63,14 @@ class ShotSource(Protocol):
 
 
 # -- the components of a run, built once ---------------------------------------------------
+def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]:
+    """Round k's train questions: the k-th slice of a seeded shuffle (wrapping around)."""
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    start = ((k - 1) * n) % max(len(order), 1)
+    return [pool[order[(start + i) % len(order)]] for i in range(min(n, len(order)))]
+
+
 def _config_dict(config: Any) -> dict[str, Any]:
     return asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -55,7 +54,17 @@ from viprog.metrics import (
 from viprog.policy import SamplingParams
 from viprog.registry import RegistryError
 from viprog.report import write_report
-from viprog.rollout import Components, PromptFn, build, greedy_params, prompt_fn, rollout, rows_to_results, summary
+from viprog.rollout import (
+    Components,
+    PromptFn,
+    build,
+    greedy_params,
+    prompt_fn,
+    rollout,
+    round_questions,
+    rows_to_results,
+    summary,
+)
 from viprog.runs import AtomicJsonl, Run, iter_jsonl, read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 from viprog.tasks import TASKS
 
@@ -103,6 +112,8 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Prompt the programs are trained under (ViReP: the short prompt, query only)."""
     library_shots: int = 2
     """Few-shot prompts also show this many stored programs of similar train questions."""
+    eval_library: bool = True
+    """Evaluation prompts show library programs too (False: the few-shot prompt alone, what the weights learned)."""
     train_split: str | None = None
     """Split the rollouts sample questions from (None: the task's train split)."""
     eval_split: str | None = None
@@ -174,8 +185,7 @@ def embedded() -> SelfTrainConfig:
 
 
 def virep_gpu() -> SelfTrainConfig:
-    """ViReP's settings on one GPU: a 7B code model, r=16, alpha=32 on q/k/v/o, lr 2e-4,
-    temperature 1.0, top-p 0.9, 10 rounds, all correct programs kept."""
+    """ViReP on one GPU: a 7B coder, LoRA r=16 alpha=32 (q/k/v/o), lr 2e-4, T 1.0, top-p 0.9, 10 rounds, no cap."""
     return SelfTrainConfig(task="gqa", policy="vllm", model="Qwen/Qwen2.5-Coder-7B", device="cuda", rounds=10,
                            questions_per_round=2000, sampling=SamplingSettings(n=8), max_new_tokens=256, batch_questions=64,
                            cap_per_question=None, lora=LoraSettings(r=16, alpha=32),
@@ -270,14 +280,6 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
 
 
 # -- the pieces a round is made of ---------------------------------------------------------
-def round_questions(pool: Sequence[Any], k: int, n: int, seed: int) -> list[Any]:
-    """Round k's train questions: the k-th slice of a seeded shuffle (wrapping around)."""
-    order = list(range(len(pool)))
-    random.Random(seed).shuffle(order)
-    start = ((k - 1) * n) % max(len(order), 1)
-    return [pool[order[(start + i) % len(order)]] for i in range(min(n, len(order)))]
-
-
 def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn, params: SamplingParams,
                   name: str, out: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """`viprog.rollout.rollout` in round k's folder (resumable there); returns the rows and
@@ -388,8 +390,8 @@ def eval_step(ctx: Context, k: int, library: Library, adapter: Any) -> dict[str,
     """Greedy programs for the held-out questions under the policy as it now is (`adapter`
     loaded), scored by the task; the rows go to `eval.jsonl`."""
     cfg = ctx.cfg
-    prompt = prompt_fn(ctx.prompter, cfg.base_prompt if adapter is None else cfg.tuned_prompt, library,
-                       cfg.library_shots)
+    prompt = prompt_fn(ctx.prompter, cfg.base_prompt if adapter is None else cfg.tuned_prompt,
+                       library if cfg.eval_library else None, cfg.library_shots)
     rows, metrics = round_rollout(ctx, k, ctx.eval_set, prompt, greedy_params(ctx.prompter, cfg.max_new_tokens,
                                                                               seed=cfg.seed), "eval")
     write_jsonl_atomic(ctx.run.artifact(k, "eval.jsonl"), rows)
