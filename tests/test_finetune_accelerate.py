@@ -52,3 +52,17 @@ def test_a_misspelt_launcher_is_refused_before_any_round(tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     resolve_config(SelfTrainConfig(train_launcher=f"{accelerate} launch --multi_gpu --num_processes 2"))
 
+
+
+def test_the_rewrite_is_logged_by_the_launch_not_by_the_check(caplog):
+    import sys
+    from pathlib import Path
+
+    from viprog.launch import check_launcher
+
+    launcher = f"{Path(sys.executable).with_name('accelerate')} launch --cpu --num_processes 2"  # this venv's
+    with caplog.at_level("INFO", logger="viprog.launch"):
+        check_launcher(launcher)
+        assert "--multi_gpu" not in caplog.text
+        launch_command(launcher)
+    assert caplog.text.count("ACCELERATE_USE_CPU=true") == 1

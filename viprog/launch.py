@@ -51,16 +51,17 @@ def launched(launcher: str | None, in_process: Callable[..., dict[str, Any]]) ->
 def check_launcher(launcher: str | None) -> None:
     """A `UsageError` now, before a round is spent, when `launcher`'s program is not on PATH."""
     if launcher:
-        program = launch_command(launcher)[0][0]
+        program = launch_command(launcher, announce=False)[0][0]
         if shutil.which(program) is None:
             raise UsageError(f"--train-launcher: {program!r} is not a command on PATH; fix the spelling, activate "
                              "the environment that has it (accelerate comes with viprog) or give its full path")
 
 
-def launch_command(launcher: str) -> tuple[list[str], dict[str, str]]:
+def launch_command(launcher: str, announce: bool = True) -> tuple[list[str], dict[str, str]]:
     """The launcher's command line, and what to add to the environment: the form
     `accelerate launch --cpu --num_processes N` (N > 1, no `--mpirun_hostfile`) becomes
-    accelerate's multi-process launcher on the CPU (see the module's docstring)."""
+    accelerate's multi-process launcher on the CPU (see the module's docstring), which
+    `announce` logs (the check before round 0 does not: the launch logs it)."""
     command = shlex.split(launcher)
     if not command:
         raise UsageError("--train-launcher is empty; give a command such as 'accelerate launch --multi_gpu --num_processes 2'")
@@ -72,8 +73,9 @@ def launch_command(launcher: str) -> tuple[list[str], dict[str, str]]:
     processes = int(given[-1]) if given and given[-1].isdigit() else 1
     if processes < 2:
         return command, {}
-    log.info("accelerate launch --cpu starts one process without an MPI hostfile: running %d processes as "
-             "--multi_gpu with ACCELERATE_USE_CPU=true (DDP over gloo)", processes)
+    if announce:
+        log.info("accelerate launch --cpu starts one process without an MPI hostfile: running %d processes as "
+                 "--multi_gpu with ACCELERATE_USE_CPU=true (DDP over gloo)", processes)
     return ["--multi_gpu" if arg == "--cpu" else arg for arg in command], {"ACCELERATE_USE_CPU": "true"}
 
 
