@@ -211,7 +211,8 @@ class Library:
         policy, prompter = self._get_policy()
         # the prompt the run's own evaluation gives this policy: tuned or base style, library shots
         style = self.config.get("tuned_prompt" if self._adapter else "base_prompt") or "few-shot"
-        prompt = prompt_fn(prompter, style, self, int(self.config.get("library_shots", 2)))(Asked(query))
+        shots = self if self.config.get("eval_library", True) else None
+        prompt = prompt_fn(prompter, style, shots, int(self.config.get("library_shots", 2)))(Asked(query))
         program = write_program(policy, prompt, greedy_params(prompter, int(self.config.get("max_new_tokens", 256))),
                                 self.config.get("prompt_style", "completion"))
         return self.run_program(program, image, query, source="policy")
