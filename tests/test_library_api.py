@@ -94,6 +94,10 @@ def test_solve_prompts_the_policy_as_the_runs_evaluation_does(lib, monkeypatch):
     library.config["base_prompt"] = "few-shot"
     library.solve(circle.image, asked)
     assert seen[-1] == prompter.few_shot(asked, extra=library.examples(asked, 1)) and circle.query in seen[-1]
+    shown, prompt_fn = [], viprog.library.prompt_fn
+    monkeypatch.setattr(viprog.library, "prompt_fn", lambda p, style, shots, n: shown.append(shots) or prompt_fn(
+        p, style, shots, n))
+    library.solve(circle.image, asked)
     library.config["eval_library"] = False  # a run that evaluated few-shot alone: so does solve
     library.solve(circle.image, asked)
-    assert seen[-1] == prompter.few_shot(asked) and circle.query not in seen[-1]
+    assert shown == [library, None] and seen[-1] == prompter.few_shot(asked)
