@@ -10,6 +10,12 @@ and the machine's load before and after; `--json` also writes all of it to a fil
     .venv/bin/python bench/reinforce.py --demos detection --seeds 0 1 2
     .venv/bin/python bench/reinforce.py --demos captioning --jobs 3 --threads 1 \\
         --json bench/results/reinforce_captioning.json    # seeds in parallel processes
+    .venv/bin/python bench/reinforce.py --demos detection-converged --jobs 2 --threads 1 \\
+        --json bench/results/reinforce_detection_converged.json   # MLE to a plateau first (hours)
+
+For detection the error counts of `viprog.reinforce.diagnostics` (duplicates, recall by
+object size, precision, boxes per image) are printed per model and averaged per model in
+the summary; for detection-converged also where MLE stopped on every seed.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from pathlib import Path
 
 import torch
 
-from viprog.reinforce.cli import format_table
+from viprog.reinforce.cli import details, format_table
 from viprog.reinforce.demos import DEMOS, DemoResult, run
 
 DEFAULT_SEEDS = {"segmentation": [0, 1, 2, 3, 4], "detection": [0, 1, 2, 3, 4], "colorization": [0, 1, 2],
-                 "captioning": [0, 1, 2], "vq-colorization": [0, 1, 2]}
+                 "captioning": [0, 1, 2], "vq-colorization": [0, 1, 2], "detection-converged": [0, 1, 2, 3, 4]}
+#: what runs without --demos: every demo but detection-converged, whose MLE phase alone
+#: takes up to 15,000 steps per seed; it runs when named
+DEFAULT_DEMOS = [d for d in DEMOS if d != "detection-converged"]
 
 
 def short(metrics: dict[str, float] | None) -> str:
@@ -79,12 +88,20 @@ def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict]:
         beyond = [r.after_reward[m] - r.after_mle_control[m] for r in rs]
         out[demo] |= {"reward_minus_longer": beyond, "reward_minus_longer_mean": statistics.mean(beyond),
                       "reward_minus_longer_t95": t_interval(beyond) if len(rs) > 1 else None}
+        if "duplicates" in rs[0].after_mle:
+            models = {"mle": [r.after_mle for r in rs], "tuned": [r.after_reward for r in rs],
+                      "mle_as_long": [r.after_mle_control for r in rs if r.after_mle_control]}
+            out[demo]["diagnostics_mean"] = {model: {k: statistics.mean(m[k] for m in ms) for k in ms[0]}
+                                             for model, ms in models.items() if ms}
+        if rs[0].mle_record:
+            out[demo]["mle_best_step"] = [r.mle_record["best_step"] for r in rs]
+            out[demo]["mle_stopped"] = [r.mle_record["stopped"] for r in rs]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demos", nargs="+", choices=DEMOS, default=list(DEMOS))
+    parser.add_argument("--demos", nargs="+", choices=DEMOS, default=DEFAULT_DEMOS)
     parser.add_argument("--seeds", nargs="+", type=int, help="default: 5 for segmentation and detection, 3 otherwise")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
@@ -103,18 +120,19 @@ def main() -> None:
     wall, load_after = time.perf_counter() - start, os.getloadavg()
     print()
     print(format_table(results))
+    print(details(results))
     print()
-    print(f"{'demo':<15} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs"
+    print(f"{'demo':<19} {'metric':<13} {'MLE':>7} {'Δ reward':>14} {'Δ MLE longer':>14}  runs"
           "  MLE s / tune s / control s / setup s")
     table = summary(results, args.demos)
     for demo, row in table.items():
         gain = f"{row['delta_reward']:+.2f} ± {row['delta_reward_sd']:.2f}"
         ctrl = f"{row['delta_mle_longer']:+.2f} ± {row['delta_mle_longer_sd']:.2f}"
-        print(f"{demo:<15} {row['metric']:<13} {row['after_mle']:>7.2f} {gain:>14} {ctrl:>14}  {row['runs']:>4}"
+        print(f"{demo:<19} {row['metric']:<13} {row['after_mle']:>7.2f} {gain:>14} {ctrl:>14}  {row['runs']:>4}"
               f"  {row['mle_s']:.0f} / {row['reward_s']:.0f} / {row['control_s']:.0f} / {row['setup_s']:.0f}")
         if row["reward_minus_longer_t95"]:
             low, high = row["reward_minus_longer_t95"]
-            print(f"{'':<15} tuned − MLE as long, per seed: {row['reward_minus_longer_mean']:+.2f} [{low:+.2f}, {high:+.2f}]")
+            print(f"{'':<19} tuned − MLE as long, per seed: {row['reward_minus_longer_mean']:+.2f} [{low:+.2f}, {high:+.2f}]")
     print("\nall held-out metrics (MLE → reward | MLE longer):")
     for r in results:
         print(f"  {r.demo} seed {r.seed}: {short(r.after_mle)} → {short(r.after_reward)}"

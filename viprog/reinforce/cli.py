@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from viprog.errors import UsageError
+from viprog.reinforce.diagnostics import diagnostics_table
 
 
 @dataclass
@@ -30,6 +31,11 @@ class ReinforceConfig:
     """MLE steps (default: the demo's own)"""
     reward_steps: int | None = None
     """reward-tuning steps (default: the demo's own)"""
+    converged: bool = False
+    """detection only: train MLE at a constant learning rate until the mAP on a validation
+    split (not the test split) has not improved for 4 evaluations 250 steps apart (cap:
+    --mle-steps, default 15,000), then tune and run the control from that checkpoint;
+    output in runs/reinforce/detection-converged"""
     control: bool = False
     """also continue MLE for as many steps as reward tuning took, from the same MLE
     checkpoint, so the table separates the reward's effect from longer training"""
@@ -49,17 +55,26 @@ class ReinforceConfig:
 def format_table(results: list) -> str:
     """Before/after table of `DemoResult`s, one row per demo and seed."""
     control = any(r.after_mle_control is not None for r in results)
-    head = f"{'demo':<15} {'seed':>4} {'metric':<13} {'MLE':>7} {'reward':>7} {'Δ':>6}"
+    head = f"{'demo':<19} {'seed':>4} {'metric':<13} {'MLE':>7} {'reward':>7} {'Δ':>6}"
     head += f" {'MLE+':>7} {'Δ MLE+':>7}" if control else ""
     lines = [head + f" {'MLE s':>6} {'tune s':>6}"]
     for r in results:
         a, b = r.after_mle[r.metric], r.after_reward[r.metric]
-        row = f"{r.demo:<15} {r.seed:>4} {r.metric:<13} {a:>7.2f} {b:>7.2f} {b - a:>+6.2f}"
+        row = f"{r.demo:<19} {r.seed:>4} {r.metric:<13} {a:>7.2f} {b:>7.2f} {b - a:>+6.2f}"
         if control:
             c = r.after_mle_control[r.metric] if r.after_mle_control else float("nan")
             row += f" {c:>7.2f} {c - a:>+7.2f}"
         lines.append(row + f" {r.mle_seconds:>6.0f} {r.reward_seconds:>6.0f}")
     return "\n".join(lines)
+
+
+def details(results: list) -> str:
+    """Below the table: where MLE stopped for runs trained to a plateau, and the detection
+    error counts of each model (empty lines left out)."""
+    lines = [f"{r.demo} seed {r.seed}: MLE stopped at step {r.mle_record['steps_trained']} ({r.mle_record['stopped']}: "
+             f"{r.mle_record['reason']}); tuning and control start from step {r.mle_record['best_step']}"
+             for r in results if r.mle_record]
+    return "\n".join([*lines, diagnostics_table(results)]).strip("\n")
 
 
 def _check_device(name: str) -> None:
@@ -89,23 +104,27 @@ def main(cfg: ReinforceConfig) -> int:
 
     from viprog.reinforce.demos import DEMOS, run
 
+    name = f"{cfg.demo}-converged" if cfg.converged else cfg.demo
     if cfg.demo not in DEMOS:
         raise UsageError(f"unknown demo {cfg.demo!r}; choose one of {', '.join(DEMOS)}")
+    if name not in DEMOS:
+        raise UsageError(f"--converged: only detection has a converged-MLE variant, not {cfg.demo}")
     _check_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = cfg.out or Path("runs") / "reinforce" / cfg.demo
+    out = cfg.out or Path("runs") / "reinforce" / name
     if cfg.resume and not out.exists():
         raise UsageError(f"--resume: nothing to resume in {out}")
     results = []
     for seed in cfg.seeds:
         seed_dir = out / f"seed_{seed}"
-        print(f"viprog reinforce: {cfg.demo} seed {seed} on {cfg.device}: MLE then reward tuning → {seed_dir}",
+        print(f"viprog reinforce: {name} seed {seed} on {cfg.device}: MLE then reward tuning → {seed_dir}",
               flush=True)
-        results.append(run(cfg.demo, seed, seed_dir, resume=cfg.resume, progress=cfg.progress,
+        results.append(run(name, seed, seed_dir, resume=cfg.resume, progress=cfg.progress,
                            mle_steps=cfg.mle_steps, reward_steps=cfg.reward_steps, control=cfg.control,
                            device=cfg.device))
     print(format_table(results))
+    print(details(results))
     (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
     print(f"viprog reinforce: metrics in {out}/seed_*/metrics.jsonl, results in {out / 'results.json'}")
     return 0

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from viprog.reinforce.converge import Plateau
 from viprog.reinforce.data import Shapes
 from viprog.reinforce.tuner import Batch, PhaseConfig, RewardFn
 
@@ -38,6 +39,11 @@ class Demo:
     setup_seconds: float = 0.0
     """what building the demo took before MLE began (a model trained inside it, such as
     the VQ-VAE whose decoder the VQ-token demo writes codes for)"""
+    plateau: Plateau | None = None
+    """set: MLE runs until `validate` stops improving (`converge.train_to_plateau`), and
+    `mle.steps` is ignored"""
+    validate: Callable[[nn.Module], float] | None = None
+    """the score early stopping watches (higher is better), on a split that is not the test split"""
 
 
 def images_tensor(s: Shapes, idx: np.ndarray, device: torch.device) -> Tensor:

@@ -16,7 +16,9 @@ them to the log-probabilities' device.
   `RegionPolicy` (one class per region of the MLE model's argmax map), whose samples
   relabel whole regions; independent per-pixel samples gave no gain.
 - detection: pix2seq box sequences, reward = `detection_reward`, metric = COCO mAP of
-  greedy decoding (box score = mean token probability).
+  greedy decoding (box score = mean token probability), with the error counts of
+  `diagnostics` beside it. detection-converged: the same, with MLE trained until the
+  validation mAP plateaus (`converge`) before tuning and the control start.
 - colorization: grey → 12 palette colours whose luma groups the grey cannot tell apart
   (grey is the most likely member, so the MLE mode is dull); reward = colourfulness
   minus fidelity penalties (luma error, colour edges where the grey image has none), so
@@ -34,6 +36,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +45,16 @@ from torch import Tensor, nn
 
 from viprog.reinforce import rewards
 from viprog.reinforce.captioning import captioning
-from viprog.reinforce.data import CLASSES, PALETTE, generate
+from viprog.reinforce.converge import Plateau, train_to_plateau
+from viprog.reinforce.data import CLASSES, PALETTE, Shapes, generate
 from viprog.reinforce.demo_parts import Demo, images_tensor, step_batches
+from viprog.reinforce.diagnostics import detection_diagnostics
 from viprog.reinforce.models import BoxTokenizer, PixelPolicy, RegionPolicy, SeqPolicy, label_regions
 from viprog.reinforce.tuner import Batch, PhaseConfig, train
 from viprog.reinforce.vq import vq_colorization
 
-DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization", "captioning", "vq-colorization")
+DEMOS: tuple[str, ...] = ("segmentation", "detection", "colorization", "captioning", "vq-colorization",
+                          "detection-converged")
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -105,8 +111,12 @@ def _pq(predictions: list[dict], ground_truths: list[dict]) -> float:
 
 
 def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_objects: int = 5,
-              device: str | torch.device = "cpu") -> Demo:
-    """Noisy scenes of up to 5 small shapes; a `SeqPolicy` emitting pix2seq box tokens."""
+              device: str | torch.device = "cpu", converged: bool = False, val_size: int = 300) -> Demo:
+    """Noisy scenes of up to 5 small shapes; a `SeqPolicy` emitting pix2seq box tokens.
+
+    `converged`: MLE at a constant learning rate until the mAP on a validation split
+    (`val_size` images of another seed than the test split's) stops improving, instead
+    of the fixed 1,500-step cosine schedule (see `converge`)."""
     world = {"max_shapes": max_objects, "noise": 30.0, "min_radius": 3.0, "max_radius": 6.5}
     train_set, test = generate(train_size, seed, **world), generate(test_size, 10_000 + seed, **world)
     tok = BoxTokenizer(32, len(CLASSES), max_objects)
@@ -126,24 +136,38 @@ def detection(seed: int = 0, train_size: int = 3000, test_size: int = 300, max_o
         return rewards.detection_reward(preds, gts).reshape(b, n)
 
     @torch.no_grad()
-    def evaluate(p: nn.Module) -> dict[str, float]:
+    def greedy(p: nn.Module, split: Shapes) -> tuple[list[dict], list[dict]]:
         preds = []
-        for i in range(0, test_size, 100):
-            x = images_tensor(test, np.arange(i, min(i + 100, test_size)), dev)
+        for i in range(0, len(split), 100):
+            x = images_tensor(split, np.arange(i, min(i + 100, len(split))), dev)
             seqs = p.sample(x, 1, temperature=0)
             logp = p.token_log_probs(x, seqs)
             preds += [tok.decode(s, lp) for s, lp in zip(seqs[:, 0].cpu().numpy(), logp[:, 0].cpu().numpy())]
-        gts = [{"boxes": bx, "labels": lb} for bx, lb in zip(test.boxes, test.labels)]
+        return preds, [{"boxes": bx, "labels": lb} for bx, lb in zip(split.boxes, split.labels)]
+
+    def evaluate(p: nn.Module) -> dict[str, float]:
+        preds, gts = greedy(p, test)
         n_pred = sum(len(q["labels"]) for q in preds)
         return {"map": 100 * rewards.coco_map(preds, gts), "boxes_per_object": n_pred / sum(map(len, test.labels)),
-                "reward": float(rewards.detection_reward(preds, gts).mean())}
+                "reward": float(rewards.detection_reward(preds, gts).mean()), **detection_diagnostics(preds, gts)}
 
-    return Demo("detection", policy, step_batches(train_size, 48, seed, make), step_batches(train_size, 16, seed + 1, make),
-                reward, evaluate, "map",
-                mle=PhaseConfig(steps=1500, lr=2e-3, schedule="cosine"),
+    mle = PhaseConfig(steps=1500, lr=2e-3, schedule="cosine")
+    plateau = validate = None
+    if converged:
+        val = generate(val_size, 20_000 + seed, **world)
+        mle = PhaseConfig(steps=0, lr=1e-3, schedule="constant")
+        plateau = Plateau(every=250, patience=4, max_steps=15_000, min_delta=0.2)
+
+        def validate(p: nn.Module) -> float:
+            return 100 * rewards.coco_map(*greedy(p, val))
+
+    return Demo("detection-converged" if converged else "detection", policy,
+                step_batches(train_size, 48, seed, make), step_batches(train_size, 16, seed + 1, make),
+                reward, evaluate, "map", mle=mle,
                 # on-policy samples (temperature 1) and 12 per image: at 0.7 and 6 the
                 # held-out mAP drifted instead of climbing
-                reward=PhaseConfig(steps=600, lr=1e-4, num_samples=12, temperature=1.0))
+                reward=PhaseConfig(steps=600, lr=1e-4, num_samples=12, temperature=1.0),
+                plateau=plateau, validate=validate)
 
 
 def colorization_terms(colours: np.ndarray, grey: np.ndarray) -> dict[str, np.ndarray]:
@@ -201,14 +225,17 @@ def colorization(seed: int = 0, train_size: int = 1500, test_size: int = 300,
 
 BUILDERS: dict[str, Callable[..., Demo]] = {"segmentation": segmentation, "detection": detection,
                                             "colorization": colorization, "captioning": captioning,
-                                            "vq-colorization": vq_colorization}
+                                            "vq-colorization": vq_colorization,
+                                            "detection-converged": partial(detection, converged=True)}
 
 
 @dataclass
 class DemoResult:
     """Held-out metrics after MLE, after reward tuning and (the control) after MLE continued
     for as many steps as reward tuning took; seconds per phase (`setup_seconds`: training
-    done while building the demo, e.g. the VQ-VAE)."""
+    done while building the demo, e.g. the VQ-VAE). `mle_record`, for a demo that trains
+    MLE to a plateau: the validation curve, where and why it stopped (`converge`), and the
+    steps and images of tuning and of the control."""
 
     demo: str
     seed: int
@@ -220,6 +247,7 @@ class DemoResult:
     reward_seconds: float
     control_seconds: float | None = None
     setup_seconds: float = 0.0
+    mle_record: dict | None = None
 
 
 def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -229,7 +257,9 @@ def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progres
     evaluate, tune it with its reward, evaluate.
 
     Writes `<out_dir>/{mle,reward}.pt` and `metrics.jsonl` (and, with `control`, the same
-    under `<out_dir>/control/`). Without `resume`, earlier files there are replaced.
+    under `<out_dir>/control/`). Without `resume`, earlier files there are replaced. A
+    demo with a `plateau` trains MLE until its validation score stops improving
+    (`mle_steps` is then the cap) and writes `mle_best.pt` and `plateau.json` too.
     """
     if name not in BUILDERS:
         raise ValueError(f"unknown demo {name!r}; choose one of {', '.join(DEMOS)}")
@@ -238,10 +268,19 @@ def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progres
     demo.reward = replace(demo.reward, steps=reward_steps if reward_steps is not None else demo.reward.steps)
     out = Path(out_dir)
     if not resume and out.exists():
-        for stale in [*out.glob("*.pt"), *out.glob("control/*.pt"), *out.glob("**/metrics.jsonl")]:
+        for stale in [*out.glob("*.pt"), *out.glob("control/*.pt"), *out.glob("**/metrics.jsonl"),
+                      *out.glob("plateau.json")]:
             stale.unlink()
     t0 = time.perf_counter()
-    mle_ckpt = train(demo.policy, "mle", demo.mle_batches, demo.mle, out, resume=resume, progress=progress)
+    record = None
+    if demo.plateau is not None:
+        plateau = replace(demo.plateau, max_steps=mle_steps or demo.plateau.max_steps)
+        mle_ckpt, record = train_to_plateau(demo.policy, demo.mle_batches, demo.mle, out, demo.validate, plateau,
+                                            resume=resume, progress=progress)
+        mle_done = record["best_step"]
+    else:
+        mle_ckpt = train(demo.policy, "mle", demo.mle_batches, demo.mle, out, resume=resume, progress=progress)
+        mle_done = demo.mle.steps
     t1 = time.perf_counter()
     before = demo.evaluate(demo.policy)
     mle_state = copy.deepcopy(demo.policy.state_dict())
@@ -257,10 +296,15 @@ def run(name: str, seed: int, out_dir: str | Path, resume: bool = False, progres
         if not (out / "control" / "mle.pt").exists():
             shutil.copy(mle_ckpt, out / "control" / "mle.pt")
         demo.policy.load_state_dict(mle_state)
-        longer = replace(demo.mle, steps=demo.mle.steps + demo.reward.steps)
+        longer = replace(demo.mle, steps=mle_done + demo.reward.steps)
         t4 = time.perf_counter()
         train(demo.policy, "mle", demo.mle_batches, longer, out / "control", resume=True, progress=progress)
         control_seconds = time.perf_counter() - t4
         baseline = demo.evaluate(demo.policy)
+    if record is not None:
+        record = {**record, "tuning_steps": demo.reward.steps,
+                  "tuning_images": demo.reward.steps * len(demo.reward_batches(0)["x"]),
+                  "control_extra_steps": longer.steps - mle_done if control else None,
+                  "control_images": (longer.steps - mle_done) * len(demo.mle_batches(0)["x"]) if control else None}
     return DemoResult(name, seed, demo.metric, before, after, baseline, t1 - t0, t3 - t2,
-                      control_seconds if control else None, demo.setup_seconds)
+                      control_seconds if control else None, demo.setup_seconds, record)
