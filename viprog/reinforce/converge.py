@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from viprog.errors import UsageError
 from viprog.reinforce.tuner import Batch, PhaseConfig, train
@@ -100,6 +101,9 @@ def train_to_plateau(policy: nn.Module, batch_fn: Callable[[int], Batch], cfg: P
             record["since_best"] += 1
         record["steps_trained"] = step
         _write(record_path, record)
+        if progress:
+            tqdm.write(f"MLE step {step}: validation {score:.4g}, best {record['best']:.4g} at step "
+                       f"{record['best_step']} ({record['since_best']} of {plateau.patience} without gain) → {record_path}")
     _write(record_path, record)
     policy.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["model"])
     policy.eval()

@@ -49,7 +49,7 @@ def match_image(pred: Detections, gt: Detections, threshold: float = 0.5) -> tup
     p_labels = np.asarray(pred["labels"], dtype=np.int64).ravel()
     g_labels = np.asarray(gt["labels"], dtype=np.int64).ravel()
     scores = np.asarray(pred.get("scores", np.ones(len(p_labels))), dtype=np.float64).ravel()
-    overlap = iou(pred["boxes"], gt["boxes"]) if len(p_labels) and len(g_labels) else np.zeros((len(p_labels), len(g_labels)))
+    overlap = iou(pred["boxes"], gt["boxes"])
     hits = overlap >= threshold
     same = p_labels[:, None] == g_labels[None, :]
     found = np.zeros(len(g_labels), dtype=bool)
