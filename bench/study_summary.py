@@ -96,6 +96,7 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "by_type": by_type,
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
+        "analysis": analysis(root, cells),
         "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
                      if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite")},
         "meta": meta,
@@ -114,6 +115,44 @@ def run_metrics(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
         out.setdefault(path.parent.parent.name, {})[path.parent.name] = {
             k: v for k, v in metrics.items() if any(k == p or (p.endswith("/") and k.startswith(p)) for p in RUN_METRICS)}
     return out
+
+
+def analysis(root: Path, cells: Cells) -> dict[str, Any]:
+    """What the accuracy numbers come from: the kept (training) programs of each run and round
+    by question type, and each cell's outcomes by kind (right, wrong answer, or the error kind)."""
+    kept: dict[str, dict[str, dict[str, int]]] = {}
+    for path in sorted((root / "runs").glob("seed*/round_*/kept.jsonl")):
+        counts: dict[str, int] = defaultdict(int)
+        for row in read_jsonl(path):
+            counts[row.get("question_type") or "?"] += 1
+        kept.setdefault(path.parent.parent.name, {})[path.parent.name] = dict(sorted(counts.items()))
+    outcomes: dict[str, dict[str, dict[str, int]]] = {}
+    for (arm, seed, k), rows in sorted(cells.items(), key=str):
+        counts = defaultdict(int)
+        for row in rows.values():
+            counts["right" if float(row.get("reward") or 0.0) >= 1.0 else row.get("error_kind") or "wrong answer"] += 1
+        outcomes.setdefault(arm, {})[f"seed{seed}-round{k}" if seed is not None else f"round{k}"] = dict(counts)
+    return {"kept_by_type": kept, "outcomes": outcomes}
+
+
+def analysis_tables(result: dict[str, Any]) -> str:
+    """Markdown: kept programs per question type (all runs and rounds summed), outcomes per cell."""
+    kept, outcomes = result["analysis"]["kept_by_type"], result["analysis"]["outcomes"]
+    lines: list[str] = []
+    if kept:
+        keys = [(run, r) for run in kept for r in kept[run]]
+        types = sorted({t for run, r in keys for t in kept[run][r]} | set(next(iter(result["by_type"].values()),
+                                                                             {}).get("round_0", {})))
+        lines += ["", "kept programs (the training data) per question type:", "",
+                  "| question type | " + " | ".join(f"{run} {r}" for run, r in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {t} | " + " | ".join(str(kept[run][r].get(t, 0)) for run, r in keys) + " |" for t in types]
+    kinds = sorted({kind for per in outcomes.values() for c in per.values() for kind in c} - {"right"})
+    lines += ["", "outcomes per cell (questions):", "", "| cell | right | " + " | ".join(kinds) + " |",
+              "|---" * (len(kinds) + 2) + "|"]
+    for arm, per in outcomes.items():
+        lines += [f"| {arm} {cell} | {c.get('right', 0)} | " + " | ".join(str(c.get(k, 0)) for k in kinds) + " |"
+                  for cell, c in per.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -145,7 +184,7 @@ def tables(result: dict[str, Any]) -> str:
     for t in type_names:
         lines.append(f"| {t} (n={result['by_type'][shown[0][0]][shown[0][1]][t]['n']}) | "
                      + " | ".join(f"{result['by_type'][a][r][t]['mean']:.0%}" for a, r in shown) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + analysis_tables(result)
 
 
 def write_outputs(root: Path, cfg: StudyConfig, result: dict[str, Any], cells: Cells,

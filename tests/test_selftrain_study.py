@@ -148,6 +148,25 @@ def test_lucky_guesses_are_counted_out_of_the_training_data(finished):
     assert LUCKY.strip() not in [p.strip() for p in kept]  # ... and still not kept
 
 
+def test_the_analysis_counts_the_training_data_and_every_outcome(finished):
+    """Kept programs per question type add up to each round's kept count; each cell's outcomes
+    (right, wrong answer, error kinds) add up to its questions and its right ones to its mean."""
+    cfg, _, result = finished
+    kept, outcomes = result["analysis"]["kept_by_type"], result["analysis"]["outcomes"]
+    for run, rounds in result["runs"].items():
+        for name, metrics in rounds.items():
+            if "filter/kept" in metrics:
+                assert sum(kept[run][name].values()) == metrics["filter/kept"]
+    for arm, per_round in result["arms"].items():
+        for name, estimate in per_round.items():
+            k = name.split("_")[1]
+            cells = [c for cell, c in outcomes[arm].items() if cell.endswith(f"round{k}")]
+            assert len(cells) == estimate["seeds"] and all(sum(c.values()) == cfg.n_questions for c in cells)
+            right = sum(c.get("right", 0) for c in cells)
+            assert right == pytest.approx(estimate["mean"] * cfg.n_questions * len(cells))
+    assert "kept programs (the training data) per question type" in (Path(cfg.out_dir) / cfg.task / "table.md").read_text()
+
+
 def test_outputs_a_table_a_plot_and_all_rows(finished):
     cfg, _, _ = finished
     root = Path(cfg.out_dir) / cfg.task
