@@ -2,7 +2,8 @@
 of the study's test on the toy counting task, ReST against GRPO on two seeds and plain against
 corrected self-training over two rounds. Every run is evaluated under one prompt, round 0 runs
 once, the budgets are checked and recorded, the results JSON's numbers are the saved rows'
-numbers, and a rerun runs nothing that is done."""
+numbers, and a rerun runs nothing that is done. Also bench/corrections_baseline.py, the base
+policy on a correction pool's own questions."""
 
 import dataclasses
 import importlib
@@ -162,3 +163,20 @@ def test_unequal_budgets_are_refused(tmp_path):
         compare.Compare(cfg)
     cfg.selftrain = dataclasses.replace(cfg.selftrain, questions_per_round=14)
     assert compare.Compare(cfg).budgets == {"rest": 56, "grpo": 56}
+
+
+def test_the_corrections_baseline_shows_where_the_policy_fails(guessing_model, toy_prompts, tmp_path):  # noqa: F811
+    """bench/corrections_baseline.py: greedy, the toy base policy is right for circles only;
+    the pool's programs are right for both of its questions."""
+    baseline = importlib.import_module("corrections_baseline")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"query": F.query_for(shape), "program": F.right_program(shape),
+                                        "question_id": qid}) + "\n" for shape, qid in (("circle", "train-0"),
+                                                                                       ("star", "train-3"))))
+    selftrain = toy_compare(guessing_model, tmp_path).selftrain
+    result = baseline.run_baseline(baseline.BaselineConfig(corrections=str(pool), task="toy-count",
+                                                           results=str(tmp_path / "baseline.json"),
+                                                           selftrain=selftrain))
+    assert result["n"] == 2 and result["corrections_accuracy"] == 1.0 and result["base_accuracy"] == 0.5
+    assert {t: e["accuracy"] for t, e in result["base_by_type"].items()} == {"circle": 1.0, "star": 0.0}
+    assert json.loads((tmp_path / "baseline.json").read_text())["base_rows"] == result["base_rows"]
