@@ -67,8 +67,9 @@ EXTRA: dict[str, tuple[bool, str, bool]] = {
 
 
 @dataclass
-class StudyConfig:
-    """A seeded self-training study with ablations (see the module docstring)."""
+class HeldOutSettings:
+    """What the study and the benches built on it share: a task, its held-out set, seeds,
+    rounds, the bootstrap and the settings of every selftrain run."""
 
     task: str = "shapes"
     """Task (shapes, shapes-hard, or any other with train and test splits)."""
@@ -78,6 +79,19 @@ class StudyConfig:
     """Seeds of the self-training runs (question order, sampling, training)."""
     rounds: int = 3
     """Self-training rounds after round 0."""
+    draws: int = 10_000
+    """Bootstrap resamples."""
+    summary_only: bool = False
+    """Run nothing: summarise the cells saved so far (tables, report, results JSON)."""
+    selftrain: SelfTrainConfig = field(default_factory=embedded)
+    """Settings of each run (the embedded preset's by default); the bench sets task, seed, rounds,
+    eval set and prompt, run folders (and what it compares) itself."""
+
+
+@dataclass
+class StudyConfig(HeldOutSettings):
+    """A seeded self-training study with ablations (see the module docstring)."""
+
     arms: tuple[str, ...] = tuple(ARMS)
     """Arms to run (a_base_fewshot, and the arm the continuing runs evaluate, come with every seed)."""
     run_eval_library: bool = True
@@ -91,13 +105,6 @@ class StudyConfig:
     """Where the study's runs, rows, table and report go (a folder per task)."""
     results: str | None = "bench/results/selftrain_study.json"
     """Also write the results JSON here (None: only under out_dir)."""
-    draws: int = 10_000
-    """Bootstrap resamples."""
-    summary_only: bool = False
-    """Run nothing: summarise the cells saved so far (tables, report, results JSON)."""
-    selftrain: SelfTrainConfig = field(default_factory=embedded)
-    """Settings of each round (the embedded preset's by default); the study sets task, seed, rounds,
-    eval set, run folders and the few-shot evaluation prompts itself."""
 
 
 # -- the cells ---------------------------------------------------------------------------------
@@ -117,15 +124,22 @@ def save_cell(root: Path, arm: str, seed: int | None, k: int, rows: Sequence[dic
     write_jsonl_atomic(rows_path(root, arm, seed, k), cell_rows(rows, arm, seed, k))
 
 
+def held_out_run(selftrain: SelfTrainConfig, *, task: str, seed: int, rounds: int, n_questions: int,
+                 runs_dir: Path, run_name: str, **options: Any) -> SelfTrainConfig:
+    """`selftrain` as one run of a study: evaluated each round on the first `n_questions` of
+    the task's evaluation split under the few-shot prompt, in runs_dir/run_name (resumed when
+    that folder holds a run), no report of its own; `options` set the rest (e.g. the algorithm)."""
+    return dataclasses.replace(selftrain, task=task, seed=seed, rounds=rounds, eval_size=n_questions, eval_split=None,
+                               base_prompt="few-shot", tuned_prompt="few-shot", run_name=run_name,
+                               runs_dir=str(runs_dir), resume=(runs_dir / run_name / "config.json").exists(),
+                               overwrite=False, report=False, preset=None, **options)
+
+
 def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> SelfTrainConfig:
     """The selftrain config of one seed's continuing (or restarting) run."""
-    name = f"seed{seed}-{'restart' if restart else 'continue'}"
-    return dataclasses.replace(study.selftrain, task=study.task, seed=seed, rounds=study.rounds,
-                               eval_size=study.n_questions, eval_split=None, base_prompt="few-shot",
-                               tuned_prompt="few-shot", restart_from_base=restart, run_name=name,
-                               eval_library=study.run_eval_library or restart,
-                               runs_dir=str(root / "runs"), resume=(root / "runs" / name / "config.json").exists(),
-                               overwrite=False, report=False, preset=None)
+    return held_out_run(study.selftrain, task=study.task, seed=seed, rounds=study.rounds, n_questions=study.n_questions,
+                        runs_dir=root / "runs", run_name=f"seed{seed}-{'restart' if restart else 'continue'}",
+                        restart_from_base=restart, eval_library=study.run_eval_library or restart)
 
 
 class Study:
@@ -286,7 +300,7 @@ class Study:
             self.close()
 
 
-def check_coverage(cfg: StudyConfig) -> None:
+def check_coverage(cfg: HeldOutSettings) -> None:
     """A `UsageError` when the first n_questions of the evaluation split miss a question type."""
     from viprog.tasks import TASKS
 

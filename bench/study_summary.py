@@ -155,7 +155,8 @@ def analysis_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(entry: dict[str, Any] | None) -> str:
+def estimate_text(entry: dict[str, Any] | None) -> str:
+    """An estimate's JSON as "mean [lo, hi]" in percent (– for none)."""
     if not entry:
         return "–"
     lo, hi = entry["ci95"]
@@ -168,15 +169,16 @@ def tables(result: dict[str, Any]) -> str:
     lines = [f"n = {result['n_questions']} questions × seeds {result['seeds']} ({result['task']})", "",
              "| arm | " + " | ".join(rounds) + " |", "|---" * (len(rounds) + 1) + "|"]
     for arm, per_round in result["arms"].items():
-        lines.append(f"| {arm} | " + " | ".join(_cell(per_round.get(r)) for r in rounds) + " |")
+        lines.append(f"| {arm} | " + " | ".join(estimate_text(per_round.get(r)) for r in rounds) + " |")
     if result["fewshot_1_5b"]:
-        lines.append(f"| {LARGE} ({result['large_policy']}) | {_cell(result['fewshot_1_5b'])} |" + " |" * len(rounds[1:]))
+        lines.append(f"| {LARGE} ({result['large_policy']}) | {estimate_text(result['fewshot_1_5b'])} |"
+                     + " |" * len(rounds[1:]))
     if result["gain_lora_only"]:
         gain = result["gain_lora_only"]
-        lines += ["", f"gain, LoRA only (c_lora_fewshot round {gain['round']} − round 0): {_cell(gain)}"]
+        lines += ["", f"gain, LoRA only (c_lora_fewshot round {gain['round']} − round 0): {estimate_text(gain)}"]
     if result["best_selftrained"]:
         b = result["best_selftrained"]
-        lines.append(f"best self-trained: {b['arm']} round {b['round']}: {_cell(b)}")
+        lines.append(f"best self-trained: {b['arm']} round {b['round']}: {estimate_text(b)}")
     last = rounds[-1]
     shown = [(arm, r) for arm in result["by_type"] for r in ("round_0", last) if r in result["by_type"][arm]]
     type_names = sorted({t for arm, r in shown for t in result["by_type"][arm][r]})
@@ -190,7 +192,7 @@ def tables(result: dict[str, Any]) -> str:
 def write_outputs(root: Path, cfg: StudyConfig, result: dict[str, Any], cells: Cells,
                   scores: dict[tuple[str, int], np.ndarray], large: np.ndarray | None) -> None:
     """study.json, table.md, rows.jsonl (every cell's rows) and report.html under `root`."""
-    from viprog.report import CSS, svg_plot
+    from viprog.report import svg_plot
     from viprog.runs import write_json_atomic
 
     write_json_atomic(root / "study.json", result)
@@ -210,11 +212,19 @@ def write_outputs(root: Path, cfg: StudyConfig, result: dict[str, Any], cells: C
     plot = svg_plot(dict(series), width=760, height=340, title=f"Self-training study on {cfg.task}: held-out "
                                                                 f"accuracy per round ({result['n_questions']} questions)")
     arms = "".join(f"<li><b>{html.escape(a)}</b>: {html.escape(d)}</li>" for a, d in result["arm_descriptions"].items())
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>viprog study {html.escape(cfg.task)}</title>"
-            f"<style>{CSS}</style></head><body><h1>Self-training study: <code>{html.escape(cfg.task)}</code></h1>"
-            f"<p>{result['n_questions']} held-out questions, seeds {result['seeds']}, {cfg.rounds} round(s); "
-            f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot}"
-            f"<p>Flat lines: the base model and the larger frozen model, which no round changes. Means over "
-            f"questions and seeds; the tables give the 95 % bootstrap intervals.</p><ul>{arms}</ul>"
-            f"<pre>{html.escape(table)}</pre></body></html>")
+    page = html_page(f"viprog study {cfg.task}",
+                     f"<h1>Self-training study: <code>{html.escape(cfg.task)}</code></h1>"
+                     f"<p>{result['n_questions']} held-out questions, seeds {result['seeds']}, {cfg.rounds} round(s); "
+                     f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot}"
+                     f"<p>Flat lines: the base model and the larger frozen model, which no round changes. Means over "
+                     f"questions and seeds; the tables give the 95 % bootstrap intervals.</p><ul>{arms}</ul>"
+                     f"<pre>{html.escape(table)}</pre>")
     write_text_atomic(root / "report.html", page)
+
+
+def html_page(title: str, body: str) -> str:
+    """One self-contained HTML page (the run reports' style) around `body`."""
+    from viprog.report import CSS
+
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{body}</body></html>")

@@ -62,11 +62,9 @@ def test_reward_function_equals_the_executor(tmp_path):
 @pytest.fixture(scope="module")
 def grpo_run(tiny_model, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("grpo")
-    corrections = root / "corrections.jsonl"  # only into the library: the prompts here show no library programs
-    corrections.write_text(json.dumps({"query": F.query_for("star"), "program": F.right_program("star")}) + "\n")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert selftrain(grpo_config(tiny_model, root, corrections=str(corrections))) == 0
+        assert selftrain(grpo_config(tiny_model, root)) == 0
     (root / "stdout.txt").write_text(printed.getvalue())
     return root / "tiny"
 
@@ -108,7 +106,7 @@ def test_a_grpo_round_writes_the_run_folder(grpo_run):
     import viprog
 
     library = viprog.load(grpo_run)
-    assert set(library.question_ids()) >= {k["question_id"] for k in kept} | {"correction-0"}
+    assert set(library.question_ids()) >= {k["question_id"] for k in kept}
 
 
 def launch(cfg, *extra):

@@ -11,8 +11,9 @@ persistent error types carry it on. This module closes that loop in two commands
                                               each with its error kinds, an example
                                               question and a failing program
     viprog selftrain --corrections FILE ...   every round trains on FILE's programs too
-                                              (ReST: in its SFT data) and the library holds
-                                              them (few-shot prompts of both algorithms)
+                                              (ReST: in its SFT data; GRPO: a supervised
+                                              step on them before the round) and the
+                                              library holds them (few-shot prompts)
 
 Only train samples (`round_<k>/samples.jsonl`) are read: corrections written for held-out
 questions would leak the evaluation, so a correction naming a held-out question is refused

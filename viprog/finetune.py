@@ -83,6 +83,13 @@ def completion_for(prompt: str, program: str) -> str:
     return program
 
 
+def training_pairs(prompter: Any, style: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(prompt, program) pairs of `rows` (each with its `query` and `program`) under the
+    prompt `style` they are trained with: `short` (the query alone) or the few-shot prompt."""
+    prompt = prompter.short if style == "short" else prompter.few_shot
+    return [(prompt(row["query"]), row["program"]) for row in rows]
+
+
 def base_model_path(policy: Any) -> str:
     """Where the policy's base weights live (a local folder or a hub name)."""
     for attr in ("model_path", "model_name"):

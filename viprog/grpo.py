@@ -23,6 +23,15 @@ groups per optimiser step. TRL checkpoints every `save_steps` steps under
 `round_<k>/grpo/`; `--resume` continues from the last one (the rows that the killed
 process sampled after it are dropped and sampled again), so a kill costs at most
 `save_steps` steps.
+
+Corrections (`--corrections FILE`) reach GRPO's weights through a supervised step: before
+each round's GRPO, the adapter it continues is fine-tuned on the hand-written programs
+(`viprog.finetune`, the pairs ReST would add, under the same `--train.*` settings) into
+`round_<k>/corrections_adapter/`, and GRPO continues from that. TRL's GRPOTrainer has no
+supervised term to mix them in with, and its one way to put them into a group — a custom
+`rollout_func` — is experimental, would replace TRL's own generation on the CPU, and needs a
+train example with a gold answer for every correction's reward, which a correction (a query
+and a program) need not have.
 """
 
 from __future__ import annotations
@@ -39,11 +48,19 @@ from typing import Any
 
 from viprog.errors import UsageError
 from viprog.executor import Executor
-from viprog.finetune import base_model_path, checkpointing_option, free_memory, publish_adapter, trainable_model
+from viprog.finetune import (
+    base_model_path,
+    checkpointing_option,
+    finetune,
+    free_memory,
+    publish_adapter,
+    trainable_model,
+    training_pairs,
+)
 from viprog.metrics import exec_metrics, reward_metrics
 from viprog.policy import extract_program
 from viprog.rollout import check_primitives_answered, execute_programs, load_images, summary
-from viprog.runs import Appender, AtomicJsonl, iter_jsonl, read_partial, tmp_dir_for, write_jsonl_atomic
+from viprog.runs import Appender, AtomicJsonl, iter_jsonl, read_json, read_partial, tmp_dir_for, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +229,29 @@ def round_means(history: Sequence[dict[str, Any]]) -> dict[str, float]:
     return {f"grpo/{key}": sum(values) / len(values) for key, values in sums.items()}
 
 
+def train_on_corrections(ctx: Any, k: int, adapter_in: Path | None) -> tuple[Path | None, dict[str, Any]]:
+    """The adapter round k's GRPO starts from, and its `corrections/*` metrics: `adapter_in`
+    fine-tuned on the run's corrections (a fresh LoRA when there is none yet) into
+    `round_<k>/corrections_adapter/`; without corrections, `adapter_in` itself and no metrics.
+    A finished adapter is there whole or not at all, so a resumed round reuses it."""
+    if not ctx.corrections:
+        return adapter_in, {}
+    cfg, out = ctx.cfg, ctx.run.artifact(k, "corrections_adapter")
+    if not out.exists():
+        ctx.policy.release_caches()  # the sampling engine's memory, for the trainer
+        finetune(base_model_path(ctx.policy), ctx.policy.tokenizer,
+                 training_pairs(ctx.prompter, cfg.train_prompt, ctx.corrections), out, lora=cfg.lora,
+                 train=cfg.train, init_adapter=adapter_in, device=cfg.device, seed=cfg.seed + k)
+        log.info("round %d: %d corrections trained into %s before GRPO", k, len(ctx.corrections), out)
+    stats = read_json(out / "train_stats.json")
+    return out, {f"corrections/{key.removeprefix('train/')}": value for key, value in stats.items()}
+
+
 def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any], str],
                 adapter_in: Path | None) -> dict[str, Any]:
-    """One GRPO round: train on `examples` (one group each), write samples.jsonl, the adapter
-    and the per-step log under round k; returns the round's `train/`, `grpo/`, `reward/`,
-    `exec/` and `sample/` metrics."""
+    """One GRPO round (after `train_on_corrections`): train on `examples` (one group each),
+    write samples.jsonl, the adapter and the per-step log under round k; returns the round's
+    `train/`, `grpo/`, `reward/`, `exec/`, `sample/` (and `corrections/`) metrics."""
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer
@@ -235,6 +270,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     drop_rows_after(partial, done)
     if checkpoint:
         log.info("round %d: GRPO resumes from %s (step %d of %d)", k, checkpoint, done, steps)
+    adapter_in, corrected = train_on_corrections(ctx, k, adapter_in)
     model_path = base_model_path(ctx.policy)
     tokenizer = AutoTokenizer.from_pretrained(model_path)  # its own: left padding, whatever the policy uses
     tokenizer.padding_side = "left"
@@ -266,7 +302,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     stats = {"train/algo": "grpo", "train/steps": int(output.global_step), "train/questions": len(examples),
              "train/seconds": round(seconds, 3), "train/loss_mean": float(output.training_loss),
              "train/reward_first": rewards[0] if rewards else None, "train/reward_last": rewards[-1] if rewards else None,
-             **round_means(history)}
+             **round_means(history), **corrected}
     publish_adapter(trainer.model, tmp_dir_for(run.artifact(k, "adapter")), run.artifact(k, "adapter"), stats)
     del trainer, model
     free_memory(cuda)

@@ -38,7 +38,7 @@ from viprog.config import SamplingSettings, TaskPolicyConfig
 from viprog.corrections import library_rows
 from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_stats, primitive_calls, select_programs
-from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune
+from viprog.finetune import LoraSettings, TrainSettings, base_model_path, finetune, training_pairs
 from viprog.grpo import GrpoOptions, check_options, train_round
 from viprog.launch import check_launcher, launched
 from viprog.library import Library
@@ -142,7 +142,7 @@ class SelfTrainConfig(TaskPolicyConfig):
     """Options of --algo grpo."""
     corrections: str | None = None
     """A JSONL file of hand-written programs (`viprog corrections suggest RUN` lists what to
-    write): in every round's training data (rest) and in the library (both algorithms)."""
+    write): in every round's training data (rest: its SFT pairs; grpo: an SFT step before each round) and the library."""
     preset: Literal["embedded", "virep-gpu"] | None = None
     """Start from a preset; every option given on the command line wins over it. (In Python:
     `SelfTrainConfig.from_preset(name, **options)`.)"""
@@ -378,8 +378,7 @@ def train_step(ctx: Context, k: int, adapter_in: Any) -> dict[str, Any]:
     if not rows:
         log.warning("round %d: no program was kept; the policy stays as it is", k)
         return {"train/examples": 0, "train/skipped": 1}
-    prompt = ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot
-    pairs = [(prompt(r["query"]), r["program"]) for r in rows]
+    pairs = training_pairs(ctx.prompter, cfg.train_prompt, rows)
     ctx.policy.release_caches()  # the int8 copy and prefix caches are stale after training anyway
     tune = launched(cfg.train_launcher, finetune)  # in this process, or under `accelerate launch`
     return tune(base_model_path(ctx.policy), ctx.policy.tokenizer, pairs, run.artifact(k, "adapter"),

@@ -1,0 +1,191 @@
+"""The comparison's numbers from its saved cells: the results JSON, table.md, report.html and
+rows.jsonl (`bench/selftrain_compare.py` writes the cells; this reads only them and the runs'
+metrics, so a summary can be redone at any time without running a model).
+
+Every accuracy is a mean over (seed, question) cells with a 95 % percentile-bootstrap
+interval over questions and seeds (`viprog.bootstrap`). Differences — a variant against the
+first one at the same round, and a variant's round against its previous round (does it still
+rise?) — are paired on the same questions and seeds, over the seeds both sides have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from selftrain_compare import VARIANTS, CompareConfig
+from selftrain_study import rows_path
+from study_summary import estimate_text, html_page, matrix
+
+from viprog.bootstrap import bootstrap_ci, paired_difference
+from viprog.runs import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+Cells = dict[tuple[str, int, int], dict[str, dict[str, Any]]]
+#: what each run's round metrics contribute: the budget, what was kept and trained, seconds
+RUN_METRICS = ("sample/programs", "reward/mean", "filter/kept", "train/examples", "train/steps",
+               "corrections/examples", "corrections/steps", "time/round_s", "time/sample_s", "time/train_s",
+               "time/eval_s")
+
+
+def load_cells(cfg: CompareConfig, root: Path) -> Cells:
+    """(variant, seed, round) → {question id: row} for every saved cell."""
+    cells: Cells = {}
+    for variant in cfg.variants:
+        for seed in cfg.seeds:
+            for k in range(cfg.rounds + 1):
+                path = rows_path(root, variant, seed, k)
+                if path.exists():
+                    cells[(variant, seed, k)] = {r["question_id"]: r for r in read_jsonl(path)}
+    return cells
+
+
+def paired(cells: Cells, control: tuple[str, int], treated: tuple[str, int], seeds: tuple[int, ...],
+           questions: list[str], draws: int) -> dict[str, Any] | None:
+    """treated − control, each a (variant, round), paired over the seeds both have (None: none)."""
+    common = tuple(s for s in seeds if (control[0], s, control[1]) in cells and (treated[0], s, treated[1]) in cells)
+    if not common:
+        return None
+    a = matrix(cells, treated[0], common, treated[1], questions)
+    b = matrix(cells, control[0], common, control[1], questions)
+    return {**paired_difference(a, b, draws=draws).to_json(), "seeds": len(common)}
+
+
+def run_metrics(cfg: CompareConfig, root: Path) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """variant → seed<s> → round_k → the round's RUN_METRICS (what exists of them)."""
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    for variant in cfg.variants:
+        for path in sorted((root / variant).glob("seed*/round_*/metrics.json")):
+            metrics = read_json(path)
+            out.setdefault(variant, {}).setdefault(path.parent.parent.name, {})[path.parent.name] = {
+                key: metrics[key] for key in RUN_METRICS if key in metrics}
+    return out
+
+
+def budget(budgets: dict[str, int], runs: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """The planned programs per round of each variant and the numbers each round really sampled."""
+    sampled = {variant: {seed: {r: m["sample/programs"] for r, m in rounds.items() if "sample/programs" in m}
+                         for seed, rounds in per_seed.items()} for variant, per_seed in runs.items()}
+    counts = {n for per_seed in sampled.values() for rounds in per_seed.values() for n in rounds.values()}
+    return {"per_round": budgets, "equal": len(set(budgets.values())) == 1, "sampled": sampled,
+            "sampled_equal": len(counts) <= 1}
+
+
+def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dict[str, Any]) -> dict[str, Any]:
+    """The results dict (also written to root/compare.json), with the tables and report.html."""
+    cells = load_cells(cfg, root)
+    first = next((key for key in cells if key[2] == 0), None)
+    if first is None:
+        raise RuntimeError(f"{root}: no round-0 rows yet; run the comparison first")
+    questions = sorted(cells[first])
+    types = {q: cells[first][q].get("question_type") or "?" for q in questions}
+    seeds, draws, base = cfg.seeds, cfg.draws, cfg.variants[0]
+    variants: dict[str, dict[str, Any]] = {}
+    for variant in cfg.variants:
+        for k in range(cfg.rounds + 1):
+            m = matrix(cells, variant, seeds, k, questions)
+            if m is not None:
+                variants.setdefault(variant, {})[f"round_{k}"] = {**bootstrap_ci(m, draws=draws).to_json(),
+                                                                  "seeds": m.shape[0]}
+
+    def per_round(control: Callable[[int], tuple[str, int]], treated: str) -> dict[str, Any]:
+        return {f"round_{k}": d for k in range(1, cfg.rounds + 1)
+                if (d := paired(cells, control(k), (treated, k), seeds, questions, draws))}
+
+    differences = {f"{v} - {base}": per_round(lambda k: (base, k), v) for v in cfg.variants[1:]}
+    gains = {v: per_round(lambda k, v=v: (v, 0), v) for v in cfg.variants}
+    steps = {v: per_round(lambda k, v=v: (v, k - 1), v) for v in cfg.variants}
+    last = max((k for (_, _, k) in cells), default=0)
+    runs = run_metrics(cfg, root)
+    result: dict[str, Any] = {
+        "task": cfg.task,
+        "n_questions": len(questions),
+        "seeds": list(seeds),
+        "rounds": cfg.rounds,
+        "variants": variants,
+        "differences": differences,
+        "gains_vs_round_0": gains,
+        "round_over_round": steps,
+        "by_type_round": last,
+        "by_type": by_type(cells, cfg.variants, seeds, last, questions, types),
+        "budget": budget(budgets, runs),
+        "protocol": "each round evaluated greedily on the first n_questions of the task's evaluation split, "
+                    "few-shot prompt without library programs, the same for every variant; round 0 is the base "
+                    "model, evaluated once and shared",
+        "variant_descriptions": {v: VARIANTS[v][0] for v in cfg.variants},
+        "corrections": cfg.corrections,
+        "runs": runs,
+        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
+                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "algo",
+                                  "corrections")},
+        "meta": meta,
+        "note": "bootstrap over questions and seeds; accuracies in [0, 1]; differences are paired",
+    }
+    write_outputs(root, cfg, result, cells)
+    return result
+
+
+def by_type(cells: Cells, variants: tuple[str, ...], seeds: tuple[int, ...], k: int, questions: list[str],
+            types: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """Round k's accuracy per question type and variant (mean over seeds and questions, with n)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for variant in variants:
+        m = matrix(cells, variant, seeds, k, questions)
+        if m is None:
+            continue
+        for t in sorted(set(types.values())):
+            cols = [i for i, q in enumerate(questions) if types[q] == t]
+            out.setdefault(t, {"n": len(cols)})[variant] = round(float(m[:, cols].mean()), 6)
+    return out
+
+
+def tables(result: dict[str, Any]) -> str:
+    """Markdown: accuracy per variant and round, the paired differences, and per question type."""
+    rounds = [f"round_{k}" for k in range(result["rounds"] + 1)]
+    b = result["budget"]
+    lines = [(f"n = {result['n_questions']} held-out questions × seeds {result['seeds']} ({result['task']}); greedy, "
+              "few-shot prompt without library programs, the same for every variant"),
+             "programs sampled per round: " + ", ".join(f"{v} {n}" for v, n in b["per_round"].items())
+             + f" (equal: {'yes' if b['equal'] else 'NO'}; as sampled: {'yes' if b['sampled_equal'] else 'NO'})",
+             "", "| variant | " + " | ".join(rounds) + " |", "|---" * (len(rounds) + 1) + "|"]
+    for variant, per_round in result["variants"].items():
+        lines.append(f"| {variant} | " + " | ".join(estimate_text(per_round.get(r)) for r in rounds) + " |")
+    lines += ["", "| paired difference | " + " | ".join(rounds[1:]) + " |", "|---" * len(rounds) + "|"]
+    named = [(name, d) for name, d in result["differences"].items()]
+    named += [(f"{v}: round k − round k−1", d) for v, d in result["round_over_round"].items()]
+    for name, per_round in named:
+        lines.append(f"| {name} | " + " | ".join(estimate_text(per_round.get(r)) for r in rounds[1:]) + " |")
+    variants = list(result["variants"])
+    lines += ["", f"| question type (round {result['by_type_round']}) | " + " | ".join(variants) + " |",
+              "|---" * (len(variants) + 1) + "|"]
+    for t, row in result["by_type"].items():
+        lines.append(f"| {t} (n={row['n']}) | " + " | ".join(f"{row[v]:.0%}" if v in row else "–" for v in variants)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(root: Path, cfg: CompareConfig, result: dict[str, Any], cells: Cells) -> None:
+    """compare.json, table.md, rows.jsonl (every cell's rows) and report.html under `root`."""
+    from viprog.report import svg_plot
+
+    write_json_atomic(root / "compare.json", result)
+    table = tables(result)
+    write_text_atomic(root / "table.md", table)
+    write_jsonl_atomic(root / "rows.jsonl", (row for key in sorted(cells) for row in cells[key].values()))
+    series = {v: [(int(r.removeprefix("round_")), e["mean"]) for r, e in per_round.items()]
+              for v, per_round in result["variants"].items()}
+    plot = svg_plot(series, width=760, height=340,
+                    title=f"{' vs '.join(cfg.variants)} on {cfg.task}: held-out accuracy per round "
+                          f"({result['n_questions']} questions)")
+    described = "".join(f"<li><b>{html.escape(v)}</b>: {html.escape(d)}</li>"
+                        for v, d in result["variant_descriptions"].items())
+    write_text_atomic(root / "report.html", html_page(
+        f"viprog compare {cfg.task}",
+        f"<h1>Self-training variants: <code>{html.escape(cfg.task)}</code></h1>"
+        f"<p>{result['n_questions']} held-out questions, seeds {result['seeds']}, {cfg.rounds} round(s); "
+        f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot}"
+        f"<p>Means over questions and seeds; the tables give the 95 % bootstrap intervals and the paired "
+        f"differences.</p><ul>{described}</ul><pre>{html.escape(table)}</pre>"))
+

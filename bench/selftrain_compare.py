@@ -1,0 +1,205 @@
+"""Self-training variants side by side on the study's held-out set: ReST against GRPO, plain
+self-training against self-training with a correction pool (issue #16's two measurements).
+
+Why its own bench: the study (`bench/selftrain_study.py`) takes one default run apart into
+arms; this one runs whole variants of the run — another algorithm, or hand-written programs
+mixed in — and asks which one is ahead at each round, on the same questions and seeds:
+
+    rest              ReST, filtered behaviour cloning (the default)
+    grpo              --algo grpo: TRL's GRPOTrainer, rewarded by the sandbox
+    plain             ReST without corrections (the control of the corrections comparison)
+    corrections       ReST with --corrections FILE
+    grpo-corrections  --algo grpo with --corrections FILE
+
+Every variant × seed is one `viprog.selftrain` run under runs/compare/<task>/<variant>/seed<s>,
+evaluated after every round, greedily, on the study's held-out set (the first N test
+questions, covering every question type) under one prompt for all — few-shot, no library
+programs (`--no-eval-library`) — so what is compared is the weights. Round 0 is the base
+model under that prompt, the same for every run: it is evaluated once and copied. Each
+round's evaluation rows are saved as a cell (rows/<variant>/seed<s>-round<k>.jsonl, as the
+study's), and a run whose cells all exist is not run again, so a killed comparison resumes.
+The variants sample the same number of programs per round (questions_per_round ×
+sampling.n): checked before anything runs, and the programs each round really sampled are
+recorded beside it.
+
+    python bench/selftrain_compare.py --variants rest grpo                       # shapes, 3 seeds x 3 rounds
+    python bench/selftrain_compare.py --task shapes-hard --variants plain corrections --rounds 6 \\
+        --corrections bench/data/shapes_hard_corrections.jsonl
+    python bench/selftrain_compare.py --variants rest grpo --summary-only       # tables from the saved cells
+
+Output (`compare_summary.summarise`): table.md and report.html under runs/compare/<task>/,
+rows.jsonl, and bench/results/selftrain_compare_<name>.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selftrain_study import HeldOutSettings, check_coverage, held_out_run, machine_load, rows_path, save_cell
+
+from viprog.errors import UsageError
+from viprog.selftrain import SelfTrainConfig
+
+log = logging.getLogger("viprog.compare")
+
+#: variant → (what it is, the selftrain algorithm, whether it trains on --corrections)
+VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "rest": ("ReST: filtered behaviour cloning (the default)", "rest", False),
+    "grpo": ("--algo grpo: TRL's GRPOTrainer, the sandbox's reward", "grpo", False),
+    "plain": ("ReST without corrections", "rest", False),
+    "corrections": ("ReST with --corrections FILE", "rest", True),
+    "grpo-corrections": ("--algo grpo with --corrections FILE (a supervised step on them before each round)",
+                         "grpo", True),
+}
+
+
+@dataclass
+class CompareConfig(HeldOutSettings):
+    """Named self-training variants on the study's held-out set (see the module docstring)."""
+
+    variants: tuple[str, ...] = ("rest", "grpo")
+    """Variants to run, in order: the differences are each later one minus the first."""
+    corrections: str | None = None
+    """The corrections file of the *corrections variants (JSONL, `viprog corrections suggest`)."""
+    name: str | None = None
+    """Name of the results file bench/results/selftrain_compare_<name>.json (None: the variants joined by _)."""
+    out_dir: str = "runs/compare"
+    """Where the runs, rows, table and report go (a folder per task)."""
+    results_dir: str | None = "bench/results"
+    """Also write the results JSON into this folder (None: only under out_dir)."""
+
+    @property
+    def results_name(self) -> str:
+        return self.name or "_".join(v.replace("-", "_") for v in self.variants)
+
+
+def variant_config(cfg: CompareConfig, root: Path, variant: str, seed: int) -> SelfTrainConfig:
+    """The selftrain config of one variant's run for one seed."""
+    _, algo, corrected = VARIANTS[variant]
+    return held_out_run(cfg.selftrain, task=cfg.task, seed=seed, rounds=cfg.rounds, n_questions=cfg.n_questions,
+                        runs_dir=root / variant, run_name=f"seed{seed}", algo=algo, eval_library=False,
+                        corrections=cfg.corrections if corrected else None)
+
+
+def sampled_per_round(run: SelfTrainConfig) -> int:
+    """Programs one round of `run` samples: questions × programs per question. GRPO trains on
+    whole steps of --grpo.questions-per-step questions, so it samples none for a remainder."""
+    questions = run.questions_per_round
+    if run.algo == "grpo":
+        questions -= questions % run.grpo.questions_per_step
+    return questions * run.sampling.n
+
+
+def check_budgets(configs: dict[str, SelfTrainConfig]) -> dict[str, int]:
+    """Each variant's programs sampled per round; a `UsageError` unless they are all equal."""
+    budgets = {variant: sampled_per_round(run) for variant, run in configs.items()}
+    if len(set(budgets.values())) > 1:
+        shown = ", ".join(f"{v} {n}" for v, n in budgets.items())
+        raise UsageError(f"the variants would sample different numbers of programs per round ({shown}); make "
+                         "--selftrain.questions-per-round a multiple of --selftrain.grpo.questions-per-step")
+    return budgets
+
+
+class Compare:
+    """Runs the variants' runs that have cells to do, then summarises all saved cells."""
+
+    def __init__(self, cfg: CompareConfig) -> None:
+        unknown = sorted(set(cfg.variants) - set(VARIANTS))
+        if unknown:
+            raise UsageError(f"unknown variant {unknown[0]!r}; variants: {', '.join(VARIANTS)}")
+        if len(set(cfg.variants)) != len(cfg.variants) or not cfg.variants:
+            raise UsageError(f"--variants names each variant once, got {' '.join(cfg.variants) or 'none'}")
+        if not cfg.seeds or cfg.rounds < 1 or cfg.n_questions < 1:
+            raise UsageError("the comparison needs at least one seed, one round and one question")
+        needs = [v for v in cfg.variants if VARIANTS[v][2]]
+        if needs and cfg.corrections is None:
+            raise UsageError(f"variant {needs[0]} trains on corrections: pass --corrections FILE")
+        if not needs and cfg.corrections is not None:
+            raise UsageError("--corrections is given but no variant uses it (corrections, grpo-corrections)")
+        self.cfg = cfg
+        self.root = Path(cfg.out_dir) / cfg.task
+        self.budgets = check_budgets({v: variant_config(cfg, self.root, v, cfg.seeds[0]) for v in cfg.variants})
+        self.failed: list[dict[str, Any]] = []
+
+    def done(self, variant: str, seed: int) -> bool:
+        return all(rows_path(self.root, variant, seed, k).exists() for k in range(self.cfg.rounds + 1))
+
+    def share_round_0(self, run_root: Path) -> None:
+        """Copy a finished round 0 (the base model, greedy, under the common prompt) into a new
+        run, so it is evaluated once for all."""
+        if (run_root / "round_0").exists():
+            return
+        for variant in self.cfg.variants:
+            for seed in self.cfg.seeds:
+                source = self.root / variant / f"seed{seed}" / "round_0"
+                if (source / "metrics.json").exists():
+                    shutil.copytree(source, run_root / "round_0")
+                    return
+
+    def one_run(self, variant: str, seed: int) -> None:
+        """Run (or resume) one variant for one seed and save the cells it evaluated."""
+        from viprog.runs import read_jsonl
+        from viprog.selftrain import main as selftrain
+
+        run = variant_config(self.cfg, self.root, variant, seed)  # now: whether to resume depends on the folder
+        run_root = Path(run.runs_dir) / run.run_name
+        self.share_round_0(run_root)
+        log.info("%s, seed %d: run in %s", variant, seed, run_root)
+        selftrain(run)
+        for k in range(self.cfg.rounds + 1):
+            if not rows_path(self.root, variant, seed, k).exists():
+                save_cell(self.root, variant, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
+
+    def run(self) -> None:
+        from tqdm.auto import tqdm
+
+        check_coverage(self.cfg)
+        todo = [(v, s) for s in self.cfg.seeds for v in self.cfg.variants]  # seed by seed: pairs complete early
+        with tqdm(total=len(todo), desc="compare runs", unit="run", dynamic_ncols=True) as bar:
+            for variant, seed in todo:
+                if not self.done(variant, seed):
+                    try:
+                        self.one_run(variant, seed)
+                    except Exception as exc:  # noqa: BLE001 - recorded and retried by the next call; the other runs go on
+                        log.error("%s seed %d failed: %s: %s", variant, seed, type(exc).__name__, exc)
+                        self.failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+                bar.update()
+
+
+def run_compare(cfg: CompareConfig) -> int:
+    """Run what is missing of `cfg`, summarise, write the results; the exit status."""
+    from compare_summary import summarise
+
+    load_before, start = machine_load(), time.perf_counter()
+    compare = Compare(cfg)
+    if not cfg.summary_only:
+        compare.run()
+    meta = {"load_before": load_before, "load_after": machine_load(),
+            "wall_s_this_process": round(time.perf_counter() - start, 1), "failed_runs": compare.failed}
+    summary = summarise(cfg, compare.root, compare.budgets, meta)
+    if cfg.results_dir:
+        from viprog.runs import write_json_atomic
+
+        path = write_json_atomic(Path(cfg.results_dir) / f"selftrain_compare_{cfg.results_name}.json", summary)
+        log.info("results written to %s", path)
+    log.info("table, report and rows written under %s", compare.root)
+    return 1 if compare.failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import tyro
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return run_compare(tyro.cli(CompareConfig, args=list(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

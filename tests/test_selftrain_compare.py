@@ -1,0 +1,182 @@
+"""The variants comparison end to end at toy scale (bench/selftrain_compare.py): the tiny Qwen2
+of the study's test on the toy counting task, ReST against GRPO on two seeds and plain against
+corrected self-training over two rounds. Every run is evaluated under one prompt, round 0 runs
+once, the budgets are checked and recorded, the results JSON's numbers are the saved rows'
+numbers, and a rerun runs nothing that is done. Also bench/corrections_baseline.py, the base
+policy on a correction pool's own questions."""
+
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import selftrain_fixtures as F
+from test_selftrain_study import guessing_model, toy_prompts, toy_study  # noqa: F401  (fixtures)
+
+from viprog.errors import UsageError
+from viprog.grpo import GrpoOptions
+from viprog.runs import read_jsonl
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+compare = importlib.import_module("selftrain_compare")
+
+
+def toy_compare(model, root, **overrides):
+    """The study test's toy settings, with the library out of the sampling prompts (the toy
+    model knows only the few-shot prompt) and a GRPO learning rate that moves the toy model."""
+    selftrain = dataclasses.replace(toy_study(model, root).selftrain, library_shots=0,
+                                    grpo=GrpoOptions(questions_per_step=2, learning_rate=5e-3))
+    base = {"task": "toy-count", "n_questions": 24, "seeds": (0, 1), "rounds": 1, "out_dir": str(root / "compare"),
+            "results_dir": str(root / "results"), "draws": 500, "selftrain": selftrain}
+    return compare.CompareConfig(**(base | overrides))
+
+
+def rewards(cfg, variant, k, seeds=None):
+    root = Path(cfg.out_dir) / cfg.task
+    return np.array([[r["reward"] for r in read_jsonl(compare.rows_path(root, variant, s, k))]
+                     for s in (seeds or cfg.seeds)])
+
+
+@pytest.fixture(scope="module")
+def rest_grpo(guessing_model, toy_prompts, tmp_path_factory):  # noqa: F811
+    root = tmp_path_factory.mktemp("compare")
+    cfg = toy_compare(guessing_model, root, variants=("rest", "grpo"))
+    assert compare.run_compare(cfg) == 0
+    return cfg, json.loads((root / "results" / "selftrain_compare_rest_grpo.json").read_text())
+
+
+@pytest.mark.slow  # four selftrain runs of the tiny model (~1-2 min on 2 loaded cores)
+def test_every_number_is_the_mean_of_its_saved_rows(rest_grpo):
+    cfg, result = rest_grpo
+    assert result["n_questions"] == 24 and result["seeds"] == [0, 1] and set(result["variants"]) == {"rest", "grpo"}
+    for variant, per_round in result["variants"].items():
+        assert set(per_round) == {"round_0", "round_1"}
+        for name, entry in per_round.items():
+            lo, hi = entry["ci95"]
+            assert 0.0 <= lo <= entry["mean"] <= hi <= 1.0
+            assert entry["mean"] == pytest.approx(rewards(cfg, variant, int(name[-1])).mean(), abs=1e-6)
+    diff = result["differences"]["grpo - rest"]["round_1"]
+    assert diff["mean"] == pytest.approx((rewards(cfg, "grpo", 1) - rewards(cfg, "rest", 1)).mean(), abs=1e-6)
+    assert diff["seeds"] == 2 and diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+    gain = result["gains_vs_round_0"]["rest"]["round_1"]["mean"]
+    assert gain == pytest.approx((rewards(cfg, "rest", 1) - rewards(cfg, "rest", 0)).mean(), abs=1e-6)
+    assert result["round_over_round"]["grpo"]["round_1"]["mean"] == pytest.approx(
+        result["gains_vs_round_0"]["grpo"]["round_1"]["mean"])
+    assert set(result["by_type"]) == set(F.SHAPES) and result["by_type"]["circle"]["n"] == 6
+    assert result["meta"]["failed_runs"] == [] and "load average" in result["meta"]["load_before"]
+
+
+@pytest.mark.slow
+def test_the_budgets_are_equal_and_recorded(rest_grpo):
+    """16 questions × 4 programs a round, for both: planned and as the runs sampled them."""
+    _, result = rest_grpo
+    budget = result["budget"]
+    assert budget["per_round"] == {"rest": 64, "grpo": 64} and budget["equal"] and budget["sampled_equal"]
+    assert budget["sampled"] == {v: {f"seed{s}": {"round_1": 64} for s in (0, 1)} for v in ("rest", "grpo")}
+    assert result["runs"]["grpo"]["seed0"]["round_1"]["train/steps"] == 8  # GRPO: 2 questions per step
+
+
+@pytest.mark.slow
+def test_every_run_is_evaluated_under_one_prompt_and_round_0_runs_once(rest_grpo):
+    cfg, _ = rest_grpo
+    root = Path(cfg.out_dir) / cfg.task
+    first = None
+    for variant in ("rest", "grpo"):
+        for seed in cfg.seeds:
+            run = root / variant / f"seed{seed}"
+            saved = json.loads((run / "config.json").read_text())
+            assert (saved["algo"], saved["seed"], saved["eval_size"]) == (variant, seed, 24)
+            assert not saved["eval_library"] and saved["base_prompt"] == saved["tuned_prompt"] == "few-shot"
+            eval_0 = (run / "round_0" / "eval.jsonl").read_text()
+            first = first or eval_0
+            assert eval_0 == first  # copied from the first run, not evaluated again
+            assert len(read_jsonl(compare.rows_path(root, variant, seed, 1))) == 24
+
+
+@pytest.mark.slow
+def test_outputs_a_table_a_plot_and_all_rows(rest_grpo):
+    cfg, _ = rest_grpo
+    root = Path(cfg.out_dir) / cfg.task
+    assert (root / "report.html").read_text().count('class="series"') == 2
+    table = (root / "table.md").read_text()
+    assert "| rest |" in table and "| grpo - rest |" in table and "rest 64, grpo 64 (equal: yes" in table
+    assert len(read_jsonl(root / "rows.jsonl")) == 24 * 2 * 2 * 2  # questions × variants × seeds × rounds
+
+
+@pytest.mark.slow
+def test_a_rerun_runs_nothing_that_is_done(rest_grpo, monkeypatch):
+    cfg, result = rest_grpo
+    import viprog.selftrain
+
+    monkeypatch.setattr(viprog.selftrain, "main", lambda run: pytest.fail(f"{run.runs_dir} run again"))
+    assert compare.run_compare(cfg) == 0
+    again = json.loads((Path(cfg.results_dir) / "selftrain_compare_rest_grpo.json").read_text())
+    assert again["variants"] == result["variants"] and again["differences"] == result["differences"]
+
+
+@pytest.mark.slow  # two 2-round selftrain runs of the tiny model
+def test_corrections_against_plain_self_training(guessing_model, toy_prompts, tmp_path):  # noqa: F811
+    """The corrections variant trains each round on the file's program as well (one more
+    training pair than it kept) and the other does not; round over round is recorded."""
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_text(json.dumps({"query": F.query_for("star"), "program": F.right_program("star"),
+                                       "question_id": "train-3"}) + "\n")
+    cfg = toy_compare(guessing_model, tmp_path, variants=("plain", "corrections"), seeds=(0,), rounds=2,
+                      corrections=str(corrections))
+    assert compare.run_compare(cfg) == 0
+    result = json.loads((tmp_path / "results" / "selftrain_compare_plain_corrections.json").read_text())
+    root = Path(cfg.out_dir) / cfg.task
+    assert json.loads((root / "corrections" / "seed0" / "config.json").read_text())["corrections"] == str(corrections)
+    assert json.loads((root / "plain" / "seed0" / "config.json").read_text())["corrections"] is None
+    for k in (1, 2):
+        corrected = result["runs"]["corrections"]["seed0"][f"round_{k}"]
+        assert corrected["train/examples"] == corrected["filter/kept"] + 1
+        plain = result["runs"]["plain"]["seed0"][f"round_{k}"]
+        assert plain.get("train/examples", 0) == plain["filter/kept"]
+    assert set(result["round_over_round"]["corrections"]) == {"round_1", "round_2"}
+    assert set(result["differences"]["corrections - plain"]) == {"round_1", "round_2"}
+    assert result["by_type_round"] == 2 and set(result["by_type"]["star"]) == {"n", "plain", "corrections"}
+    # (which variant is ahead is not asserted: the toy trains under the short prompt and is
+    # evaluated under the few-shot one, and one more pair changes its whole trajectory)
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"variants": ("rest", "magic")}, "unknown variant 'magic'"),
+    ({"variants": ("rest", "rest")}, "each variant once"),
+    ({"variants": ("plain", "corrections")}, "pass --corrections FILE"),
+    ({"corrections": "c.jsonl"}, "no variant uses it"),
+    ({"rounds": 0}, "at least one seed, one round"),
+])
+def test_bad_settings_are_one_line(given, message, tmp_path):
+    with pytest.raises(UsageError, match=message):
+        compare.Compare(toy_compare("unused", tmp_path, **given))
+
+
+def test_unequal_budgets_are_refused(tmp_path):
+    """GRPO trains on whole steps: 15 questions at 2 per step sample 14 × 4 programs, ReST 15 × 4."""
+    cfg = toy_compare("unused", tmp_path)
+    cfg.selftrain = dataclasses.replace(cfg.selftrain, questions_per_round=15)
+    with pytest.raises(UsageError, match="rest 60, grpo 56"):
+        compare.Compare(cfg)
+    cfg.selftrain = dataclasses.replace(cfg.selftrain, questions_per_round=14)
+    assert compare.Compare(cfg).budgets == {"rest": 56, "grpo": 56}
+
+
+def test_the_corrections_baseline_shows_where_the_policy_fails(guessing_model, toy_prompts, tmp_path):  # noqa: F811
+    """bench/corrections_baseline.py: greedy, the toy base policy is right for circles only;
+    the pool's programs are right for both of its questions."""
+    baseline = importlib.import_module("corrections_baseline")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"query": F.query_for(shape), "program": F.right_program(shape),
+                                        "question_id": qid}) + "\n" for shape, qid in (("circle", "train-0"),
+                                                                                       ("star", "train-3"))))
+    selftrain = toy_compare(guessing_model, tmp_path).selftrain
+    result = baseline.run_baseline(baseline.BaselineConfig(corrections=str(pool), task="toy-count",
+                                                           results=str(tmp_path / "baseline.json"),
+                                                           selftrain=selftrain))
+    assert result["n"] == 2 and result["corrections_accuracy"] == 1.0 and result["base_accuracy"] == 0.5
+    assert {t: e["accuracy"] for t, e in result["base_by_type"].items()} == {"circle": 1.0, "star": 0.0}
+    assert json.loads((tmp_path / "baseline.json").read_text())["base_rows"] == result["base_rows"]
