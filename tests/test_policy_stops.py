@@ -58,9 +58,25 @@ def test_stopping_while_decoding_gives_the_cut_of_the_finished_text(text):
             return
 
 
-def test_eos_ids_join_the_tokenizer_and_the_generation_config():
+def test_eos_ids_join_the_tokenizer_the_generation_config_and_the_padding_token():
     from types import SimpleNamespace
 
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
     assert eos_ids(model, SimpleNamespace(eos_token_id=3)) == {3, 5, 7}
-    assert eos_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None)) == set()
+    assert eos_ids(model, SimpleNamespace(eos_token_id=3, pad_token_id=9)) == {3, 5, 7, 9}
+    assert eos_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None, pad_token_id=None)) == set()
+
+
+def test_the_embedded_tokenizers_end_at_endoftext(tmp_path):
+    """Qwen2.5's `<|endoftext|>` (its padding token) ends a program: the 1.5B writes it right
+    after the return line, and without this rule the next document was glued onto it."""
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<|im_end|>": 1, "x": 2}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="x")),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    config = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=1))  # as in our converted folders
+    assert eos_ids(config, tok) == {0, 1}

@@ -222,7 +222,7 @@ class HFPolicy(Policy):
             for i in range(len(chunk)):
                 rows = []
                 for row in gen[i * params.n:(i + 1) * params.n].tolist():
-                    end = next((k for k, t in enumerate(row) if t in eos or t == tok.pad_token_id), len(row))
+                    end = next((k for k, t in enumerate(row) if t in eos), len(row))
                     rows.append(row[:end])
                 out.append(rows)
             bar.update(len(chunk) * params.n)

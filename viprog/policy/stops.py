@@ -67,8 +67,11 @@ def cut_all(completions: Sequence[Sequence[str]], stops: Sequence[str]) -> list[
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Every token that ends a sequence: the tokenizer's eos and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    """Every token that ends a sequence: the tokenizer's eos, the generation config's, and the
+    padding token — a model that writes that one has ended its text (Qwen2.5's pad is
+    `<|endoftext|>`, which its instruct configs list as an eos; our converted folders do not),
+    and whatever it writes next is a new document that would be glued onto the program."""
+    ids = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "pad_token_id", None)) if t is not None}
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
