@@ -189,15 +189,21 @@ class Study:
         first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
         if run_root.name != first.parent.name and (first / "metrics.json").exists() and not (run_root / "round_0").exists():
             shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
+        check_eval_library(run_root, cfg.eval_library)
         self.close()  # one copy of the model at a time: the run loads its own
         log.info("seed %d: %s run in %s", seed, "restart-from-base" if restart else "continuing", run_root)
         selftrain(cfg)
+        from viprog.runs import read_json, read_jsonl
+
         for k in range(self.cfg.rounds + 1):
             arm = arms[0] if restart or k == 0 else arms[1]
             if (restart and k == 0) or rows_path(self.root, arm, seed, k).exists():
                 continue
-            from viprog.runs import read_jsonl
-
+            shown = read_json(run_root / f"round_{k}" / "eval.metrics.json").get("eval/library")
+            if k > 0 and shown is not None and shown != cfg.eval_library:
+                log.warning("%s round %d was evaluated %s library programs: not saved as %s", run_root, k,
+                            "with" if shown else "without", arm)
+                continue
             save_cell(self.root, arm, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
             self._mark(arm)
         return run_root
@@ -298,6 +304,18 @@ class Study:
             return self.large_cell()
         finally:
             self.close()
+
+
+def check_eval_library(run_root: Path, wanted: bool) -> None:
+    """A `UsageError` when the run at `run_root` evaluates its rounds otherwise than `wanted`
+    (with or without library programs): its rounds' rows would be saved under the wrong arm."""
+    from viprog.runs import read_json
+
+    config = run_root / "config.json"
+    saved = read_json(config).get("eval_library", True) if config.exists() else wanted
+    if saved != wanted:
+        raise UsageError(f"{run_root} evaluates its rounds {'with' if saved else 'without'} library programs; "
+                         f"pass {'--run-eval-library' if saved else '--no-run-eval-library'} or use another --out-dir")
 
 
 def check_coverage(cfg: HeldOutSettings) -> None:

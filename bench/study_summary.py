@@ -66,6 +66,8 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
             m = matrix(cells, arm, seeds, k, questions)
             if m is None:
                 continue
+            if arm == "a_base_fewshot":
+                m = m[:1]  # the base is greedy with fixed weights: its seeds' cells are copies of one run
             scores[(arm, k)] = m
             arms.setdefault(arm, {})[f"round_{k}"] = {**bootstrap_ci(m, **est).to_json(), "seeds": m.shape[0]}
             by_type.setdefault(arm, {})[f"round_{k}"] = {

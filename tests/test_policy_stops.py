@@ -58,25 +58,32 @@ def test_stopping_while_decoding_gives_the_cut_of_the_finished_text(text):
             return
 
 
-def test_eos_ids_join_the_tokenizer_the_generation_config_and_the_padding_token():
+def test_eos_ids_join_the_tokenizer_and_the_generation_config():
     from types import SimpleNamespace
 
     model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
     assert eos_ids(model, SimpleNamespace(eos_token_id=3)) == {3, 5, 7}
-    assert eos_ids(model, SimpleNamespace(eos_token_id=3, pad_token_id=9)) == {3, 5, 7, 9}
-    assert eos_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None, pad_token_id=None)) == set()
+    assert eos_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None)) == set()
 
 
-def test_the_embedded_tokenizers_end_at_endoftext(tmp_path):
-    """Qwen2.5's `<|endoftext|>` (its padding token) ends a program: the 1.5B writes it right
-    after the return line, and without this rule the next document was glued onto it."""
+def test_every_special_token_ends_a_program(tmp_path):
+    """Qwen2.5-Coder writes `<|endoftext|>` or `<|file_sep|>` right after its return line;
+    neither is in our converted folders' eos list, and a backend that went on past them glued
+    the next file onto the program. Ordinary added tokens do not end it."""
     from types import SimpleNamespace
 
-    from tokenizers import Tokenizer, models
+    from tokenizers import AddedToken, Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<|endoftext|>": 0, "<|im_end|>": 1, "x": 2}
+    from viprog.policy.stops import eos_ids_of
+
+    vocab = {"<|endoftext|>": 0, "<|im_end|>": 1, "x": 2, "<|file_sep|>": 3, "word": 4}
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="x")),
                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|file_sep|>"]})
+    tok.add_tokens([AddedToken("word", special=False)])
     config = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=1))  # as in our converted folders
-    assert eos_ids(config, tok) == {0, 1}
+    assert eos_ids(config, tok) == {0, 1, 3}
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 1}')
+    assert eos_ids_of(str(tmp_path), tok) == {0, 1, 3}
+    assert eos_ids_of(str(tmp_path / "no-such-folder"), tok) == {0, 1, 3}

@@ -398,7 +398,8 @@ def eval_step(ctx: Context, k: int, library: Library, adapter: Any) -> dict[str,
     report = ctx.parts.task.metrics([by_id[r["question_id"]] for r in rows], rows_to_results(rows),
                                     [r["reward"] for r in rows])
     return {**task_metrics(report), **exec_metrics(rows, prefix="eval_exec"), **metrics,
-            "eval/errors": report.get("errors", {}), "eval/adapter": str(adapter) if adapter else None}
+            "eval/errors": report.get("errors", {}), "eval/adapter": str(adapter) if adapter else None,
+            "eval/library": cfg.eval_library}
 
 
 def finish_round(ctx: Context, k: int, metrics: dict[str, Any], seconds: float) -> dict[str, Any]:

@@ -39,7 +39,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -49,7 +48,7 @@ from viprog.policy.base import Policy, SamplingParams
 from viprog.policy.decode import common_prefix
 from viprog.policy.gguf_export import export_lora, export_model
 from viprog.policy.hf import HFPolicy
-from viprog.policy.stops import cut_at_stop, eos_ids, stopped
+from viprog.policy.stops import cut_at_stop, eos_ids_of, stopped
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +142,8 @@ class LlamaCppPolicy(Policy):
     @property
     def tokenizer(self) -> Any:
         if self._tokenizer is None:
-            from transformers import GenerationConfig
-
             self._tokenizer = HFPolicy(self.model_path).tokenizer  # loaded (and refused) exactly as hf does
-            try:
-                generation = GenerationConfig.from_pretrained(self.model_path)
-            except OSError:  # no generation_config.json: the tokenizer's eos alone
-                generation = None
-            self._eos = eos_ids(SimpleNamespace(generation_config=generation), self._tokenizer)  # hf's rule
+            self._eos = eos_ids_of(self.model_path, self._tokenizer)  # the rule every backend shares
         return self._tokenizer
 
     def _config(self) -> Any:

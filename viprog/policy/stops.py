@@ -67,14 +67,31 @@ def cut_all(completions: Sequence[Sequence[str]], stops: Sequence[str]) -> list[
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Every token that ends a sequence: the tokenizer's eos, the generation config's, and the
-    padding token — a model that writes that one has ended its text (Qwen2.5's pad is
-    `<|endoftext|>`, which its instruct configs list as an eos; our converted folders do not),
-    and whatever it writes next is a new document that would be glued onto the program."""
-    ids = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "pad_token_id", None)) if t is not None}
+    """Every token that ends a program: the tokenizer's eos, the generation config's, and
+    every special token the tokenizer adds — a program never contains one, and a model that
+    writes one has left the program: Qwen2.5-Coder writes `<|endoftext|>` or `<|file_sep|>`
+    (a new file of its repository-level pretraining) right after a `return` line, and a
+    backend that went on past it glued the next file's text onto that line."""
+    ids = {tokenizer.eos_token_id} if getattr(tokenizer, "eos_token_id", None) is not None else set()
+    ids.update(i for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+               if getattr(token, "special", False))
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:
         ids.update(configured)
     return ids
+
+
+def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
+    """`eos_ids` for an engine that loads no transformers model: the generation config read
+    from the model's folder (none there: the tokenizer's alone)."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model_path)
+    except OSError:
+        generation = None
+    return eos_ids(SimpleNamespace(generation_config=generation), tokenizer)
