@@ -99,8 +99,10 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
         "analysis": analysis(root, cells),
-        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
-                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite")},
+        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()  # less what the study sets itself
+                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "eval_size",
+                                  "eval_split", "eval_library", "base_prompt", "tuned_prompt", "restart_from_base")},
+        "run_eval_library": getattr(cfg, "run_eval_library", True),
         "meta": meta,
         "note": "bootstrap over questions and seeds; accuracies in [0, 1]; best_selftrained is the maximum over "
                 "arms b-e and rounds >= 1, so it is optimistic (a selection over cells)",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 #: lines that may come before the program's code: blank, a comment, a (restated) header
@@ -86,8 +87,6 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
 def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
     """`eos_ids` for an engine that loads no transformers model: the generation config read
     from the model's folder (none there: the tokenizer's alone)."""
-    from types import SimpleNamespace
-
     from transformers import GenerationConfig
 
     try:
