@@ -29,7 +29,7 @@ from typing import Any
 
 from viprog.errors import UsageError
 from viprog.policy.base import Policy, SamplingParams
-from viprog.policy.stops import cut_all, eos_ids_of
+from viprog.policy.stops import cut_all
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ class VLLMPolicy(Policy):
         vllm = _vllm()
         sampling = vllm.SamplingParams(n=params.n, temperature=params.temperature,
                                        top_p=params.top_p if params.temperature > 0 else 1.0,
-                                       max_tokens=params.max_new_tokens, seed=params.seed,
-                                       stop_token_ids=sorted(eos_ids_of(self.model_path, self.tokenizer)))
+                                       max_tokens=params.max_new_tokens, seed=params.seed)
         outputs = self.llm.generate(list(prompts), sampling, lora_request=self._lora, use_tqdm=self.progress)
         return cut_all([[c.text for c in out.outputs] for out in outputs], params.stop)
 
