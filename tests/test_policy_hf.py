@@ -139,7 +139,10 @@ def alone(model, tokenizer, prompt, max_new_tokens):
     with torch.no_grad():
         row = model.generate(input_ids=ids, do_sample=False, max_new_tokens=max_new_tokens,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
-    end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+    from viprog.policy.stops import eos_ids
+
+    ends = eos_ids(model, tokenizer)  # the rule every backend ends a program by (any special token)
+    end = next((k for k, t in enumerate(row) if t in ends), len(row))
     return tokenizer.decode(row[:end], skip_special_tokens=True)
 
 
