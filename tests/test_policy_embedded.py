@@ -110,20 +110,31 @@ def test_the_1_5b_is_a_registered_policy_of_its_own_name(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_embedded_model_writes_a_program_that_runs():
-    """Assemble + verify + convert (once, into the cache), then one greedy program for a
-    shapes question, run in the sandbox on the question's image."""
+@pytest.mark.parametrize("engine", ["auto", "hf"])
+def test_the_embedded_model_answers_shapes_questions(engine):
+    """Assemble + verify + convert (once, into the cache), then greedy few-shot programs for
+    10 shapes val questions, run in the sandbox: at least 3 answered. On a CPU the default
+    ("auto") is llama.cpp on the shipped GGUF; both engines scored 55 % on 100 val
+    questions (docs/policy.md), and a broken engine, prompt or tokenizer scores near 0."""
     from viprog.executor import Executor, Job
     from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
+    from viprog.policy.llamacpp import LlamaCppPolicy
     from viprog.primitives.apidoc import api_section
     from viprog.tasks import TASKS
 
+    if engine == "auto":
+        pytest.importorskip("llama_cpp")
     task = TASKS.get("shapes")(progress=False)
-    example = next(ex for ex in task.examples("val", limit=20) if ex.question_type.startswith("exist"))
-    policy = load_policy(progress=False)
+    examples = task.examples("val", limit=10)
+    policy = load_policy(engine=engine, progress=False)
+    assert isinstance(policy, LlamaCppPolicy) == (engine == "auto")
     prompter = Prompter(api_section(task="shapes"), task.seed_programs(), tokenizer=policy.tokenizer)
     params = SamplingParams(temperature=0.0, max_new_tokens=96, stop=prompter.stop())
-    program = extract_program(policy.sample([prompter.few_shot(example.query)], params)[0][0])
+    completions = policy.sample([prompter.few_shot(ex.query) for ex in examples], params)
+    jobs = [Job(extract_program(c[0]), ex.image_key, task.load_image(ex), query=ex.query)
+            for c, ex in zip(completions, examples)]
     with Executor("shapes", workers=1, timeout=30.0) as executor:
-        [result] = executor.run_many([Job(program, example.image_key, task.load_image(example), query=example.query)])
-    assert result.ok, f"{result.error_kind}: {result.error}\n{program}"
+        results = executor.run_many(jobs)
+    correct = sum(float(task.reward(ex, r)) == 1.0 for ex, r in zip(examples, results))
+    policy.close()
+    assert correct >= 3, f"{correct} of 10 answered"

@@ -170,6 +170,27 @@ def test_embedded_falls_back_to_hf_with_one_warning(tiny, monkeypatch, caplog):
 
 
 @needs_engine
+def test_the_embedded_default_samples_with_llama_cpp_on_a_cpu(tiny, tiny_gguf, monkeypatch):
+    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None, **k: tiny_gguf)
+    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, **k: tiny)
+    p = load_policy(embedded.NAME, progress=False)  # engine "auto", device "cpu"
+    assert isinstance(p, LlamaCppPolicy) and p.name == embedded.NAME
+    p.close()
+    assert isinstance(load_policy(embedded.NAME, model=tiny, progress=False), HFPolicy)  # a model of one's own: hf
+
+
+def test_the_embedded_default_falls_back_to_hf_when_the_engine_cannot_run(tiny, monkeypatch, caplog):
+    monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None, **k: tiny)
+    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, **k: tiny)
+    monkeypatch.setattr(embedded, "unavailable", lambda gguf: "llama-cpp-python is not installed")
+    with caplog.at_level(logging.WARNING):
+        p = load_policy(embedded.NAME, progress=False)
+    assert isinstance(p, HFPolicy)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "llama-cpp-python is not installed; the embedded policy samples with hf instead"]
+
+
+@needs_engine
 def test_embedded_on_the_engine_drops_hf_only_options(tiny, tiny_gguf, monkeypatch):
     monkeypatch.setattr(embedded, "ensure_gguf", lambda cache=None, **k: tiny_gguf)
     monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, **k: tiny)

@@ -209,9 +209,10 @@ class EmbeddedEnginePolicy(LlamaCppPolicy):
     name = NAME
 
 
-#: the engines the embedded default can run on; "auto" picks ENGINE where it works
+#: the engines the embedded default can run on; "auto" picks ENGINE where it works: llama.cpp,
+#: because the whole default run is faster on it at a fraction of hf's memory (docs/policy.md)
 ENGINES = ("auto", "llamacpp", "hf")
-ENGINE = "hf"
+ENGINE = "llamacpp"
 #: `hf` options that mean nothing to llama.cpp (its GGUF is quantised already, its prefix always shared)
 HF_ONLY = ("quantize", "prefix_cache", "trust_remote_code")
 
