@@ -8,7 +8,7 @@
    few-shot prompt of the issue): plain fp32 `generate` at 4 sequences vs the shared-prefix
    decoder at larger batches, fp32 and int8 (dynamically quantised copy).
 3. The engines in the embedded setting: a round's sampling step — `--calls` calls (default
-   3) of 4 shapes questions × 4 samples over the real ~1,900-token few-shot prompt, 96 new
+   3) of 4 shapes questions × 4 samples over the real few-shot prompt (~2,060 tokens), 96 new
    tokens, temperature 1.0, top-p 0.9 — on hf (shared prefix, int8: the default before the
    engine), llama.cpp (the shipped Q4_K_M GGUF) and CTranslate2 (the folder converted to
    int8, its `static_prompt` cached; measured here only, when installed). Each side runs in

@@ -38,7 +38,8 @@ if [[ ",$extras," == *,engine,* ]]; then
   echo "[env] installing the engine (llama-cpp-python; a build of ~10 minutes the first time)"
   if ! .venv/bin/python -m pip install --quiet -e ".[engine]" > .venv/engine-build.log 2>&1; then
     echo "[env] WARNING: llama-cpp-python did not build (see .venv/engine-build.log); the embedded policy will use hf"
+    want=""  # no stamp: the next run tries the build again
   fi
 fi
-echo "$want" >> "$stamp"
+if [ -n "$want" ]; then echo "$want" >> "$stamp"; fi
 echo "[env] done: $(.venv/bin/python -c 'import viprog, torch; print("viprog", viprog.__version__, "torch", torch.__version__)')"

@@ -97,7 +97,7 @@ def test_converted_folder_is_reused_without_touching_the_parts(monkeypatch, tmp_
 
 
 def test_the_1_5b_is_a_registered_policy_of_its_own_name(monkeypatch, tmp_path):
-    """`load_policy("qwen2.5-coder-1.5b")` builds the hf policy on the 1.5B's folder."""
+    """`load_policy("qwen2.5-coder-1.5b", engine="hf")` builds the hf policy on the 1.5B's folder."""
     from viprog.policy import load_policy
     from viprog.policy.tiny import build_tiny_model
 

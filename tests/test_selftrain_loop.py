@@ -92,6 +92,7 @@ def test_metrics_are_namespaced(finished_run):
                 "filter/kept_frac", "filter/unique_programs", "sample/tokens_per_s", "sample/programs_per_s",
                 "time/sample_s", "time/train_s", "time/eval_s", "memory/peak_rss_mb", "train/loss_last"):
         assert key in metrics, key
+    assert metrics["policy/engine"] == "transformers"  # which engine sampled is part of the record
 
 
 def test_held_out_accuracy_rises_after_a_round_of_self_training(finished_run):

@@ -41,9 +41,9 @@ class TaskPolicyConfig:
     "clip": "ViT-B-32", "vqa": "/models/blip-vqa-base", "batch_size": 64}' (`viprog primitives` lists the
     profiles; a model is a hub name or a local folder). Its "device" follows --device unless given."""
     policy: str | None = None
-    """Policy backend or the embedded default's name (hf, vllm, qwen2.5-coder-0.5b)."""
+    """Policy backend or an embedded model's name (hf, vllm, llamacpp, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b)."""
     model: str | None = None
-    """Model for the policy: a hub name or a local folder."""
+    """Model for the policy: a hub name or a local folder (given to the embedded policy, it samples with hf)."""
     policy_options: str | None = None
     """Options of the policy backend as a JSON object, e.g. for vllm across GPUs and nodes over Ray:
     '{"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}'."""

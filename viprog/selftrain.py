@@ -79,8 +79,8 @@ class SelfTrainConfig(TaskPolicyConfig):
     policy: str = "qwen2.5-coder-0.5b"
     max_new_tokens: int = 96
     quantize: Literal["auto", "none", "int8"] = "auto"
-    """Sample from an int8 dynamically quantised copy (LoRA merged in first) — `auto`: int8 for
-    transformers policies on the CPU (measured ~1.7x the fp32 tokens/s), none elsewhere."""
+    """hf sampling from an int8 dynamically quantised copy (LoRA merged in first) — `auto`: int8 for
+    transformers on the CPU (~1.7x the fp32 tokens/s), none elsewhere; llama.cpp ignores it (its GGUF is quantised)."""
     rounds: int = 2
     """Self-training rounds after the round-0 baseline."""
     questions_per_round: int = 12
@@ -406,7 +406,7 @@ def finish_round(ctx: Context, k: int, metrics: dict[str, Any], seconds: float) 
     """Round k's `metrics.json` (the steps' metrics, their time, peak memory): written last,
     it marks the round finished; the partial files go and `metrics.jsonl` is rebuilt."""
     metrics = {**metrics, "time/round_s": round(sum(metrics.get(f"time/{name}_s", 0.0) for name in STEPS), 3),
-               "time/this_process_s": round(seconds, 3), **peak_memory_mb()}
+               "time/this_process_s": round(seconds, 3), "policy/engine": ctx.policy.info().get("engine"), **peak_memory_mb()}
     write_json_atomic(ctx.run.artifact(k, "metrics.json"), metrics)
     for partial in ctx.run.round_dir(k).glob("*.partial.jsonl"):  # the final artifacts hold all they had
         partial.unlink()

@@ -160,7 +160,8 @@ class HFPolicy(Policy):
         gc.collect()
 
     def info(self) -> dict[str, Any]:
-        return {"policy": self.name, "model": self.model_path, "device": self.device, "adapter": self._adapter,
+        return {"policy": self.name, "engine": "transformers", "model": self.model_path, "device": self.device,
+                "adapter": self._adapter,
                 "quantize": self.quantize, "prefix_cache": self.prefix_cache}
 
     # -- sampling -------------------------------------------------------------------------

@@ -162,6 +162,6 @@ class VLLMPolicy(Policy):
         gc.collect()  # the engine's finaliser stops its GPU worker processes
 
     def info(self) -> dict[str, Any]:
-        return {"policy": self.name, "model": self.model_path,
+        return {"policy": self.name, "engine": "vllm", "model": self.model_path,
                 "adapter": getattr(self._lora, "lora_path", None), "tensor_parallel_size": self.tensor_parallel_size,
                 "sleep_mode": self.sleep_mode}
