@@ -49,7 +49,7 @@ def run_one(engine: str | None, resume: bool) -> dict:
     rows = [json.loads(line) for line in Path(cfg.runs_dir, name, "metrics.jsonl").read_text().splitlines()]
     mem = peak_memory_mb()
     return {"engine": engine or "default", "exit_code": code, "wall_s": round(wall, 1), "run": str(Path(cfg.runs_dir, name)),
-            "peak_rss_gb": round(mem["memory/peak_rss_mb"] / 1024, 2),
+            "peak_rss_gb": round(mem["memory/peak_rss_mb"] / 1024, 2),  # GiB: peak_memory_mb is in MiB
             "peak_children_rss_gb": round(mem["memory/peak_children_rss_mb"] / 1024, 2), "rounds": rows}
 
 
@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.engines:
         row = run_one(None, args.resume)
         print_rounds(row)
-        print(f"\nwall {row['wall_s'] / 60:.1f} min (target ≤ 30); peak RSS {row['peak_rss_gb']:.2f} GB parent, "
-              f"{row['peak_children_rss_gb']:.2f} GB largest child (target ≤ 12 GB)")
+        print(f"\nwall {row['wall_s'] / 60:.1f} min (target ≤ 30); peak RSS {row['peak_rss_gb']:.2f} GiB parent, "
+              f"{row['peak_children_rss_gb']:.2f} GiB largest child (target ≤ 12 GB)")
         return row["exit_code"]
     result = side_by_side(args.engines, args.resume)
-    print("\n| engine | wall min | peak RSS GB (parent / largest child) | load (min–max) | accuracy per round |")
+    print("\n| engine | wall min | peak RSS GiB (parent / largest child) | load (min–max) | accuracy per round |")
     print("|---|---|---|---|---|")
     for row in result["rows"]:
         accs = " → ".join(f"{m['eval/accuracy']:.1%}" for m in row["rounds"])

@@ -45,7 +45,8 @@ class TaskPolicyConfig:
     model: str | None = None
     """Model for the policy: a hub name or a local folder (given to the embedded policy, it samples with hf)."""
     policy_options: str | None = None
-    """Options of the policy backend as a JSON object, e.g. for vllm across GPUs and nodes over Ray:
+    """Options of the policy backend as a JSON object: '{"engine": "hf"}' samples the embedded model with
+    transformers instead of llama.cpp; for vllm across GPUs and nodes over Ray
     '{"tensor_parallel_size": 4, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}'."""
     device: str = "cpu"
     """Device for the policy, the primitive models and the fine-tuning in selftrain (cpu, cuda, cuda:1)."""
