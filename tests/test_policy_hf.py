@@ -141,7 +141,7 @@ def alone(model, tokenizer, prompt, max_new_tokens):
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
     from viprog.policy.stops import eos_ids
 
-    ends = eos_ids(model, tokenizer)  # the rule every backend ends a program by (any special token)
+    ends = eos_ids(tokenizer, model.generation_config)  # the rule every backend ends a program by (any special token)
     end = next((k for k, t in enumerate(row) if t in ends), len(row))
     return tokenizer.decode(row[:end], skip_special_tokens=True)
 

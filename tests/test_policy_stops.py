@@ -61,9 +61,8 @@ def test_stopping_while_decoding_gives_the_cut_of_the_finished_text(text):
 def test_eos_ids_join_the_tokenizer_and_the_generation_config():
     from types import SimpleNamespace
 
-    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
-    assert eos_ids(model, SimpleNamespace(eos_token_id=3)) == {3, 5, 7}
-    assert eos_ids(SimpleNamespace(), SimpleNamespace(eos_token_id=None)) == set()
+    assert eos_ids(SimpleNamespace(eos_token_id=3), SimpleNamespace(eos_token_id=[5, 7])) == {3, 5, 7}
+    assert eos_ids(SimpleNamespace(eos_token_id=None)) == set()
 
 
 def test_every_special_token_ends_a_program(tmp_path):
@@ -82,8 +81,8 @@ def test_every_special_token_ends_a_program(tmp_path):
                                   eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": ["<|file_sep|>"]})
     tok.add_tokens([AddedToken("word", special=False)])
-    config = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=1))  # as in our converted folders
-    assert eos_ids(config, tok) == {0, 1, 3}
+    config = SimpleNamespace(eos_token_id=1)  # as in our converted folders
+    assert eos_ids(tok, config) == {0, 1, 3}
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": 1}')
     assert eos_ids_of(str(tmp_path), tok) == {0, 1, 3}
     assert eos_ids_of(str(tmp_path / "no-such-folder"), tok) == {0, 1, 3}

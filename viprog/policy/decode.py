@@ -110,7 +110,7 @@ class SharedPrefixDecoder:
     def __init__(self, model: Any, tokenizer: Any, device: str, batch_size: int, progress: bool = True) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.batch_size, self.progress = batch_size, progress
-        self.eos = eos_ids(model, tokenizer)
+        self.eos = eos_ids(tokenizer, getattr(model, "generation_config", None))
         self.prefill_tokens = 0
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         #: transformers 5 renamed `past_key_values` to `cache`; older and remote-code models use the old name

@@ -219,7 +219,7 @@ class HFPolicy(Policy):
             if params.stop:  # our rule, not `stop_strings`: that one would stop on a comment before the code
                 kwargs.update(stopping_criteria=_stop_rule(tok, width, params.stop))
             gen = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)[:, width:]
-            eos = eos_ids(model, tok)
+            eos = eos_ids(tok, getattr(model, "generation_config", None))
             for i in range(len(chunk)):
                 rows = []
                 for row in gen[i * params.n:(i + 1) * params.n].tolist():

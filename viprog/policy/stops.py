@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 #: lines that may come before the program's code: blank, a comment, a (restated) header
@@ -67,7 +66,7 @@ def cut_all(completions: Sequence[Sequence[str]], stops: Sequence[str]) -> list[
     return [[cut_at_stop(text, stops)[0] for text in per_prompt] for per_prompt in completions]
 
 
-def eos_ids(model: Any, tokenizer: Any) -> set[int]:
+def eos_ids(tokenizer: Any, generation_config: Any = None) -> set[int]:
     """Every token that ends a program: the tokenizer's eos, the generation config's, and
     every special token the tokenizer adds — a program never contains one, and a model that
     writes one has left the program: Qwen2.5-Coder writes `<|endoftext|>` or `<|file_sep|>`
@@ -76,7 +75,7 @@ def eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids = {tokenizer.eos_token_id} if getattr(tokenizer, "eos_token_id", None) is not None else set()
     ids.update(i for i, token in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
                if getattr(token, "special", False))
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     if isinstance(configured, int):
         ids.add(configured)
     elif configured:
@@ -93,4 +92,4 @@ def eos_ids_of(model_path: str, tokenizer: Any) -> set[int]:
         generation = GenerationConfig.from_pretrained(model_path)
     except OSError:
         generation = None
-    return eos_ids(SimpleNamespace(generation_config=generation), tokenizer)
+    return eos_ids(tokenizer, generation)
