@@ -12,6 +12,13 @@ and the machine's load before and after; `--json` also writes all of it to a fil
         --json bench/results/reinforce_captioning.json    # seeds in parallel processes
     .venv/bin/python bench/reinforce.py --demos detection-converged --jobs 2 --threads 1 \\
         --json bench/results/reinforce_detection_converged.json   # MLE to a plateau first (hours)
+    .venv/bin/python bench/reinforce.py --demos detection-converged --out runs/bench-reinforce --resume ...
+                                                          # keep the runs; a rerun skips finished seeds
+
+Without `--out` the runs live in a temporary folder and are lost when the bench ends. With
+`--out DIR` each run keeps its checkpoints and, once finished, `DIR/<demo>/<seed>/result.json`;
+`--resume` then loads the finished runs instead of running them again and continues the
+others from their checkpoints (MLE chunks, tuning, the control).
 
 For detection the error counts of `viprog.reinforce.diagnostics` (duplicates, recall by
 object size, precision, boxes per image) are printed per model and averaged per model in
@@ -21,6 +28,7 @@ the summary; for detection-converged also where MLE stopped on every seed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -50,12 +58,26 @@ def fmt(deltas: list[float]) -> str:
     return f"{statistics.mean(deltas):+.2f} ± {statistics.stdev(deltas) if len(deltas) > 1 else 0.0:.2f}"
 
 
-def one_run(demo: str, seed: int, out: str, threads: int) -> DemoResult:
-    """One demo and seed with its control, in this process (or a worker) on `threads` threads."""
+RESULT = "result.json"
+
+
+def one_run(demo: str, seed: int, out: str, threads: int, resume: bool = False) -> DemoResult:
+    """One demo and seed with its control, in this process (or a worker) on `threads` threads.
+    The finished run is written to `<out>/result.json`; with `resume` a run that has one is
+    read back instead of run, and an unfinished one continues from its checkpoints."""
+    done = Path(out) / RESULT
+    if resume and done.exists():
+        result = DemoResult(**json.loads(done.read_text()))
+        print(f"{demo} seed {seed}: finished earlier, read from {done}", flush=True)
+        return result
     torch.set_num_threads(threads)
     print(f"{demo} seed {seed} …", flush=True)
-    result = run(demo, seed, out, progress=False, control=True)
-    print(format_table([result]).splitlines()[1], flush=True)
+    result = run(demo, seed, out, resume=resume, progress=False, control=True)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(result), indent=1))
+    tmp.replace(done)
+    print(format_table([result]).splitlines()[1] + f"   (run kept in {out})", flush=True)
     return result
 
 
@@ -106,12 +128,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--json", type=Path, help="also write the runs, the summary and the load here")
+    parser.add_argument("--out", type=Path, help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true",
+                        help="with --out: read finished runs back, continue unfinished ones from their checkpoints")
     args = parser.parse_args()
+    if args.resume and args.out is None:
+        parser.error("--resume needs --out, the folder of the runs to continue")
     load_before = os.getloadavg()
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-reinforce-") as tmp:
-        runs = [(demo, seed, f"{tmp}/{demo}/{seed}", args.threads)
+    with contextlib.ExitStack() as stack:
+        root = args.out or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-reinforce-")))
+        runs = [(demo, seed, str(root / demo / str(seed)), args.threads, args.resume)
                 for demo in args.demos for seed in (args.seeds or DEFAULT_SEEDS[demo])]
+        if args.out is not None:
+            print(f"runs kept in {args.out}", flush=True)
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
                 results = list(pool.map(one_run, *zip(*runs)))
