@@ -34,8 +34,29 @@ def test_unknown_policy_suggests_a_close_name():
 
 
 def test_unknown_option_is_a_usage_error():
-    with pytest.raises(UsageError, match="scripted"):
+    with pytest.raises(UsageError, match="scripted") as err:
         load_policy("scripted", programs=[PROGRAM], colour="red")
+    assert "unknown option 'colour'; its options: default, path, programs" in str(err.value)
+
+
+def test_a_misspelt_option_names_the_one_meant():
+    with pytest.raises(UsageError, match=r"unknown option 'program' \(did you mean 'programs'\?\)"):
+        load_policy("scripted", program=[PROGRAM])
+
+
+def test_a_misspelt_option_of_the_embedded_default_names_its_engines_options(monkeypatch, tmp_path):
+    """The embedded default hands options to the engine's backend: the hint lists the
+    backend's options and the default's own (`engine`)."""
+    from viprog.policy import embedded
+    from viprog.policy.tiny import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny")
+    monkeypatch.setattr(embedded, "ensure_model", lambda cache=None, which="", **k: tiny)
+    with pytest.raises(UsageError) as err:
+        load_policy(engine="hf", batchsize=4)
+    message = str(err.value)
+    assert "unknown option 'batchsize' (did you mean 'batch_size'?)" in message
+    assert all(name in message.split("its options: ")[1].split(", ") for name in ("batch_size", "engine", "quantize"))
 
 
 # -- scripted ------------------------------------------------------------------------------

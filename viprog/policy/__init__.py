@@ -6,6 +6,10 @@ Registering a backend imports nothing: `load_policy` resolves the name when aske
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import re
+import sys
 from typing import Any
 
 from viprog.errors import UsageError
@@ -49,7 +53,30 @@ def load_policy(name: str = DEFAULT_POLICY, *, model: str | None = None, device:
             return cls(**options)
         return cls(model=model, device=device, dtype=dtype, **options)
     except TypeError as exc:
-        raise UsageError(f"policy {name!r}: {exc}") from None
+        raise UsageError(f"policy {name!r}: {_unknown_option(exc, cls)}") from None
+
+
+#: parameters every backend takes from load_policy itself, not from the options
+_NOT_OPTIONS = {"self", "model", "device", "dtype", "which"}
+
+
+def _unknown_option(exc: TypeError, factory: Any) -> str:
+    """A misspelt option named with what was meant and what the backend takes, or the
+    error itself when it is not about an unexpected keyword."""
+    found = re.search(r"(\w+)\.__init__\(\) got an unexpected keyword argument '(\w+)'", str(exc))
+    if found is None:
+        return str(exc)
+    owner, bad = found.groups()
+    # the class that refused the keyword (for the embedded default, the engine's backend) and the factory
+    classes = [getattr(mod, owner) for key, mod in list(sys.modules.items())
+               if key.startswith("viprog.policy") and isinstance(getattr(mod, owner, None), type)]
+    functions = [c.__init__ for cls in classes[:1] for c in cls.__mro__ if c.__module__.startswith("viprog")]
+    functions += [factory.__init__ if isinstance(factory, type) else factory]
+    known = sorted({p.name for fn in functions for p in inspect.signature(fn).parameters.values()
+                    if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in _NOT_OPTIONS})
+    close = difflib.get_close_matches(bad, known, n=2)
+    hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    return f"unknown option {bad!r}{hint}; its options: {', '.join(known)}"
 
 
 __all__ = ["DEFAULT_POLICY", "EMBEDDED_POLICIES", "HEADER", "POLICIES", "Policy", "Prompter", "SamplingParams", "extract_program",
