@@ -6,14 +6,13 @@ steps as the reward tuning took. Prints one row per run, then per demo the mean 
 standard deviation of (reward − MLE) and (MLE longer − MLE), the seconds of each phase,
 and the machine's load before and after; `--json` also writes all of it to a file.
 
-    .venv/bin/python bench/reinforce.py                    # all demos: 5 / 5 / 3 / 3 seeds
+    .venv/bin/python bench/reinforce.py                    # all demos but detection-converged: 5 / 5 / 3 / 3 / 3 seeds
     .venv/bin/python bench/reinforce.py --demos detection --seeds 0 1 2
     .venv/bin/python bench/reinforce.py --demos captioning --jobs 3 --threads 1 \\
         --json bench/results/reinforce_captioning.json    # seeds in parallel processes
-    .venv/bin/python bench/reinforce.py --demos detection-converged --jobs 2 --threads 1 \\
-        --json bench/results/reinforce_detection_converged.json   # MLE to a plateau first (hours)
-    .venv/bin/python bench/reinforce.py --demos detection-converged --out runs/bench-reinforce --resume ...
-                                                          # keep the runs; a rerun skips finished seeds
+    .venv/bin/python bench/reinforce.py --demos detection-converged --jobs 3 --threads 1 \\
+        --out runs/bench-reinforce --resume \\
+        --json bench/results/reinforce_detection_converged.json   # MLE to a plateau first (~2.5 h here)
 
 Without `--out` the runs live in a temporary folder and are lost when the bench ends. With
 `--out DIR` each run keeps its checkpoints and, once finished, `DIR/<demo>/<seed>/result.json`;
@@ -124,7 +123,7 @@ def summary(results: list[DemoResult], demos: list[str]) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demos", nargs="+", choices=DEMOS, default=DEFAULT_DEMOS)
-    parser.add_argument("--seeds", nargs="+", type=int, help="default: 5 for segmentation and detection, 3 otherwise")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: 5 for segmentation, detection and detection-converged, 3 otherwise")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process")
     parser.add_argument("--json", type=Path, help="also write the runs, the summary and the load here")
@@ -132,6 +131,8 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true",
                         help="with --out: read finished runs back, continue unfinished ones from their checkpoints")
     args = parser.parse_args()
+    if args.jobs < 1 or args.threads < 1:
+        parser.error(f"--jobs and --threads must be at least 1, got {args.jobs} and {args.threads}")
     if args.resume and args.out is None:
         parser.error("--resume needs --out, the folder of the runs to continue")
     load_before = os.getloadavg()

@@ -56,3 +56,12 @@ def test_resume_without_out_is_refused(monkeypatch, capsys):
         bench.main()
     assert stop.value.code == 2
     assert "--resume needs --out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--jobs", "--threads"])
+def test_zero_jobs_or_threads_is_refused(flag, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reinforce.py", "--demos", "detection", flag, "0"])
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert stop.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

@@ -96,8 +96,9 @@ def main(cfg: ReinforceConfig) -> int:
     """Run the demo for every seed; print the table; write `results.json`. Returns 0."""
     for name in ("mle_steps", "reward_steps", "threads"):
         value = getattr(cfg, name)
-        if value is not None and value < (0 if name == "reward_steps" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        least = 0 if name == "reward_steps" else 1
+        if value is not None and value < least:
+            raise UsageError(f"--{name.replace('_', '-')} must be {'≥ 0' if least == 0 else 'positive'}, got {value}")
     if not cfg.seeds:
         raise UsageError("--seeds needs at least one seed")
     import torch
