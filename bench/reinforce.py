@@ -41,6 +41,7 @@ import torch
 
 from viprog.reinforce.cli import details, format_table
 from viprog.reinforce.demos import DEMOS, DemoResult, run
+from viprog.runs import write_json_atomic
 
 DEFAULT_SEEDS = {"segmentation": [0, 1, 2, 3, 4], "detection": [0, 1, 2, 3, 4], "colorization": [0, 1, 2],
                  "captioning": [0, 1, 2], "vq-colorization": [0, 1, 2], "detection-converged": [0, 1, 2, 3, 4]}
@@ -72,10 +73,7 @@ def one_run(demo: str, seed: int, out: str, threads: int, resume: bool = False) 
     torch.set_num_threads(threads)
     print(f"{demo} seed {seed} …", flush=True)
     result = run(demo, seed, out, resume=resume, progress=False, control=True)
-    done.parent.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(result), indent=1))
-    tmp.replace(done)
+    write_json_atomic(done, asdict(result))
     print(format_table([result]).splitlines()[1] + f"   (run kept in {out})", flush=True)
     return result
 
