@@ -104,7 +104,10 @@ class StudyConfig(HeldOutSettings):
     out_dir: str = "runs/study"
     """Where the study's runs, rows, table and report go (a folder per task)."""
     results: str | None = "bench/results/selftrain_study.json"
-    """Also write the results JSON here (None: only under out_dir)."""
+    """Also write the results JSON here (None: only under out_dir), and beside it the archive of every cell's rows
+    and the runs' round metrics (NAME.rows.json.gz), from which a new machine can redo the summary."""
+    restore: bool = True
+    """First restore, from that archive, the cells and run metrics missing under out_dir: they are not run again."""
 
 
 # -- the cells ---------------------------------------------------------------------------------
@@ -160,6 +163,13 @@ class Study:
         self.failed: list[dict[str, Any]] = []
         self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
         self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
+        if cfg.restore and cfg.results:
+            from study_summary import archive_path, restore_archive
+
+            archive = archive_path(cfg.results)
+            if archive.exists():
+                log.info("restored %d files from %s into %s", restore_archive(self.root, cfg, archive), archive,
+                         self.root)
         self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
                      for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
@@ -186,6 +196,11 @@ class Study:
         arms = ("e_restart_fewshot_library",) if restart else ("a_base_fewshot", self.run_arm)
         if all(self._done(arm, seed) for arm in arms):
             return run_root
+        saved = [k for k in range(1, self.cfg.rounds + 1) if rows_path(self.root, arms[-1], seed, k).exists()]
+        if saved and not (run_root / "config.json").exists():
+            raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} but its run folder {run_root} is "
+                             f"gone (restored from the archive?): a new run would mix two runs' rounds; pass a new "
+                             f"--out-dir with --no-restore to redo the seed, or fewer --rounds")
         first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
         if run_root.name != first.parent.name and (first / "metrics.json").exists() and not (run_root / "round_0").exists():
             shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
@@ -244,6 +259,12 @@ class Study:
         for k in range(1, self.cfg.rounds + 1):
             for arm, (tuned, style, with_library) in EXTRA.items():
                 if arm not in self.cfg.arms or arm == self.run_arm or rows_path(self.root, arm, seed, k).exists():
+                    continue
+                needs = run_root / ("config.json" if tuned else f"round_{k}/kept.jsonl")
+                if not needs.exists():  # the run's cells came from the archive, its adapters did not
+                    self.failed.append({"arm": arm, "seed": seed, "round": k, "error": f"{needs} is missing: "
+                                        "rerun the seed in a new --out-dir with --no-restore to evaluate this cell"})
+                    log.error("cell %s seed %d round %d: %s", arm, seed, k, self.failed[-1]["error"])
                     continue
                 if style == "train":
                     style = cfg.train_prompt
@@ -354,10 +375,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "large_missing": large_missing}
     summary = summarise(cfg, study.root, meta)
     if cfg.results:
+        from study_summary import archive_path, write_archive
+
         from viprog.runs import write_json_atomic
 
         write_json_atomic(cfg.results, summary)
-        log.info("results written to %s", cfg.results)
+        log.info("results written to %s, rows and run metrics to %s", cfg.results,
+                 write_archive(study.root, cfg, archive_path(cfg.results)))
     return 1 if study.failed else 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from selftrain_study import ARMS, LARGE, StudyConfig, rows_path
 
 from viprog.bootstrap import bootstrap_ci, paired_difference
-from viprog.runs import read_json, read_jsonl, write_jsonl_atomic, write_text_atomic
+from viprog.runs import read_json, read_jsonl, write_bytes_atomic, write_jsonl_atomic, write_text_atomic
 
 Cells = dict[tuple[str, int | None, int], dict[str, dict[str, Any]]]
 #: where the lucky-guess and dedup rules' counts, and the truncation count, are read from
@@ -232,3 +232,58 @@ def html_page(title: str, body: str) -> str:
 
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{body}</body></html>")
+
+
+# -- the archive: what a summary needs, committed beside the results JSON ------------------------
+#: files under a study's folder that the summary reads: the cells' rows and the runs' round metrics
+ARCHIVED = ("rows/*/*.jsonl", "runs/*/round_*/metrics.json", "runs/*/round_*/eval.metrics.json",
+            "runs/*/round_*/kept.jsonl")
+
+
+def archive_path(results: str | Path) -> Path:
+    """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.rows.json.gz")
+
+
+def write_archive(root: Path, cfg: StudyConfig, path: Path) -> Path:
+    """Every file under `root` that the summary reads, as one gzipped JSON at `path`.
+
+    Why: the rows and run metrics live under runs/, which is not committed and is gone on a
+    new machine; with this file (a few hundred KB) the summary can be redone, and the cells it
+    holds are not run again (`restore_archive`). Written byte-for-byte reproducibly (no gzip
+    timestamp, sorted keys), so an unchanged study leaves git with nothing to commit."""
+    import gzip
+    import json
+
+    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
+             for pattern in ARCHIVED for p in sorted(root.glob(pattern))}
+    blob = json.dumps({"task": cfg.task, "n_questions": cfg.n_questions, "files": files}, sort_keys=True).encode()
+    write_bytes_atomic(path, gzip.compress(blob, mtime=0))
+    return path
+
+
+def restore_archive(root: Path, cfg: StudyConfig, path: Path) -> int:
+    """Write the files of the archive at `path` that are missing under `root`; how many.
+
+    Files already there win (they are this machine's newer work). An archive of another task
+    or held-out size is refused, since its cells would be scored on other questions."""
+    import gzip
+    import json
+
+    from viprog.errors import UsageError
+
+    saved = json.loads(gzip.decompress(path.read_bytes()))
+    if (saved.get("task"), saved.get("n_questions")) != (cfg.task, cfg.n_questions):
+        raise UsageError(f"{path} holds a study of {saved.get('task')} on {saved.get('n_questions')} questions, not "
+                         f"{cfg.task} on {cfg.n_questions}; pass another --results or --no-restore")
+    restored = 0
+    for rel, text in saved["files"].items():
+        target = root / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            raise UsageError(f"{path}: {rel!r} is not a path inside the study folder")
+        if not target.exists():
+            write_text_atomic(target, text)
+            restored += 1
+    return restored
+
