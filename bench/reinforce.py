@@ -131,6 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1 or args.threads < 1:
         parser.error(f"--jobs and --threads must be at least 1, got {args.jobs} and {args.threads}")
+    if args.seeds is not None and min(args.seeds) < 0:
+        parser.error(f"--seeds must be ≥ 0, got {min(args.seeds)}")
     if args.resume and args.out is None:
         parser.error("--resume needs --out, the folder of the runs to continue")
     load_before = os.getloadavg()

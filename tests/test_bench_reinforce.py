@@ -65,3 +65,11 @@ def test_zero_jobs_or_threads_is_refused(flag, monkeypatch, capsys):
         bench.main()
     assert stop.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_a_negative_seed_is_refused_before_any_run(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["reinforce.py", "--demos", "detection", "--seeds", "0", "-3"])
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert stop.value.code == 2
+    assert "--seeds must be ≥ 0, got -3" in capsys.readouterr().err

@@ -68,6 +68,11 @@ def test_cli_rejects_bad_input(tmp_path, change) -> None:
         main(cfg)
 
 
+def test_a_negative_seed_is_one_line_not_a_traceback(tmp_path) -> None:
+    with pytest.raises(UsageError, match="--seeds must be ≥ 0 .*, got -1"):
+        main(ReinforceConfig(out=tmp_path / "absent", progress=False, seeds=(0, -1)))
+
+
 def test_reward_steps_may_be_zero_and_says_so_when_negative(tmp_path) -> None:
     with pytest.raises(UsageError, match="--reward-steps must be ≥ 0, got -1"):
         main(ReinforceConfig(out=tmp_path / "absent", progress=False, reward_steps=-1))

@@ -101,6 +101,8 @@ def main(cfg: ReinforceConfig) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be {'≥ 0' if least == 0 else 'positive'}, got {value}")
     if not cfg.seeds:
         raise UsageError("--seeds needs at least one seed")
+    if min(cfg.seeds) < 0:
+        raise UsageError(f"--seeds must be ≥ 0 (numpy and torch refuse negative seeds), got {min(cfg.seeds)}")
     import torch
 
     from viprog.reinforce.demos import DEMOS, run
