@@ -19,8 +19,14 @@
    round's evaluation and the study's frozen-1.5B arm call the policy), hf against
    llama.cpp, each in its own child process. hf runs fp32 here: with its int8 copy the
    1.5B's process reached 22.9 GB RSS on this 23 GiB machine and swapped (2026-12-01).
+5. Greedy evaluation batch size (`--only eval-batch`): llama.cpp writing one greedy program
+   for each of the first 32 shapes test questions, the prompts sent `batch_questions` at a
+   time as the rollout sends them (4, the default before; 16; 32), each size twice in the
+   order 4, 16, 32, 32, 16, 4 so that a drifting load falls on every size alike; seconds per
+   question (the rollout's stop strings apply here), and whether every size wrote the same
+   programs (greedy, so a difference is llama.cpp's arithmetic depending on the batch).
 
-Usage: python bench/policy.py [--only tiny|embedded|throughput|engines|greedy-large] [--quick] [--calls N]
+Usage: python bench/policy.py [--only tiny|embedded|throughput|engines|greedy-large|eval-batch] [--quick] [--calls N]
 Completions are not stopped early (no stop strings; only end-of-sequence), so both sides
 generate comparable token counts; tokens/s counts the tokens actually generated.
 Results are merged into bench/results/policy.json with the machine's load.
@@ -229,6 +235,46 @@ def engines(quick: bool, calls: int, large: bool = False) -> dict[str, object]:
     return out
 
 
+def eval_batch(quick: bool) -> dict[str, object]:
+    """Section 5: seconds per question of greedy evaluation at each `batch_questions`, one process."""
+    from viprog.policy import Prompter
+    from viprog.policy.embedded import ensure_gguf, ensure_model
+    from viprog.policy.llamacpp import LlamaCppPolicy
+    from viprog.primitives.apidoc import api_section
+    from viprog.rollout import greedy_params
+    from viprog.tasks import TASKS
+
+    sizes, questions = ((4, 16), 8) if quick else ((4, 16, 32), 32)
+    policy = LlamaCppPolicy(str(ensure_model(progress=False)), gguf=ensure_gguf(progress=False),
+                            batch_size=max(sizes), progress=False)
+    task = TASKS.get("shapes")(progress=False)
+    prompter = Prompter(api_section(task="shapes"), task.seed_programs(), tokenizer=policy.tokenizer)
+    prompts = [prompter.few_shot(ex.query) for ex in task.examples("test", limit=questions)]
+    params = greedy_params(prompter, NEW_TOKENS)
+    policy.sample(prompts[:1], params)  # warm-up: loads the model, fills the shared prefix
+    out: dict[str, object] = {"setting": f"{questions} shapes test questions, greedy, {NEW_TOKENS} new tokens, "
+                                         "the real few-shot prompt and stops", "uptime_before": uptime()}
+    seconds: dict[int, list[float]] = {b: [] for b in sizes}
+    programs: dict[int, list[str]] = {}
+    for b in (*sizes, *reversed(sizes)):
+        start = time.perf_counter()
+        written = [c[0] for i in range(0, questions, b) for c in policy.sample(prompts[i:i + b], params)]
+        seconds[b].append(time.perf_counter() - start)
+        programs.setdefault(b, written)
+        print(json.dumps({"batch_questions": b, "s_per_question": round(seconds[b][-1] / questions, 2)}),
+              file=sys.stderr, flush=True)
+    per_q = {b: sum(s) / len(s) / questions for b, s in seconds.items()}
+    out.update({f"batch_{b}": {"s_per_question": round(per_q[b], 3), "runs_s": [round(x, 1) for x in seconds[b]],
+                               "same_programs_as_batch_4": programs[b] == programs[sizes[0]],
+                               "programs_differing_from_batch_4": sum(
+                                   p != q for p, q in zip(programs[b], programs[sizes[0]], strict=True))}
+                for b in sizes})
+    out.update({f"speedup_{b}_vs_4": round(per_q[sizes[0]] / per_q[b], 2) for b in sizes[1:]})
+    out["uptime_after"] = uptime()
+    policy.close()
+    return out
+
+
 def save(results: dict[str, object]) -> None:
     """Merge this run's sections into bench/results/policy.json, with the load."""
     saved = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -242,7 +288,7 @@ def save(results: dict[str, object]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines", "greedy-large"))
+    parser.add_argument("--only", choices=("tiny", "embedded", "throughput", "engines", "greedy-large", "eval-batch"))
     parser.add_argument("--quick", action="store_true", help="smaller grids (a smoke run)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # a child of `engines`
     parser.add_argument("--large", action="store_true", help=argparse.SUPPRESS)  # a child of greedy-large
@@ -272,6 +318,8 @@ def main() -> None:
             results["throughput_embedded"] = throughput(embedded, args.quick)
     if args.only in (None, "engines"):
         results["engines_embedded"] = engines(args.quick, args.calls)
+    if args.only == "eval-batch":
+        results["eval_batch_questions"] = eval_batch(args.quick)
     if args.only == "greedy-large":
         results["engines_greedy_1_5b"] = engines(args.quick, args.calls, large=True)
     print(json.dumps(results, indent=1))
