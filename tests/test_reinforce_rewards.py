@@ -80,6 +80,51 @@ def test_coco_map_perfect_and_empty() -> None:
     assert rewards.coco_map([none], [g]) == 0.0
 
 
+
+def detections(boxes, labels, scores=None) -> dict:
+    out = {"boxes": np.array(boxes, dtype=float).reshape(-1, 4), "labels": np.array(labels, dtype=int)}
+    return out if scores is None else {**out, "scores": np.array(scores, dtype=float)}
+
+
+def test_coco_map_edge_cases_match_pycocotools_and_hand_values() -> None:
+    # Two boxes of class 0 that the first detection overlaps equally (IoU 9/11, a hit up to
+    # 0.80): COCO gives it the one listed last, which leaves the first for the second detection
+    # (its copy), a hit everywhere. Above 0.80 the first is a miss, so recall 1/2 at precision
+    # 1/2. Had the tie gone the other way, the second detection would reach only the other box,
+    # at IoU 2/3, and miss at 0.70:0.80 as well.
+    tie = ([detections([[1, 0, 11, 10], [0, 0, 10, 10]], [0, 0], [0.9, 0.8])],
+           [detections([[0, 0, 10, 10], [2, 0, 12, 10]], [0, 0])])
+    # Overlaps exactly at a threshold count: IoU 0.5 is a hit at 0.5 only, 0.75 at 0.50:0.75.
+    at_threshold = ([detections([[0, 0, 10, 5], [20, 0, 30, 7.5]], [0, 1], [0.9, 0.9])],
+                    [detections([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 1])])
+    # A duplicate on one object is a false positive at every threshold; ranked above the
+    # second object's detection it leaves precision 2/3 at the 50 recall levels above 1/2.
+    # An image with detections but no ground truth adds false positives, here ranked last
+    # (harmless) for class 0 and first for class 1 (precision 1/2 throughout); class 2 has
+    # no ground truth anywhere and is left out of the mean.
+    duplicate = ([detections([[0, 0, 10, 10], [1, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]],
+                             [0, 0, 0, 1], [0.9, 0.8, 0.7, 0.5]),
+                  detections([[0, 0, 5, 5], [5, 5, 9, 9], [1, 1, 3, 3]], [0, 1, 2], [0.1, 0.6, 0.9])],
+                 [detections([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 1]),
+                  detections(np.zeros((0, 4)), [])])
+    for (preds, gts), expected in [(tie, 0.7 + 0.3 * 0.5 * 51 / 101), (at_threshold, (0.1 + 0.6) / 2),
+                                   (duplicate, ((51 + 50 * 2 / 3) / 101 + 1 / 2) / 2)]:
+        assert rewards.coco_map(preds, gts) == pytest.approx(expected, abs=1e-12)
+        assert rewards.coco_map(preds, gts) == pytest.approx(pycocotools_map(preds, gts), abs=1e-12)
+
+
+def test_coco_map_keeps_the_top_scored_detections_and_tolerates_rounding_at_threshold_one() -> None:
+    gt = detections([[0, 0, 10, 10]], [0])
+    miss_first = detections([[50, 50, 60, 60], [0, 0, 10, 10]], [0, 0], [0.5, 0.5])  # a tie: list order decides
+    assert rewards.coco_map([miss_first], [gt]) == pytest.approx(1 / 2)
+    assert rewards.coco_map([miss_first], [gt], max_dets=1) == 0.0
+    hit_first = {**miss_first, "boxes": miss_first["boxes"][::-1]}
+    assert rewards.coco_map([hit_first], [gt], max_dets=1) == pytest.approx(1.0)
+    # At threshold 1 an IoU within 1e-10 of 1 still matches; one 1e-9 short does not.
+    for dy, expected in [(0.0, 1.0), (1e-10, 1.0), (1e-8, 0.0)]:
+        nearly = detections([[0, 0, 10, 10 + dy]], [0], [1.0])
+        assert rewards.coco_map([nearly], [gt], iou_thresholds=(1.0,)) == pytest.approx(expected)
+
 def test_iou_matches_torchvision_and_hand_values() -> None:
     rng = np.random.default_rng(0)
     a, b = random_boxes(rng, 7), random_boxes(rng, 5)

@@ -22,6 +22,7 @@ import numpy as np
 
 Detections = Mapping[str, Any]
 IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2))
+RECALL_LEVELS = np.linspace(0.0, 1.0, 101)  # where COCO reads precision off the curve
 
 
 def iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -104,69 +105,111 @@ def detection_reward(predictions: Sequence[Detections], ground_truths: Sequence[
     return out
 
 
-def _xywh_iou(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """IoU exactly as pycocotools' maskUtils.iou on non-crowd boxes."""
-    return iou(np.c_[dt[:, :2], dt[:, :2] + dt[:, 2:]], np.c_[gt[:, :2], gt[:, :2] + gt[:, 2:]])
+def _coco_box_iou(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of `[x0, y0, x1, y1]` boxes, (D, 4) × (G, 4) → (D, G), in COCO's arithmetic.
+
+    COCO keeps a box as corner, width and height, so its far edge is x0 + w and its area
+    w · h; `iou` works from both corners instead. The two differ in the last bit now and
+    then, and that bit decides a match whose overlap falls exactly on a threshold, so
+    `coco_map` takes the longer road to land on the number COCO prints.
+    """
+    d_xy, g_xy = dets[:, :2], gts[:, :2]
+    d_wh, g_wh = np.clip(dets[:, 2:] - d_xy, 0, None), np.clip(gts[:, 2:] - g_xy, 0, None)
+    near = np.maximum(d_xy[:, None], g_xy[None])
+    far = np.minimum((d_xy + d_wh)[:, None], (g_xy + g_wh)[None])
+    side = np.clip(far - near, 0, None)
+    inter = side[..., 0] * side[..., 1]
+    union = (d_wh[:, 0] * d_wh[:, 1])[:, None] + (g_wh[:, 0] * g_wh[:, 1])[None] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _greedy_hits(overlaps: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Which detections are true positives, one row per IoU threshold: (D, G) → (T, D) bool.
+
+    `overlaps` holds one image's detections of one class, best score first, against that
+    image's ground truth of the class. COCO matches greedily, not optimally: in score
+    order, each detection claims the still unclaimed box it overlaps most, if that
+    overlap reaches the threshold, and is a false positive otherwise, even when a
+    different choice earlier would have left it a box. Boxes are claimed separately at
+    each threshold, so all of them advance together here, one row of `free` each.
+
+    Two rules of COCO's that change the outcome: among equal best overlaps the box
+    listed last is claimed (which decides what is left for the next detection), and a
+    threshold is never stricter than 1 - 1e-10, so that at threshold 1 a box still
+    matches its own copy when rounding puts their IoU a hair under 1.
+    """
+    n_det, n_gt = overlaps.shape
+    hits = np.zeros((len(thresholds), n_det), dtype=bool)
+    if n_gt == 0:
+        return hits
+    least = np.minimum(thresholds, 1.0 - 1e-10)[:, None]
+    free = np.ones((len(thresholds), n_gt), dtype=bool)
+    for d, row in enumerate(overlaps):
+        allowed = free & (row >= least)
+        claimed = n_gt - 1 - np.argmax(np.where(allowed, row, -np.inf)[:, ::-1], axis=1)  # last of the best
+        hits[:, d] = allowed.any(axis=1)
+        free[hits[:, d], claimed[hits[:, d]]] = False
+    return hits
+
+
+def _sampled_precision(scores: np.ndarray, hits: np.ndarray, n_gt: int) -> np.ndarray:
+    """A class's precision at COCO's 101 recall levels, one row per threshold: (T, 101).
+
+    `scores` and `hits` (T × N) cover the class's kept detections in every image. Walking
+    down one ranking of them all (by score, stable, so ties keep image and in-image order)
+    traces the precision-recall curve; AP is the area under its upper envelope, where
+    the precision at recall r is the best reached at recall r or later. COCO samples
+    that envelope at the levels 0, 0.01, …, 1; a level the ranking never reaches
+    counts 0, which is how boxes no detection found lower the AP.
+    """
+    ranked = hits[:, np.argsort(-scores, kind="stable")]
+    found = np.cumsum(ranked, axis=1, dtype=np.float64)
+    recall = found / n_gt
+    envelope = np.maximum.accumulate((found / np.arange(1, ranked.shape[1] + 1))[:, ::-1], axis=1)[:, ::-1]
+    sampled = np.zeros((len(hits), len(RECALL_LEVELS)))
+    for t in range(len(hits)):
+        rank = np.searchsorted(recall[t], RECALL_LEVELS, side="left")  # first rank at or past each level
+        reached = rank < ranked.shape[1]
+        sampled[t, reached] = envelope[t, rank[reached]]
+    return sampled
 
 
 def coco_map(predictions: Sequence[Detections], ground_truths: Sequence[Detections],
              iou_thresholds: Sequence[float] = IOU_THRESHOLDS, max_dets: int = 100) -> float:
-    """COCO box AP@[.50:.95] (area "all", maxDets 100), the number COCOeval prints first.
+    """COCO box AP@[.50:.95] (area "all", at most `max_dets` detections per class and
+    image), the first number COCO's evaluation prints, on non-crowd boxes.
 
-    A re-implementation of COCOeval's evaluate + accumulate for non-crowd boxes: per
-    class and image, detections by descending score (stable) are greedily matched to the
-    unmatched ground truth of highest IoU ≥ t; precision is made monotone and read at 101
-    recall points; classes without ground truth are left out of the mean. Returns -1 when
-    no image has a ground-truth box (as COCOeval does).
+    The definition: for every class that has ground truth, AP is the precision averaged
+    over 101 recall levels and the IoU thresholds, with detections matched to boxes
+    image by image (`_greedy_hits`) and then ranked together (`_sampled_precision`);
+    the result is the mean over those classes. Detections of a class without ground
+    truth change nothing, those in an image without its ground truth are false
+    positives. Returns -1 when no image has a ground-truth box, as COCO does.
     """
-    thr = np.asarray(iou_thresholds, dtype=np.float64)
-    rec_thrs = np.linspace(0.0, 1.00, 101)
-    classes = sorted({int(c) for g in ground_truths for c in np.asarray(g["labels"]).ravel()}
-                     | {int(c) for p in predictions for c in np.asarray(p["labels"]).ravel()})
-    precision = -np.ones((len(thr), len(rec_thrs), len(classes)))
-    for k, cls in enumerate(classes):
-        scores, tps, n_gt = [], [], 0
-        for pred, gt in zip(predictions, ground_truths, strict=True):
-            g = np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 4)[np.asarray(gt["labels"]) == cls]
-            sel = np.asarray(pred["labels"]) == cls
-            d = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)[sel]
-            s = np.asarray(pred["scores"], dtype=np.float64)[sel]
-            n_gt += len(g)
-            if len(g) == 0 and len(d) == 0:
-                continue
-            order = np.argsort(-s, kind="mergesort")[:max_dets]
-            d, s = d[order], s[order]
-            ious = _xywh_iou(np.c_[d[:, :2], d[:, 2:] - d[:, :2]], np.c_[g[:, :2], g[:, 2:] - g[:, :2]])
-            tp = np.zeros((len(thr), len(d)), dtype=bool)
-            for t_i, t in enumerate(thr):
-                taken = np.zeros(len(g), dtype=bool)
-                for d_i in range(len(d)):
-                    best, m = min(t, 1 - 1e-10), -1
-                    for g_i in range(len(g)):
-                        if taken[g_i] or ious[d_i, g_i] < best:
-                            continue
-                        best, m = ious[d_i, g_i], g_i
-                    if m >= 0:
-                        taken[m], tp[t_i, d_i] = True, True
-            scores.append(s)
-            tps.append(tp)
-        if n_gt == 0 or not scores:
-            continue
-        order = np.argsort(-np.concatenate(scores), kind="mergesort")
-        tp = np.concatenate(tps, axis=1)[:, order]
-        tp_sum = np.cumsum(tp, axis=1, dtype=np.float64)
-        fp_sum = np.cumsum(~tp, axis=1, dtype=np.float64)
-        for t_i in range(len(thr)):
-            rc = tp_sum[t_i] / n_gt
-            pr = tp_sum[t_i] / (fp_sum[t_i] + tp_sum[t_i] + np.spacing(1))
-            pr = np.maximum.accumulate(pr[::-1])[::-1]
-            q = np.zeros(len(rec_thrs))
-            idx = np.searchsorted(rc, rec_thrs, side="left")
-            ok = idx < len(pr)
-            q[ok] = pr[idx[ok]]
-            precision[t_i, :, k] = q
-    valid = precision[precision > -1]
-    return float(valid.mean()) if valid.size else -1.0
+    thresholds = np.asarray(iou_thresholds, dtype=np.float64)
+    classes = sorted({int(c) for g in ground_truths for c in np.asarray(g["labels"]).ravel()})
+    if not classes:
+        return -1.0
+    n_gt, scored = dict.fromkeys(classes, 0), set(classes)
+    pooled: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {c: [] for c in classes}
+    for pred, gt in zip(predictions, ground_truths, strict=True):
+        g_boxes = np.asarray(gt["boxes"], dtype=np.float64).reshape(-1, 4)
+        g_labels = np.asarray(gt["labels"]).ravel()
+        p_boxes = np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4)
+        p_labels = np.asarray(pred["labels"]).ravel()
+        p_scores = np.asarray(pred["scores"], dtype=np.float64).ravel()
+        for c in sorted(scored & set(g_labels.tolist() + p_labels.tolist())):
+            mine = np.flatnonzero(p_labels == c)
+            mine = mine[np.argsort(-p_scores[mine], kind="stable")[:max_dets]]
+            g = g_boxes[g_labels == c]
+            n_gt[c] += len(g)
+            pooled[c].append((p_scores[mine], _greedy_hits(_coco_box_iou(p_boxes[mine], g), thresholds)))
+    ap = []
+    for c in classes:
+        scores = np.concatenate([s for s, _ in pooled[c]])
+        hits = np.concatenate([h for _, h in pooled[c]], axis=1)
+        ap.append(_sampled_precision(scores, hits, n_gt[c]).mean())
+    return float(np.mean(ap))
 
 
 @dataclass
