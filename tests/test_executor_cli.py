@@ -76,3 +76,25 @@ def test_the_neural_profile_runs_on_the_models_profile_options_name(tmp_path: Pa
                  missing])
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert code == 2 and len(errors) == 1 and "nothing.pt" in errors[0]
+
+
+def test_stdout_stays_json_on_a_machine_where_ultralytics_first_runs(tmp_path: Path, image: Path,
+                                                                      tiny_models_dir: Path) -> None:
+    """ultralytics announces, on stdout, the settings file it creates on a machine's first import;
+    `viprog run` prints its result there, so a fresh machine got unparsable output (seen on one)."""
+    import os
+    import subprocess
+    import sys
+
+    from viprog.primitives.backends.tiny import build_tiny_models, tiny_yolo
+
+    yolo = {"detector": tiny_yolo(tiny_models_dir / "neural")}  # the YOLO detector: viprog run imports ultralytics
+    options = json.dumps(build_tiny_models(tiny_models_dir / "neural") | yolo)
+    prog = write(tmp_path, "def execute_command(image):\n    return len(ImagePatch(image).find('ball'))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YOLO_")} | {"YOLO_CONFIG_DIR": str(tmp_path / "cfg")}
+    done = subprocess.run([sys.executable, "-c", "import sys; from viprog.cli import main; sys.exit(main())", "run", "--program", str(prog), "--image", str(image),
+                           "--profile", "neural", "--profile-options", options], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert (tmp_path / "cfg").exists(), "ultralytics was not imported with a fresh settings folder"
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["answer"] == 0

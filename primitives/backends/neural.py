@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -130,11 +129,9 @@ class NeuralProfile(Profile):
 
     def _yolo(self) -> Any:
         def load() -> Any:
-            # ultralytics pip-installs missing extras at run time unless told not to
-            os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-            from ultralytics import YOLO
+            from viprog.primitives.backends import yolo_class
 
-            return YOLO(self.detector)
+            return yolo_class()(self.detector)
 
         return self._model("yolo", "detector", self.detector, load)
 

@@ -11,7 +11,6 @@ Answers are meaningless; shapes, types, batching and timings are real.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -62,11 +61,10 @@ def _owl(folder: Path) -> str:
 
 
 def _yolo(folder: Path) -> str:
-    os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # no pip installs at run time
-    from ultralytics import YOLO
+    from viprog.primitives.backends import yolo_class
 
     folder.mkdir(parents=True, exist_ok=True)
-    YOLO("yolov8n.yaml").save(folder / "yolo.pt")
+    yolo_class()("yolov8n.yaml").save(folder / "yolo.pt")
     return str(folder / "yolo.pt")
 
 
