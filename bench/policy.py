@@ -21,10 +21,11 @@
    1.5B's process reached 22.9 GB RSS on this 23 GiB machine and swapped (2026-12-01).
 5. Greedy evaluation batch size (`--only eval-batch`): llama.cpp writing one greedy program
    for each of the first 32 shapes test questions, the prompts sent `batch_questions` at a
-   time as the rollout sends them (4, the default before; 16; 32), each size twice in the
+   time as the rollout sends them (4, the default; 16; 32), each size twice in the
    order 4, 16, 32, 32, 16, 4 so that a drifting load falls on every size alike; seconds per
-   question (the rollout's stop strings apply here), and whether every size wrote the same
-   programs (greedy, so a difference is llama.cpp's arithmetic depending on the batch).
+   question (the rollout's stop strings apply here), and how many programs differ between a
+   size's two passes (run-to-run) and from batch 4's first pass (greedy: a difference between
+   sizes but not between passes is llama.cpp's arithmetic depending on the batch).
 
 Usage: python bench/policy.py [--only tiny|embedded|throughput|engines|greedy-large|eval-batch] [--quick] [--calls N]
 Completions are not stopped early (no stop strings; only end-of-sequence), so both sides
@@ -255,19 +256,21 @@ def eval_batch(quick: bool) -> dict[str, object]:
     out: dict[str, object] = {"setting": f"{questions} shapes test questions, greedy, {NEW_TOKENS} new tokens, "
                                          "the real few-shot prompt and stops", "uptime_before": uptime()}
     seconds: dict[int, list[float]] = {b: [] for b in sizes}
-    programs: dict[int, list[str]] = {}
+    programs: dict[int, list[list[str]]] = {b: [] for b in sizes}
     for b in (*sizes, *reversed(sizes)):
         start = time.perf_counter()
         written = [c[0] for i in range(0, questions, b) for c in policy.sample(prompts[i:i + b], params)]
         seconds[b].append(time.perf_counter() - start)
-        programs.setdefault(b, written)
+        programs[b].append(written)
         print(json.dumps({"batch_questions": b, "s_per_question": round(seconds[b][-1] / questions, 2)}),
               file=sys.stderr, flush=True)
     per_q = {b: sum(s) / len(s) / questions for b, s in seconds.items()}
+    ref = programs[sizes[0]][0]
     out.update({f"batch_{b}": {"s_per_question": round(per_q[b], 3), "runs_s": [round(x, 1) for x in seconds[b]],
-                               "same_programs_as_batch_4": programs[b] == programs[sizes[0]],
-                               "programs_differing_from_batch_4": sum(
-                                   p != q for p, q in zip(programs[b], programs[sizes[0]], strict=True))}
+                               "programs_differing_between_its_two_passes": sum(
+                                   p != q for p, q in zip(*programs[b], strict=True)),
+                               "programs_differing_from_batch_4": [sum(p != q for p, q in zip(run, ref, strict=True))
+                                                                   for run in programs[b]]}
                 for b in sizes})
     out.update({f"speedup_{b}_vs_4": round(per_q[sizes[0]] / per_q[b], 2) for b in sizes[1:]})
     out["uptime_after"] = uptime()

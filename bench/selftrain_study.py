@@ -18,7 +18,9 @@ and libraries through the same rollout (`viprog.selftrain.rollout`). Every (arm,
 cell saves its per-question rows to rows/<arm>/seed<s>-round<k>.jsonl, and a cell whose rows
 exist is not run again, so a killed study resumes where it stopped. At the end: a table of
 mean ± 95 % bootstrap CI (over questions and seeds, `viprog.bootstrap`) per arm and round and
-per question type, report.html with the curves, rows.jsonl, and the results JSON.
+per question type, report.html with the curves, rows.jsonl, the results JSON, and beside it
+its archive (NAME.rows.json.gz: every cell's rows and the runs' round metrics), which a new
+machine restores into an out_dir without rows, so the summary survives the uncommitted runs/.
 
     python bench/selftrain_study.py                                    # the full study (hours)
     python bench/selftrain_study.py --n-questions 40 --seeds 0 --rounds 1 \\
@@ -57,6 +59,8 @@ ARMS: dict[str, str] = {
                                  "few-shot + library",
 }
 LARGE = "fewshot_large"
+#: the default results JSON (of the shapes study; `StudyConfig.results_path` makes it per task)
+RESULTS = "bench/results/selftrain_study.json"
 #: arms the study can evaluate on a continuing run's adapters and libraries: (adapter?, prompt, library?)
 EXTRA: dict[str, tuple[bool, str, bool]] = {
     "b_base_fewshot_library": (False, "few-shot", True),
@@ -103,11 +107,18 @@ class StudyConfig(HeldOutSettings):
     """Model folder for large_policy when it is hf (None: the policy's own)."""
     out_dir: str = "runs/study"
     """Where the study's runs, rows, table and report go (a folder per task)."""
-    results: str | None = "bench/results/selftrain_study.json"
-    """Also write the results JSON here (None: only under out_dir), and beside it the archive of every cell's rows
-    and the runs' round metrics (NAME.rows.json.gz), from which a new machine can redo the summary."""
+    results: str | None = RESULTS
+    """Also write the results JSON here (None: only under out_dir; for a task other than shapes the default is
+    bench/results/selftrain_study_<task>.json), and beside it the archive of every cell's rows and the runs' round
+    metrics (NAME.rows.json.gz), from which a new machine can redo the summary."""
     restore: bool = True
-    """First restore, from that archive, the cells and run metrics missing under out_dir: they are not run again."""
+    """When out_dir has no rows yet (a new machine), first restore the archive's cells: they are not run again."""
+
+    def results_path(self) -> str | None:
+        """`results`, with the default made per task (so a shapes-hard study keeps its own file)."""
+        if self.results == RESULTS and self.task != "shapes":
+            return f"bench/results/selftrain_study_{self.task}.json"
+        return self.results
 
 
 # -- the cells ---------------------------------------------------------------------------------
@@ -163,13 +174,14 @@ class Study:
         self.failed: list[dict[str, Any]] = []
         self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
         self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
-        if cfg.restore and cfg.results:
-            from study_summary import archive_path, restore_archive
+        results = cfg.results_path()
+        if cfg.restore and results and summary_archive(results).exists():
+            from study_summary import restore_archive
 
-            archive = archive_path(cfg.results)
-            if archive.exists():
-                log.info("restored %d files from %s into %s", restore_archive(self.root, cfg, archive), archive,
-                         self.root)
+            restored = restore_archive(self.root, cfg, summary_archive(results))
+            if restored:
+                log.info("restored %d files from %s into %s (rows/, archived-runs/)", restored,
+                         summary_archive(results), self.root)
         self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
                      for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
@@ -198,11 +210,11 @@ class Study:
             return run_root
         saved = [k for k in range(1, self.cfg.rounds + 1) if rows_path(self.root, arms[-1], seed, k).exists()]
         if saved and not (run_root / "config.json").exists():
-            raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} but its run folder {run_root} is "
-                             f"gone (restored from the archive?): a new run would mix two runs' rounds; pass a new "
-                             f"--out-dir with --no-restore to redo the seed, or fewer --rounds")
+            raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} (restored from the archive) but no "
+                             f"run folder {run_root}: a new run would mix two runs' rounds; leave the seed out, keep "
+                             f"--rounds at {max(saved)}, or redo the whole study in a new --out-dir with its own --results")
         first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
-        if run_root.name != first.parent.name and (first / "metrics.json").exists() and not (run_root / "round_0").exists():
+        if run_root.name != first.parent.name and (first / "eval.jsonl").exists() and not (run_root / "round_0").exists():
             shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
         check_eval_library(run_root, cfg.eval_library)
         self.close()  # one copy of the model at a time: the run loads its own
@@ -262,8 +274,8 @@ class Study:
                     continue
                 needs = run_root / ("config.json" if tuned else f"round_{k}/kept.jsonl")
                 if not needs.exists():  # the run's cells came from the archive, its adapters did not
-                    self.failed.append({"arm": arm, "seed": seed, "round": k, "error": f"{needs} is missing: "
-                                        "rerun the seed in a new --out-dir with --no-restore to evaluate this cell"})
+                    self.failed.append({"arm": arm, "seed": seed, "round": k, "error": f"{needs} is missing (the "
+                                        "seed's cells came from the archive, its adapters and library did not)"})
                     log.error("cell %s seed %d round %d: %s", arm, seed, k, self.failed[-1]["error"])
                     continue
                 if style == "train":
@@ -327,6 +339,12 @@ class Study:
             self.close()
 
 
+def summary_archive(results: str) -> Path:
+    from study_summary import archive_path
+
+    return archive_path(results)
+
+
 def check_eval_library(run_root: Path, wanted: bool) -> None:
     """A `UsageError` when the run at `run_root` evaluates its rounds otherwise than `wanted`
     (with or without library programs): its rounds' rows would be saved under the wrong arm."""
@@ -374,14 +392,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "wall_s_this_process": round(time.perf_counter() - start, 1), "failed_cells": study.failed,
             "large_missing": large_missing}
     summary = summarise(cfg, study.root, meta)
-    if cfg.results:
-        from study_summary import archive_path, write_archive
+    results = cfg.results_path()
+    if results:
+        from study_summary import write_archive
 
         from viprog.runs import write_json_atomic
 
-        write_json_atomic(cfg.results, summary)
-        log.info("results written to %s, rows and run metrics to %s", cfg.results,
-                 write_archive(study.root, cfg, archive_path(cfg.results)))
+        write_json_atomic(results, summary)
+        log.info("results written to %s, rows and run metrics to %s", results,
+                 write_archive(study.root, cfg, summary_archive(results)))
     return 1 if study.failed else 0
 
 

@@ -1,6 +1,7 @@
 """The self-training study's numbers from its saved rows: the results JSON, the tables and
 report.html (`bench/selftrain_study.py` writes the rows; this reads only them and the runs'
-metrics, so a summary can be redone at any time without running a model).
+metrics, so a summary can be redone at any time without running a model), and the archive
+of those files committed beside the results JSON, so that a new machine can redo it too.
 
 Every accuracy is a mean over (seed, question) cells with a 95 % percentile-bootstrap
 interval over questions and seeds (`viprog.bootstrap`); gains are paired differences on
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -99,9 +101,7 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
         "analysis": analysis(root, cells),
-        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()  # less what the study sets itself
-                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "eval_size",
-                                  "eval_split", "eval_library", "base_prompt", "tuned_prompt", "restart_from_base")},
+        "settings": run_settings(cfg),
         "run_eval_library": getattr(cfg, "run_eval_library", True),
         "meta": meta,
         "note": "bootstrap over questions and seeds; accuracies in [0, 1]; best_selftrained is the maximum over "
@@ -111,10 +111,26 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
     return result
 
 
+def run_settings(cfg: StudyConfig) -> dict[str, Any]:
+    """The selftrain settings of the study's runs, less what the study sets itself."""
+    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
+            if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "eval_size",
+                         "eval_split", "eval_library", "base_prompt", "tuned_prompt", "restart_from_base")}
+
+
+def run_files(root: Path, pattern: str) -> list[Path]:
+    """`pattern` (e.g. "seed*/round_*/metrics.json") under the study's runs/ and, for the runs and
+    rounds this machine does not have, under archived-runs/ (what `restore_archive` brought back)."""
+    local = sorted((root / "runs").glob(pattern))
+    have = {p.relative_to(root / "runs") for p in local}
+    return local + [p for p in sorted((root / ARCHIVED_RUNS).glob(pattern)) if p.relative_to(root / ARCHIVED_RUNS)
+                    not in have]
+
+
 def run_metrics(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
     """Per selftrain run and round: what the filter rules removed, truncation, seconds."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for path in sorted((root / "runs").glob("seed*/round_*/metrics.json")):
+    for path in run_files(root, "seed*/round_*/metrics.json"):
         metrics = read_json(path)
         out.setdefault(path.parent.parent.name, {})[path.parent.name] = {
             k: v for k, v in metrics.items() if any(k == p or (p.endswith("/") and k.startswith(p)) for p in RUN_METRICS)}
@@ -125,7 +141,7 @@ def analysis(root: Path, cells: Cells) -> dict[str, Any]:
     """What the accuracy numbers come from: the kept (training) programs of each run and round
     by question type, and each cell's outcomes by kind (right, wrong answer, or the error kind)."""
     kept: dict[str, dict[str, dict[str, int]]] = {}
-    for path in sorted((root / "runs").glob("seed*/round_*/kept.jsonl")):
+    for path in run_files(root, "seed*/round_*/kept.jsonl"):
         counts: dict[str, int] = defaultdict(int)
         for row in read_jsonl(path):
             counts[row.get("question_type") or "?"] += 1
@@ -235,9 +251,11 @@ def html_page(title: str, body: str) -> str:
 
 
 # -- the archive: what a summary needs, committed beside the results JSON ------------------------
-#: files under a study's folder that the summary reads: the cells' rows and the runs' round metrics
-ARCHIVED = ("rows/*/*.jsonl", "runs/*/round_*/metrics.json", "runs/*/round_*/eval.metrics.json",
-            "runs/*/round_*/kept.jsonl")
+#: where restored run files go: not runs/, where selftrain would take their rounds for done
+ARCHIVED_RUNS = "archived-runs"
+#: files under a study's folder that the summary reads: the cells' rows and the runs' round
+#: metrics and kept programs (the analysis); never adapters, which are large
+ARCHIVED = ("rows/*/*.jsonl", "runs/*/round_*/metrics.json", "runs/*/round_*/kept.jsonl")
 
 
 def archive_path(results: str | Path) -> Path:
@@ -246,44 +264,57 @@ def archive_path(results: str | Path) -> Path:
     return results.with_name(f"{results.stem}.rows.json.gz")
 
 
+def archive_key(cfg: StudyConfig) -> dict[str, Any]:
+    """What must match for an archive's cells to belong to this study: the held-out set, how
+    the runs evaluate, and every selftrain setting of its runs."""
+    return {"task": cfg.task, "n_questions": cfg.n_questions, "run_eval_library": getattr(cfg, "run_eval_library", True),
+            "settings": json.loads(json.dumps(run_settings(cfg), default=str))}
+
+
 def write_archive(root: Path, cfg: StudyConfig, path: Path) -> Path:
     """Every file under `root` that the summary reads, as one gzipped JSON at `path`.
 
     Why: the rows and run metrics live under runs/, which is not committed and is gone on a
-    new machine; with this file (a few hundred KB) the summary can be redone, and the cells it
-    holds are not run again (`restore_archive`). Written byte-for-byte reproducibly (no gzip
-    timestamp, sorted keys), so an unchanged study leaves git with nothing to commit."""
+    new machine; with this file (a few hundred KB) the summary can be redone there, and the
+    cells it holds are not run again (`restore_archive`). Files restored earlier (under
+    archived-runs/) go back in under runs/, so an archive never loses what it once held.
+    No gzip timestamp and sorted keys: on the same zlib an unchanged study writes the same bytes."""
     import gzip
-    import json
 
     files = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
              for pattern in ARCHIVED for p in sorted(root.glob(pattern))}
-    blob = json.dumps({"task": cfg.task, "n_questions": cfg.n_questions, "files": files}, sort_keys=True).encode()
+    for p in sorted((root / ARCHIVED_RUNS).glob("*/round_*/*")):
+        files.setdefault(str(Path("runs") / p.relative_to(root / ARCHIVED_RUNS)), p.read_text(encoding="utf-8"))
+    blob = json.dumps({**archive_key(cfg), "files": files}, sort_keys=True, default=str).encode()
     write_bytes_atomic(path, gzip.compress(blob, mtime=0))
     return path
 
 
 def restore_archive(root: Path, cfg: StudyConfig, path: Path) -> int:
-    """Write the files of the archive at `path` that are missing under `root`; how many.
-
-    Files already there win (they are this machine's newer work). An archive of another task
-    or held-out size is refused, since its cells would be scored on other questions."""
+    """Bring the archive at `path` back into a study folder that has no rows yet (a new
+    machine); how many files. Rows go to rows/, run files to archived-runs/ — read by the
+    summary, never taken by selftrain for finished rounds, so a seed's restored rows cannot be
+    continued by a new run (`Study.selftrain_run` refuses that). A folder with rows is this
+    machine's own work and is left alone; an archive of another study (task, held-out size,
+    settings) is refused."""
     import gzip
-    import json
 
     from viprog.errors import UsageError
 
+    if (root / "rows").exists():
+        return 0
     saved = json.loads(gzip.decompress(path.read_bytes()))
-    if (saved.get("task"), saved.get("n_questions")) != (cfg.task, cfg.n_questions):
-        raise UsageError(f"{path} holds a study of {saved.get('task')} on {saved.get('n_questions')} questions, not "
-                         f"{cfg.task} on {cfg.n_questions}; pass another --results or --no-restore")
-    restored = 0
+    want = archive_key(cfg)
+    differ = [k for k in want if k != "settings" and saved.get(k) != want[k]]
+    differ += [f"--selftrain.{k.replace('_', '-')}" for k in sorted(set(want["settings"]) | set(saved.get("settings", {})))
+               if want["settings"].get(k) != saved.get("settings", {}).get(k)]
+    if differ:
+        raise UsageError(f"{path} holds a study with another {differ[0]} ({len(differ)} setting(s) differ); pass a "
+                         f"--results of its own for this study, or --no-restore")
+    for rel in saved["files"]:
+        if ".." in Path(rel).parts or Path(rel).is_absolute() or Path(rel).parts[0] not in ("rows", "runs"):
+            raise UsageError(f"{path}: {rel!r} is not a rows or runs file of the study folder")
     for rel, text in saved["files"].items():
-        target = root / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            raise UsageError(f"{path}: {rel!r} is not a path inside the study folder")
-        if not target.exists():
-            write_text_atomic(target, text)
-            restored += 1
-    return restored
-
+        parts = Path(rel).parts
+        write_text_atomic(root / (Path(ARCHIVED_RUNS, *parts[1:]) if parts[0] == "runs" else Path(rel)), text)
+    return len(saved["files"])

@@ -102,7 +102,7 @@ def main(cfg: ReinforceConfig) -> int:
     if not cfg.seeds:
         raise UsageError("--seeds needs at least one seed")
     if min(cfg.seeds) < 0:
-        raise UsageError(f"--seeds must be ≥ 0 (numpy and torch refuse negative seeds), got {min(cfg.seeds)}")
+        raise UsageError(f"--seeds must be ≥ 0 (numpy refuses negative seeds), got {min(cfg.seeds)}")
     import torch
 
     from viprog.reinforce.demos import DEMOS, run
