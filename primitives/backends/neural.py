@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from viprog.primitives import vocab
+from viprog.primitives.backends import yolo_class
 from viprog.primitives.patch import PrimitiveError
 from viprog.primitives.profile import Call, PatchData, Profile
 
@@ -129,8 +130,6 @@ class NeuralProfile(Profile):
 
     def _yolo(self) -> Any:
         def load() -> Any:
-            from viprog.primitives.backends import yolo_class
-
             return yolo_class()(self.detector)
 
         return self._model("yolo", "detector", self.detector, load)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+from viprog.primitives.backends import yolo_class
+
 WORDS = [
     "a", "photo", "of", "the", "this", "that", "is", "what", "color", "shape", "size", "how", "many", "object",
     "thing", "circle", "square", "triangle", "star", "red", "green", "blue", "yellow", "purple", "orange", "small",
@@ -61,8 +63,6 @@ def _owl(folder: Path) -> str:
 
 
 def _yolo(folder: Path) -> str:
-    from viprog.primitives.backends import yolo_class
-
     folder.mkdir(parents=True, exist_ok=True)
     yolo_class()("yolov8n.yaml").save(folder / "yolo.pt")
     return str(folder / "yolo.pt")
