@@ -126,6 +126,12 @@ def rows_path(root: Path, arm: str, seed: int | None, k: int) -> Path:
     return root / "rows" / arm / (f"round{k}.jsonl" if seed is None else f"seed{seed}-round{k}.jsonl")
 
 
+def archive_path(results: str | Path) -> Path:
+    """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.rows.json.gz")
+
+
 def cell_rows(rows: Sequence[dict[str, Any]], arm: str, seed: int | None, k: int) -> list[dict[str, Any]]:
     """The per-question record of one cell: what the statistics and the analysis read."""
     keep = ("question_id", "question_type", "reward", "error_kind", "program", "answer")
@@ -175,13 +181,13 @@ class Study:
         self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
         self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
         results = cfg.results_path()
-        if cfg.restore and results and summary_archive(results).exists():
+        if cfg.restore and results and archive_path(results).exists():
             from study_summary import restore_archive
 
-            restored = restore_archive(self.root, cfg, summary_archive(results))
+            restored = restore_archive(self.root, cfg, archive_path(results))
             if restored:
                 log.info("restored %d files from %s into %s (rows/, archived-runs/)", restored,
-                         summary_archive(results), self.root)
+                         archive_path(results), self.root)
         self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
                      for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
@@ -339,12 +345,6 @@ class Study:
             self.close()
 
 
-def summary_archive(results: str) -> Path:
-    from study_summary import archive_path
-
-    return archive_path(results)
-
-
 def check_eval_library(run_root: Path, wanted: bool) -> None:
     """A `UsageError` when the run at `run_root` evaluates its rounds otherwise than `wanted`
     (with or without library programs): its rounds' rows would be saved under the wrong arm."""
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_json_atomic(results, summary)
         log.info("results written to %s, rows and run metrics to %s", results,
-                 write_archive(study.root, cfg, summary_archive(results)))
+                 write_archive(study.root, cfg, archive_path(results)))
     return 1 if study.failed else 0
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from selftrain_study import ARMS, LARGE, StudyConfig, rows_path
+from selftrain_study import ARMS, LARGE, StudyConfig, archive_path, rows_path  # noqa: F401 (archive_path: re-exported)
 
 from viprog.bootstrap import bootstrap_ci, paired_difference
 from viprog.runs import read_json, read_jsonl, write_bytes_atomic, write_jsonl_atomic, write_text_atomic
@@ -256,12 +256,6 @@ ARCHIVED_RUNS = "archived-runs"
 #: files under a study's folder that the summary reads: the cells' rows and the runs' round
 #: metrics and kept programs (the analysis); never adapters, which are large
 ARCHIVED = ("rows/*/*.jsonl", "runs/*/round_*/metrics.json", "runs/*/round_*/kept.jsonl")
-
-
-def archive_path(results: str | Path) -> Path:
-    """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
-    results = Path(results)
-    return results.with_name(f"{results.stem}.rows.json.gz")
 
 
 def archive_key(cfg: StudyConfig) -> dict[str, Any]:
