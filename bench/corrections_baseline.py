@@ -26,7 +26,7 @@ from typing import Any
 
 from selftrain_study import machine_load
 
-from viprog.selftrain import SelfTrainConfig, embedded
+from viprog.selftrain_config import SelfTrainConfig, embedded
 
 log = logging.getLogger("viprog.corrections_baseline")
 

@@ -36,8 +36,8 @@ PHASES = (("reward/mean", ".2f"), ("filter/kept", ".0f"), ("sample/seconds", ".0
 def run_one(engine: str | None, resume: bool) -> dict:
     """One default run in this process; its rounds, wall time and peak memory."""
     from viprog.metrics import peak_memory_mb
-    from viprog.selftrain import embedded
     from viprog.selftrain import main as selftrain
+    from viprog.selftrain_config import embedded
 
     cfg = embedded()
     name = "bench-selftrain" if engine is None else f"bench-selftrain-{engine}"

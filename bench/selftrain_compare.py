@@ -45,7 +45,7 @@ from typing import Any
 from selftrain_study import HeldOutSettings, check_coverage, held_out_run, machine_load, rows_path, save_cell
 
 from viprog.errors import UsageError
-from viprog.selftrain import SelfTrainConfig
+from viprog.selftrain_config import SelfTrainConfig
 
 log = logging.getLogger("viprog.compare")
 

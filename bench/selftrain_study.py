@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from viprog.errors import UsageError
-from viprog.selftrain import SelfTrainConfig, embedded
+from viprog.selftrain_config import SelfTrainConfig, embedded
 
 log = logging.getLogger("viprog.study")
 
@@ -255,7 +255,8 @@ class Study:
         own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
         from viprog.rollout import greedy_params, prompt_fn
         from viprog.runs import Run
-        from viprog.selftrain import Context, resolve_config, round_rollout
+        from viprog.selftrain import Context, round_rollout
+        from viprog.selftrain_config import resolve_config
 
         cfg = resolve_config(cfg, parts.task)
         eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)

@@ -44,7 +44,7 @@ def test_a_misspelt_launcher_is_refused_before_any_round(tmp_path):
     import pytest
 
     from viprog.errors import UsageError
-    from viprog.selftrain import SelfTrainConfig, resolve_config
+    from viprog.selftrain_config import SelfTrainConfig, resolve_config
 
     cfg = SelfTrainConfig(train_launcher="acelerate launch --num_processes 2 --cpu", runs_dir=str(tmp_path))
     with pytest.raises(UsageError, match="'acelerate' is not a command on PATH"):

@@ -153,8 +153,8 @@ def test_a_selftrain_round_trains_while_the_engine_sleeps(events, tiny_folder, t
 
     import viprog.selftrain
     from viprog.finetune import LoraSettings, TrainSettings
-    from viprog.selftrain import SelfTrainConfig
     from viprog.selftrain import main as selftrain
+    from viprog.selftrain_config import SelfTrainConfig
 
     real_finetune = viprog.selftrain.finetune
     seen = {}

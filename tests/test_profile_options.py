@@ -8,7 +8,7 @@ import pytest
 
 from viprog.errors import UsageError
 from viprog.rollout import build, build_profile, parse_profile_options
-from viprog.selftrain import SelfTrainConfig
+from viprog.selftrain_config import SelfTrainConfig
 
 
 def test_options_reach_the_profile_and_its_device_follows_the_policys():

@@ -9,7 +9,7 @@ from viprog.errors import UsageError
 from viprog.finetune import LoraSettings, TrainSettings
 from viprog.rollout import round_questions
 from viprog.runs import write_json_atomic
-from viprog.selftrain import SelfTrainConfig, config_from_dict, embedded, resolve_config, virep_gpu
+from viprog.selftrain_config import SelfTrainConfig, config_from_dict, embedded, resolve_config, virep_gpu
 
 
 def test_the_embedded_preset_is_the_default():

@@ -13,8 +13,8 @@ from viprog.cli import main
 from viprog.config import SamplingSettings
 from viprog.finetune import LoraSettings, TrainSettings
 from viprog.runs import read_jsonl
-from viprog.selftrain import SelfTrainConfig
 from viprog.selftrain import main as selftrain
+from viprog.selftrain_config import SelfTrainConfig
 
 
 def tiny_config(model, data_dir, runs_dir, **overrides):

@@ -49,7 +49,7 @@ def guessing_model(tmp_path_factory):
 
 def toy_study(model, root, **overrides):
     from viprog.finetune import LoraSettings, TrainSettings
-    from viprog.selftrain import SelfTrainConfig
+    from viprog.selftrain_config import SelfTrainConfig
 
     selftrain = SelfTrainConfig(data_dir=str(root / "data"), policy="hf", model=str(model), questions_per_round=16,
                                 sampling=SamplingSettings(n=4), max_new_tokens=40, train_prompt="short", library_shots=1,

@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                "list the sandbox's kernel-level layers (network, seccomp, limits) active on this machine"),
     "eval": ("viprog.evaluate:EvalConfig", "viprog.evaluate:main",
              "score programs (a JSONL file, or a policy's) on a task split; print a JSON metrics report"),
-    "selftrain": ("viprog.selftrain:SelfTrainConfig", "viprog.selftrain:main",
+    "selftrain": ("viprog.selftrain_config:SelfTrainConfig", "viprog.selftrain:main",
                   "reinforced self-training: sample, execute, filter, LoRA fine-tune, evaluate, in rounds"),
     "corrections": ("viprog.corrections:CorrectionsConfig", "viprog.corrections:main",
                     "corrections suggest RUN: a run's question types that no sample was ever rewarded for"),
