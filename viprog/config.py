@@ -15,7 +15,8 @@ from dataclasses import dataclass
 @dataclass
 class SamplingSettings:
     """How each round's training programs are drawn: `n` per question at this temperature
-    and top-p (ViReP: 1.0 and 0.9). Evaluation is always greedy."""
+    and top-p (ViReP: 1.0 and 0.9), and `retry` more for the questions that gave nothing to
+    keep. Evaluation is always greedy."""
 
     n: int = 4
     """Programs sampled per train question (the group size under --algo grpo)."""
@@ -23,6 +24,9 @@ class SamplingSettings:
     """Sampling temperature of the train rollouts."""
     top_p: float = 0.9
     """Nucleus sampling top-p."""
+    retry: int = 0
+    """Programs drawn once more, at the same temperature, for each train question whose first n left the filter
+    nothing to keep (0: no second draw; --algo rest only): the hard questions get more tries, the easy ones none."""
 
 
 @dataclass

@@ -189,7 +189,7 @@ def write_report(run_dir: str | Path, *, gallery_size: int = 24) -> Path:
     shown = {**config, **{f"{group}.{k}": v for group in ("lora", "train", "sampling")
                           for k, v in (config.get(group) or {}).items()}}
     settings = ", ".join(f"{k}={html.escape(str(shown.get(k)))}" for k in
-                         ("task", "policy", "model", "profile", "rounds", "questions_per_round", "sampling.n",
+                         ("task", "policy", "model", "profile", "rounds", "questions_per_round", "sampling.n", "sampling.retry",
                           "tau", "lora.r", "train.learning_rate") if k in shown)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>viprog run {html.escape(run.root.name)}</title>"
             f"<style>{CSS}</style></head><body><h1>Self-training run <code>{html.escape(run.root.name)}</code></h1>"

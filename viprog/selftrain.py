@@ -79,7 +79,7 @@ def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptF
     rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
                           style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
                           timeout=cfg.timeout, desc=f"round {k} {name}", out=out)
-    prefix = "sample" if name == "samples" else "eval_sample"
+    prefix = "sample" if name in ("samples", "retries") else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
                   f"{prefix}/execute_programs_per_s": len(rows) / max(stats.execute_seconds, 1e-9)}
@@ -128,15 +128,53 @@ STEPS = ("sample", "filter", "train", "eval")
 def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str, Any]:
     """Sample `sampling.n` programs for each of round k's train questions (few-shot
     prompts show similar library programs), run them in the sandbox and reward them; the rows
-    stream to `samples.jsonl`."""
-    cfg = ctx.cfg
+    stream to `samples.jsonl`. With `sampling.retry`, the questions whose first programs
+    left the filter nothing to keep get that many more, numbered on after the first ones."""
+    cfg, path = ctx.cfg, ctx.run.artifact(k, "samples.jsonl")
     examples = round_questions(ctx.train_pool, k, cfg.questions_per_round, cfg.seed)
     params = SamplingParams(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=tuple(ctx.prompter.stop()),
                             seed=cfg.seed + 1000 * k)
     prompt = prompt_fn(ctx.prompter, cfg.tuned_prompt if tuned else cfg.base_prompt, library, cfg.library_shots)
-    rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=ctx.run.artifact(k, "samples.jsonl"))
+    rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=path)
+    if cfg.sampling.retry:
+        kept = {s["question_id"] for s in select_kept(cfg, path)[1]}
+        again = [ex for ex in examples if ex.id not in kept]
+        retried, seconds = [], 0.0
+        if again:
+            more = ctx.run.artifact(k, "retries.jsonl")
+            _, retry_metrics = round_rollout(ctx, k, again, prompt, dataclasses.replace(
+                params, n=cfg.sampling.retry, seed=params.seed + 500), "retries", out=more)
+            retried, seconds = append_samples(path, more, offset=cfg.sampling.n), retry_metrics["sample/seconds"]
+        rows += retried
+        kept_now = {s["question_id"] for s in select_kept(cfg, path)[1]}
+        metrics |= {"sample/retry_questions": len(again), "sample/retry_programs": len(retried),
+                    "sample/retry_questions_kept": len(kept_now - kept), "sample/retry_seconds": seconds}
     return {**metrics, **reward_metrics(rows), **exec_metrics(rows), "sample/questions": len(examples)}
+
+
+def append_samples(path: Any, more: Any, offset: int) -> list[dict[str, Any]]:
+    """Move the rows of `more` to the end of `path`, their `sample` numbers shifted by
+    `offset` (one rename: a kill leaves either file whole); returns their summaries."""
+    added = []
+    with AtomicJsonl(path) as sink:
+        for row in iter_jsonl(path):
+            sink.write(row)
+        for row in iter_jsonl(more):
+            row = {**row, "sample": row["sample"] + offset}
+            sink.write(row)
+            added.append(summary(row))
+    more.unlink()
+    return added
+
+
+def select_kept(cfg: SelfTrainConfig, path: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """The filter's choice among the samples in `path` (`select_programs` with this run's
+    rules), made from their summaries and trace lengths."""
+    samples = [{**summary(row), "primitive_calls": primitive_calls(row)} for row in iter_jsonl(path)]
+    chosen, removed = select_programs(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question,
+                                      drop_lucky=cfg.drop_lucky, dedup_across_questions=cfg.dedup_across_questions)
+    return samples, chosen, removed
 
 
 def filter_step(ctx: Context, k: int) -> dict[str, Any]:
@@ -144,9 +182,7 @@ def filter_step(ctx: Context, k: int) -> dict[str, Any]:
     question) in `kept.jsonl`: chosen from their summaries, then copied whole one row at a
     time, so no answers or traces of the whole rollout are held at once."""
     cfg, path = ctx.cfg, ctx.run.artifact(k, "samples.jsonl")
-    samples = [{**summary(row), "primitive_calls": primitive_calls(row)} for row in iter_jsonl(path)]
-    chosen, removed = select_programs(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question,
-                                      drop_lucky=cfg.drop_lucky, dedup_across_questions=cfg.dedup_across_questions)
+    samples, chosen, removed = select_kept(cfg, path)
     wanted = {(r["question_id"], r["sample"]) for r in chosen}
     with AtomicJsonl(ctx.run.artifact(k, "kept.jsonl")) as kept:
         for row in iter_jsonl(path):

@@ -226,6 +226,9 @@ def resolve_config(cfg: SelfTrainConfig, task: Any = None) -> SelfTrainConfig:
         cfg = dataclasses.replace(cfg, train_split=cfg.train_split or train, eval_split=cfg.eval_split or held_out)
     if cfg.rounds < 0 or cfg.questions_per_round < 1 or cfg.sampling.n < 1:
         raise UsageError("--rounds must be ≥ 0, --questions-per-round and --sampling.n ≥ 1")
+    if cfg.sampling.retry < 0 or (cfg.sampling.retry and cfg.algo == "grpo"):
+        raise UsageError(f"--sampling.retry must be ≥ 0 and is for --algo rest (GRPO samples inside its trainer), "
+                         f"got {cfg.sampling.retry} with --algo {cfg.algo}")
     if not 0.0 <= cfg.tau <= 1.0:
         raise UsageError(f"tau must be within [0, 1] (rewards are), got {cfg.tau}")
     if cfg.algo == "grpo":
