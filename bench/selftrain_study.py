@@ -113,6 +113,10 @@ class StudyConfig(HeldOutSettings):
     metrics (NAME.rows.json.gz), from which a new machine can redo the summary."""
     restore: bool = True
     """When out_dir has no rows yet (a new machine), first restore the archive's cells: they are not run again."""
+    extra_rounds: tuple[int, ...] | None = None
+    """Rounds at which the arms the study evaluates itself (b, c under the training prompt, and d when the runs do
+    not evaluate it) get a cell (None: every round); e.g. --extra-rounds 2 for the last round alone, where a cell
+    with library programs costs ~20 min of a 2-core CPU."""
 
     def results_path(self) -> str | None:
         """`results`, with the default made per task (so a shapes-hard study keeps its own file)."""
@@ -173,6 +177,9 @@ class Study:
             raise UsageError(f"unknown arm {unknown[0]!r}; arms: {', '.join(ARMS)}")
         if not cfg.seeds or cfg.rounds < 1 or cfg.n_questions < 1:
             raise UsageError("the study needs at least one seed, one round and one question")
+        bad = sorted(set(cfg.extra_rounds or ()) - set(range(1, cfg.rounds + 1)))
+        if bad:
+            raise UsageError(f"--extra-rounds {bad[0]} is not a round of this study: give rounds within 1..{cfg.rounds}")
         if cfg.selftrain.library_shots < 1:
             raise UsageError("--selftrain.library-shots must be ≥ 1: the library arms show library programs")
         self.cfg = cfg
@@ -188,14 +195,18 @@ class Study:
             if restored:
                 log.info("restored %d files from %s into %s (rows/, archived-runs/)", restored,
                          archive_path(results), self.root)
-        self.bars = {arm: tqdm(total=len(cfg.seeds) * (1 if arm == "a_base_fewshot" else cfg.rounds), desc=arm,
+        self.bars = {arm: tqdm(total=len(cfg.seeds) * len(self._rounds(arm)), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
                      for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
         for arm, bar in self.bars.items():
             bar.update(sum(rows_path(self.root, arm, s, k).exists() for s in cfg.seeds for k in self._rounds(arm)))
 
-    def _rounds(self, arm: str) -> range:
-        return range(1) if arm == "a_base_fewshot" else range(1, self.cfg.rounds + 1)
+    def _rounds(self, arm: str) -> Sequence[int]:
+        if arm == "a_base_fewshot":
+            return range(1)
+        if arm in EXTRA and arm != self.run_arm and self.cfg.extra_rounds is not None:
+            return sorted(set(self.cfg.extra_rounds))
+        return range(1, self.cfg.rounds + 1)
 
     def _done(self, arm: str, seed: int) -> bool:
         return all(rows_path(self.root, arm, seed, k).exists() for k in self._rounds(arm))
@@ -277,7 +288,8 @@ class Study:
         run = Run(run_root)
         for k in range(1, self.cfg.rounds + 1):
             for arm, (tuned, style, with_library) in EXTRA.items():
-                if arm not in self.cfg.arms or arm == self.run_arm or rows_path(self.root, arm, seed, k).exists():
+                if (arm not in self.cfg.arms or arm == self.run_arm or k not in self._rounds(arm)
+                        or rows_path(self.root, arm, seed, k).exists()):
                     continue
                 needs = run_root / ("config.json" if tuned else f"round_{k}/kept.jsonl")
                 if not needs.exists():  # the run's cells came from the archive, its adapters did not

@@ -244,3 +244,19 @@ def test_runs_evaluating_without_the_library_give_the_same_cells(finished, tmp_p
     with pytest.raises(UsageError, match="without library programs; pass --no-run-eval-library"):
         study.main(args)  # ... from a run that evaluates without the library: refused, nothing saved as d
     assert not study.rows_path(copy / cfg.task, "d_lora_fewshot_library", 1, 1).exists()
+
+
+def test_extra_rounds_limit_the_cells_the_study_evaluates_itself(guessing_model, tmp_path):
+    """--extra-rounds 2 of 3: arms b, c under the training prompt and d get a cell at round 2
+    alone; the runs' own arm (c few-shot here) and the base keep every round."""
+    cfg = toy_study(guessing_model, tmp_path, rounds=3, extra_rounds=(2,), run_eval_library=False)
+    s = study.Study(cfg)
+    try:
+        assert list(s._rounds("b_base_fewshot_library")) == [2] == list(s._rounds("d_lora_fewshot_library"))
+        assert list(s._rounds("c_lora_fewshot")) == [1, 2, 3] and list(s._rounds("a_base_fewshot")) == [0]
+        assert s.bars["b_base_fewshot_library"].total == 2 and s.bars["c_lora_fewshot"].total == 6
+    finally:
+        for bar in s.bars.values():
+            bar.close()
+    with pytest.raises(UsageError, match="--extra-rounds 4 is not a round of this study"):
+        study.Study(toy_study(guessing_model, tmp_path, rounds=3, extra_rounds=(2, 4)))
