@@ -97,6 +97,7 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "best_minus_1_5b": (paired_difference(scores[best[1:]], large, **est).to_json()
                             if best is not None and large is not None else None),
         "gains_vs_round_0": gains,
+        "library_effects": library_effects(cells, seeds, cfg.rounds, questions, est),
         "by_type": by_type,
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
@@ -109,6 +110,30 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
     }
     write_outputs(root, cfg, result, cells, scores, large)
     return result
+
+
+#: what library programs in the prompt add: (with them, without them) for the adapter and for the base
+LIBRARY_PAIRS = {"adapter": ("d_lora_fewshot_library", "c_lora_fewshot"),
+                 "base": ("b_base_fewshot_library", "a_base_fewshot")}
+
+
+def library_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, questions: list[str],
+                    est: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per round, the paired difference that library programs in the prompt make: to the
+    round-k adapter (d − c) and to the base model (b − a), on the seeds whose cells both arms
+    have (the base's round-0 cell is one greedy run, shared by every seed)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (shown, plain) in LIBRARY_PAIRS.items():
+        for k in range(1, rounds + 1):
+            both = tuple(s for s in seeds if (shown, s, k) in cells and (plain, s, 0 if name == "base" else k) in cells)
+            if not both:
+                continue
+            control = matrix(cells, plain, both, 0 if name == "base" else k, questions)
+            treated = matrix(cells, shown, both, k, questions)
+            out.setdefault(name, {})[f"round_{k}"] = {
+                **paired_difference(treated, control[:1] if name == "base" else control, **est).to_json(),
+                "seeds": list(both), "with": shown, "without": plain}
+    return out
 
 
 def run_settings(cfg: StudyConfig) -> dict[str, Any]:
@@ -199,6 +224,10 @@ def tables(result: dict[str, Any]) -> str:
     if result["best_selftrained"]:
         b = result["best_selftrained"]
         lines.append(f"best self-trained: {b['arm']} round {b['round']}: {estimate_text(b)}")
+    for name, per_round in (result.get("library_effects") or {}).items():
+        for r, e in per_round.items():
+            lines.append(f"library programs in the prompt, {name} ({e['with']} − {e['without']}), {r}, seeds "
+                         f"{e['seeds']}: {e['mean']:+.1%} [{e['ci95'][0]:+.1%}, {e['ci95'][1]:+.1%}]")
     last = rounds[-1]
     shown = [(arm, r) for arm in result["by_type"] for r in ("round_0", last) if r in result["by_type"][arm]]
     type_names = sorted({t for arm, r in shown for t in result["by_type"][arm][r]})

@@ -260,3 +260,22 @@ def test_extra_rounds_limit_the_cells_the_study_evaluates_itself(guessing_model,
             bar.close()
     with pytest.raises(UsageError, match="--extra-rounds 4 is not a round of this study"):
         study.Study(toy_study(guessing_model, tmp_path, rounds=3, extra_rounds=(2, 4)))
+
+
+def test_the_library_effects_are_the_paired_differences_of_the_saved_rows(finished):
+    """d − c (library programs added to the adapter's prompt) and b − a (to the base's), each
+    the mean over the saved rows of the seeds both arms have."""
+    cfg, _, result = finished
+    task_root = Path(cfg.out_dir) / cfg.task
+
+    def mean(arm, seeds, k):
+        rows = [r for s in seeds for r in read_jsonl(study.rows_path(task_root, arm, s, k))]
+        return sum(r["reward"] for r in rows) / len(rows)
+
+    effects = result["library_effects"]
+    adapter, base = effects["adapter"]["round_1"], effects["base"]["round_1"]
+    assert adapter["seeds"] == [0, 1] == base["seeds"]
+    assert adapter["mean"] == pytest.approx(mean("d_lora_fewshot_library", (0, 1), 1) - mean("c_lora_fewshot", (0, 1), 1))
+    assert base["mean"] == pytest.approx(mean("b_base_fewshot_library", (0, 1), 1) - mean("a_base_fewshot", (0,), 0))
+    assert adapter["ci95"][0] <= adapter["mean"] <= adapter["ci95"][1]
+    assert "library programs in the prompt, adapter" in (task_root / "table.md").read_text()
