@@ -99,6 +99,10 @@ def sampled_per_round(run: SelfTrainConfig) -> int:
 
 def check_budgets(configs: dict[str, SelfTrainConfig]) -> dict[str, int]:
     """Each variant's programs sampled per round; a `UsageError` unless they are all equal."""
+    retrying = sorted(v for v, run in configs.items() if run.sampling.retry)
+    if retrying:
+        raise UsageError(f"variant {retrying[0]} has --selftrain.sampling.retry: its programs per round depend on "
+                         "what the first draw solved, so the budgets could not be equal; leave it at 0 here")
     budgets = {variant: sampled_per_round(run) for variant, run in configs.items()}
     if len(set(budgets.values())) > 1:
         shown = ", ".join(f"{v} {n}" for v, n in budgets.items())

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from viprog.errors import UsageError
-from viprog.selftrain_config import SelfTrainConfig, embedded
+from viprog.selftrain_config import SelfTrainConfig, embedded, resolve_config
 
 log = logging.getLogger("viprog.study")
 
@@ -114,9 +114,10 @@ class StudyConfig(HeldOutSettings):
     restore: bool = True
     """When out_dir has no rows yet (a new machine), first restore the archive's cells: they are not run again."""
     extra_rounds: tuple[int, ...] | None = None
-    """Rounds at which the arms the study evaluates itself (b, c under the training prompt, and d when the runs do
-    not evaluate it) get a cell (None: every round); e.g. --extra-rounds 2 for the last round alone, where a cell
-    with library programs costs ~20 min of a 2-core CPU."""
+    """Rounds at which the arms the study evaluates itself get a cell (None: every round): b, c under the training
+    prompt, and whichever of c few-shot and d the runs do not evaluate (d under --no-run-eval-library, c few-shot
+    otherwise, and with it gain_lora_only); e.g. --extra-rounds 2 for the last round alone, where a cell with
+    library programs costs ~20 min of a 2-core CPU."""
 
     def results_path(self) -> str | None:
         """`results`, with the default made per task (so a shapes-hard study keeps its own file)."""
@@ -267,7 +268,6 @@ class Study:
         from viprog.rollout import greedy_params, prompt_fn
         from viprog.runs import Run
         from viprog.selftrain import Context, round_rollout
-        from viprog.selftrain_config import resolve_config
 
         cfg = resolve_config(cfg, parts.task)
         eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)

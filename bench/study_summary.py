@@ -97,7 +97,7 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "best_minus_1_5b": (paired_difference(scores[best[1:]], large, **est).to_json()
                             if best is not None and large is not None else None),
         "gains_vs_round_0": gains,
-        "library_effects": library_effects(cells, seeds, cfg.rounds, questions, est),
+        "library_effects": library_effects(cells, seeds, cfg.rounds, questions, base, est),
         "by_type": by_type,
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
@@ -118,20 +118,19 @@ LIBRARY_PAIRS = {"adapter": ("d_lora_fewshot_library", "c_lora_fewshot"),
 
 
 def library_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, questions: list[str],
-                    est: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                    base: np.ndarray, est: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Per round, the paired difference that library programs in the prompt make: to the
-    round-k adapter (d − c) and to the base model (b − a), on the seeds whose cells both arms
-    have (the base's round-0 cell is one greedy run, shared by every seed)."""
+    round-k adapter (d − c, on the seeds whose cells both arms have) and to the base model
+    (b − a, on b's seeds against `base`, the one greedy round-0 run every seed shares)."""
     out: dict[str, dict[str, Any]] = {}
     for name, (shown, plain) in LIBRARY_PAIRS.items():
         for k in range(1, rounds + 1):
-            both = tuple(s for s in seeds if (shown, s, k) in cells and (plain, s, 0 if name == "base" else k) in cells)
+            both = tuple(s for s in seeds if (shown, s, k) in cells and (name == "base" or (plain, s, k) in cells))
             if not both:
                 continue
-            control = matrix(cells, plain, both, 0 if name == "base" else k, questions)
-            treated = matrix(cells, shown, both, k, questions)
+            control = base if name == "base" else matrix(cells, plain, both, k, questions)
             out.setdefault(name, {})[f"round_{k}"] = {
-                **paired_difference(treated, control[:1] if name == "base" else control, **est).to_json(),
+                **paired_difference(matrix(cells, shown, both, k, questions), control, **est).to_json(),
                 "seeds": list(both), "with": shown, "without": plain}
     return out
 

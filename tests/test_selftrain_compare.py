@@ -180,3 +180,12 @@ def test_the_corrections_baseline_shows_where_the_policy_fails(guessing_model, t
     assert result["n"] == 2 and result["corrections_accuracy"] == 1.0 and result["base_accuracy"] == 0.5
     assert {t: e["accuracy"] for t, e in result["base_by_type"].items()} == {"circle": 1.0, "star": 0.0}
     assert json.loads((tmp_path / "baseline.json").read_text())["base_rows"] == result["base_rows"]
+
+
+def test_a_variant_with_retries_is_refused_before_anything_runs(tmp_path):
+    """--selftrain.sampling.retry makes a round's programs depend on what its first draw
+    solved: the budgets could not be held equal, so the comparison refuses it up front."""
+    cfg = toy_compare("unused", tmp_path)
+    cfg.selftrain = dataclasses.replace(cfg.selftrain, sampling=dataclasses.replace(cfg.selftrain.sampling, retry=2))
+    with pytest.raises(UsageError, match="sampling.retry"):
+        compare.Compare(cfg)

@@ -268,13 +268,14 @@ def sample_programs(policy: Policy, examples: Sequence[Example], prompt: PromptF
 
 def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, params: SamplingParams, *,
             partial: str | Path, style: str = "completion", batch_questions: int = 4, workers: int = 2,
-            timeout: float = 10.0, desc: str = "rollout", out: str | Path | None = None,
+            timeout: float = 10.0, desc: str = "rollout", out: str | Path | None = None, check: bool = True,
             ) -> tuple[list[dict[str, Any]], SampleStats]:
     """The whole pipeline on `examples`: sample programs from `parts.policy` (resumably,
     through `partial`), run them in the sandbox under `parts.profile` on `parts.executor`,
     reward them by `parts.task`. Returns the rows (their summaries when they stream to `out`, see
     `execute_programs`) and the stats, execution time included. A rollout in which every
-    program failed inside a primitive is a `UsageError` (`check_primitives_answered`)."""
+    program failed inside a primitive is a `UsageError` (`check_primitives_answered`; `check=False`
+    skips that for a rollout of questions chosen for having failed)."""
     if parts.policy is None:
         raise UsageError("a rollout needs a policy; build the components with_policy=True")
     programs, stats = sample_programs(parts.policy, examples, prompt, params, partial=partial, style=style,
@@ -284,7 +285,8 @@ def rollout(parts: Components, examples: Sequence[Example], prompt: PromptFn, pa
                             images=load_images(parts.task, examples), workers=workers, timeout=timeout,
                             desc=f"{desc} execute", out=out, executor=parts.executor)
     stats.execute_seconds = time.perf_counter() - start
-    check_primitives_answered(rows, desc)
+    if check:
+        check_primitives_answered(rows, desc)
     return rows, stats
 
 

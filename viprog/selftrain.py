@@ -71,15 +71,15 @@ log = logging.getLogger("viprog.selftrain")
 
 # -- the pieces a round is made of ---------------------------------------------------------
 def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn, params: SamplingParams,
-                  name: str, out: Any = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                  name: str, out: Any = None, check: bool = True) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """`viprog.rollout.rollout` in round k's folder (resumable there); returns the rows and
     their `sample/` (or `eval_sample/`) metrics. With `out`, the rows stream to that file and
     their summaries are returned."""
     cfg = ctx.cfg
     rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
                           style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
-                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out)
-    prefix = "sample" if name in ("samples", "retries") else "eval_sample"
+                          timeout=cfg.timeout, desc=f"round {k} {name}", out=out, check=check)
+    prefix = "sample" if name == "samples" or name.startswith("retries") else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
                   f"{prefix}/execute_programs_per_s": len(rows) / max(stats.execute_seconds, 1e-9)}
@@ -138,30 +138,60 @@ def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str
     prompt = prompt_fn(ctx.prompter, cfg.tuned_prompt if tuned else cfg.base_prompt, library, cfg.library_shots)
     rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=path)
     if cfg.sampling.retry:
-        kept = {s["question_id"] for s in select_kept(cfg, path)[1]}
-        again = [ex for ex in examples if ex.id not in kept]
-        retried, seconds = [], 0.0
-        if again:
-            more = ctx.run.artifact(k, "retries.jsonl")
-            _, retry_metrics = round_rollout(ctx, k, again, prompt, dataclasses.replace(
-                params, n=cfg.sampling.retry, seed=params.seed + 500), "retries", out=more)
-            retried, seconds = append_samples(path, more, offset=cfg.sampling.n), retry_metrics["sample/seconds"]
+        retried, retry = retry_unkept(ctx, k, examples, prompt, params, path)
         rows += retried
-        kept_now = {s["question_id"] for s in select_kept(cfg, path)[1]}
-        metrics |= {"sample/retry_questions": len(again), "sample/retry_programs": len(retried),
-                    "sample/retry_questions_kept": len(kept_now - kept), "sample/retry_seconds": seconds}
+        tokens = metrics.get("sample/tokens")  # the round's totals: first draw and retries
+        metrics |= {**sampling_metrics(metrics["sample/seconds"] + retry["sample/retry_seconds"],
+                                       metrics["sample/programs"] + retry["sample/retry_programs"],
+                                       None if tokens is None else tokens + retry.pop("sample/retry_tokens", 0)),
+                    **retry}
     return {**metrics, **reward_metrics(rows), **exec_metrics(rows), "sample/questions": len(examples)}
 
 
-def append_samples(path: Any, more: Any, offset: int) -> list[dict[str, Any]]:
-    """Move the rows of `more` to the end of `path`, their `sample` numbers shifted by
-    `offset` (one rename: a kill leaves either file whole); returns their summaries."""
+def retry_unkept(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn, params: SamplingParams,
+                 path: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`sampling.retry` more programs for each question of `path` (the first draw) that the
+    filter keeps nothing of, appended to `path` numbered on after that question's last
+    sample; returns their summaries and the `sample/retry_*` metrics. Questions whose image
+    did not load have no rows and are not retried; a retry in which every program fails in a
+    primitive is not an error here (those questions were chosen for failing). With
+    --dedup-across-questions a retried program can win over another question's, so the
+    metrics count questions that lost their kept programs as well as those that gained."""
+    cfg = ctx.cfg
+    samples, chosen, _ = select_kept(cfg, path)
+    kept = {s["question_id"] for s in chosen}
+    following: dict[str, int] = {}  # question id → the next free sample number
+    for s in samples:
+        following[s["question_id"]] = max(following.get(s["question_id"], 0), int(s["sample"]) + 1)
+    again = [ex for ex in examples if ex.id in following and ex.id not in kept]
+    added: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"sample/retry_questions": len(again), "sample/retry_programs": 0,
+                           "sample/retry_seconds": 0.0}
+    if again:
+        more = ctx.run.artifact(k, "retries.jsonl")
+        # seeds after the first draw's (one per question position); the partial file is per M, so a resume
+        # with another --sampling.retry draws anew instead of mixing two Ms in one round
+        _, drawn = round_rollout(ctx, k, again, prompt, dataclasses.replace(
+            params, n=cfg.sampling.retry, seed=params.seed + len(examples)), f"retries-m{cfg.sampling.retry}",
+            out=more, check=False)
+        added = append_samples(path, more, following)
+        out |= {"sample/retry_programs": len(added), "sample/retry_seconds": drawn["sample/seconds"],
+                "sample/retry_tokens": drawn.get("sample/tokens", 0)}
+    kept_now = {s["question_id"] for s in select_kept(cfg, path)[1]}
+    return added, out | {"sample/retry_questions_kept": len(kept_now - kept),
+                         "sample/retry_questions_lost": len(kept - kept_now)}
+
+
+def append_samples(path: Any, more: Any, following: dict[str, int]) -> list[dict[str, Any]]:
+    """Move the rows of `more` to the end of `path`, each numbered on from its question's
+    `following` sample number (one rename: a kill leaves either file whole); returns their
+    summaries."""
     added = []
     with AtomicJsonl(path) as sink:
         for row in iter_jsonl(path):
             sink.write(row)
         for row in iter_jsonl(more):
-            row = {**row, "sample": row["sample"] + offset}
+            row = {**row, "sample": following[row["question_id"]] + row["sample"]}
             sink.write(row)
             added.append(summary(row))
     more.unlink()

@@ -1,9 +1,9 @@
 """The options of `viprog selftrain` (`SelfTrainConfig`), its presets, and how a saved run's
 `config.json` is read back and checked.
 
-Why its own module: the round loop (`viprog.selftrain`) and everything that only configures
-or inspects a run (the study, the benches, `viprog.load`) need the same options; keeping
-them apart from the loop keeps both readable and lets the loop grow without the options.
+Why its own module: the round loop (`viprog.selftrain`) had reached the 500-line limit, and
+the options are a concept of their own that the CLI, the study and the benches name without
+running a round.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class SelfTrainConfig(TaskPolicyConfig):
     questions_per_round: int = 12
     """Train questions sampled per round (a new slice of the shuffled train split each round)."""
     sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
-    """How the train programs are sampled (--sampling.n, --sampling.temperature, --sampling.top-p)."""
+    """How the train programs are sampled (--sampling.n, --sampling.temperature, --sampling.top-p, --sampling.retry)."""
     tau: float = 1.0
     """Reward threshold: keep programs with reward ≥ tau."""
     dedup: bool = True
