@@ -47,7 +47,7 @@ def test_the_archive_holds_what_the_summary_reads_and_a_new_machine_gets_it_back
     cfg = config(tmp_path)
     root = Path(cfg.out_dir) / cfg.task
     files = fake_study(root)
-    path = summary.archive_path(cfg.results)
+    path = study.archive_path(cfg.results)
     assert path == tmp_path / "results" / "s.rows.json.gz"
     summary.write_archive(root, cfg, path)
     first = path.read_bytes()
@@ -77,7 +77,7 @@ def test_an_archive_of_another_study_is_refused(tmp_path, change, named):
     cfg = config(tmp_path)
     root = Path(cfg.out_dir) / cfg.task
     fake_study(root)
-    path = summary.write_archive(root, cfg, summary.archive_path(cfg.results))
+    path = summary.write_archive(root, cfg, study.archive_path(cfg.results))
     with pytest.raises(UsageError, match=f"another {named} "):
         summary.restore_archive(tmp_path / "other", config(tmp_path, **change), path)
     assert not (tmp_path / "other").exists()
@@ -87,7 +87,7 @@ def test_an_archive_of_runs_with_other_selftrain_settings_is_refused(tmp_path):
     cfg = config(tmp_path)
     root = Path(cfg.out_dir) / cfg.task
     fake_study(root)
-    path = summary.write_archive(root, cfg, summary.archive_path(cfg.results))
+    path = summary.write_archive(root, cfg, study.archive_path(cfg.results))
     other = config(tmp_path)
     other.selftrain.questions_per_round = 48
     with pytest.raises(UsageError, match="another --selftrain.questions-per-round"):
@@ -96,7 +96,7 @@ def test_an_archive_of_runs_with_other_selftrain_settings_is_refused(tmp_path):
 
 def test_an_archive_path_outside_the_study_folder_is_refused(tmp_path):
     cfg = config(tmp_path)
-    path = summary.archive_path(cfg.results)
+    path = study.archive_path(cfg.results)
     path.parent.mkdir(parents=True)
     blob = {**summary.archive_key(cfg), "files": {"rows/../../escape.txt": "x"}}
     path.write_bytes(gzip.compress(json.dumps(blob).encode()))
@@ -110,7 +110,7 @@ def test_a_new_machine_restores_the_cells_and_refuses_to_continue_a_run_it_does_
 
     cfg = config(tmp_path)
     fake_study(Path(cfg.out_dir) / cfg.task)
-    summary.write_archive(Path(cfg.out_dir) / cfg.task, cfg, summary.archive_path(cfg.results))
+    summary.write_archive(Path(cfg.out_dir) / cfg.task, cfg, study.archive_path(cfg.results))
     runs = []
     monkeypatch.setattr(viprog.selftrain, "main", lambda c: runs.append(c.run_name))
 

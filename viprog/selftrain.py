@@ -71,15 +71,15 @@ log = logging.getLogger("viprog.selftrain")
 
 # -- the pieces a round is made of ---------------------------------------------------------
 def round_rollout(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn, params: SamplingParams,
-                  name: str, out: Any = None, check: bool = True) -> tuple[list[dict[str, Any]], dict[str, float]]:
+                  name: str, out: Any = None, check: bool = True, prefix: str = "eval_sample",
+                  ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """`viprog.rollout.rollout` in round k's folder (resumable there); returns the rows and
-    their `sample/` (or `eval_sample/`) metrics. With `out`, the rows stream to that file and
-    their summaries are returned."""
+    their `<prefix>/` metrics (`sample/` for the train rollouts). With `out`, the rows stream
+    to that file and their summaries are returned."""
     cfg = ctx.cfg
     rows, stats = rollout(ctx.parts, examples, prompt, params, partial=ctx.run.artifact(k, f"{name}.partial.jsonl"),
                           style=cfg.prompt_style, batch_questions=cfg.batch_questions, workers=cfg.workers,
                           timeout=cfg.timeout, desc=f"round {k} {name}", out=out, check=check)
-    prefix = "sample" if name == "samples" or name.startswith("retries") else "eval_sample"
     return rows, {**sampling_metrics(stats.seconds, stats.programs, stats.tokens, prefix=prefix),
                   f"{prefix}/execute_seconds": round(stats.execute_seconds, 3),
                   f"{prefix}/execute_programs_per_s": len(rows) / max(stats.execute_seconds, 1e-9)}
@@ -136,14 +136,14 @@ def sample_step(ctx: Context, k: int, library: Library, tuned: bool) -> dict[str
                             max_new_tokens=cfg.max_new_tokens, stop=tuple(ctx.prompter.stop()),
                             seed=cfg.seed + 1000 * k)
     prompt = prompt_fn(ctx.prompter, cfg.tuned_prompt if tuned else cfg.base_prompt, library, cfg.library_shots)
-    rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=path)
+    rows, metrics = round_rollout(ctx, k, examples, prompt, params, "samples", out=path, prefix="sample")
     if cfg.sampling.retry:
         retried, retry = retry_unkept(ctx, k, examples, prompt, params, path)
         rows += retried
         tokens = metrics.get("sample/tokens")  # the round's totals: first draw and retries
         metrics |= {**sampling_metrics(metrics["sample/seconds"] + retry["sample/retry_seconds"],
                                        metrics["sample/programs"] + retry["sample/retry_programs"],
-                                       None if tokens is None else tokens + retry.pop("sample/retry_tokens", 0)),
+                                       None if tokens is None else tokens + retry["sample/retry_tokens"]),
                     **retry}
     return {**metrics, **reward_metrics(rows), **exec_metrics(rows), "sample/questions": len(examples)}
 
@@ -158,34 +158,34 @@ def retry_unkept(ctx: Context, k: int, examples: Sequence[Any], prompt: PromptFn
     --dedup-across-questions a retried program can win over another question's, so the
     metrics count questions that lost their kept programs as well as those that gained."""
     cfg = ctx.cfg
-    samples, chosen, _ = select_kept(cfg, path)
-    kept = {s["question_id"] for s in chosen}
+    samples = filter_inputs(path)
+    kept = {s["question_id"] for s in select_kept(cfg, samples)[0]}
     following: dict[str, int] = {}  # question id → the next free sample number
     for s in samples:
         following[s["question_id"]] = max(following.get(s["question_id"], 0), int(s["sample"]) + 1)
     again = [ex for ex in examples if ex.id in following and ex.id not in kept]
     added: list[dict[str, Any]] = []
     out: dict[str, Any] = {"sample/retry_questions": len(again), "sample/retry_programs": 0,
-                           "sample/retry_seconds": 0.0}
+                           "sample/retry_seconds": 0.0, "sample/retry_tokens": 0}
     if again:
         more = ctx.run.artifact(k, "retries.jsonl")
         # seeds after the first draw's (one per question position); the partial file is per M, so a resume
         # with another --sampling.retry draws anew instead of mixing two Ms in one round
         _, drawn = round_rollout(ctx, k, again, prompt, dataclasses.replace(
             params, n=cfg.sampling.retry, seed=params.seed + len(examples)), f"retries-m{cfg.sampling.retry}",
-            out=more, check=False)
+            out=more, check=False, prefix="sample")
         added = append_samples(path, more, following)
         out |= {"sample/retry_programs": len(added), "sample/retry_seconds": drawn["sample/seconds"],
                 "sample/retry_tokens": drawn.get("sample/tokens", 0)}
-    kept_now = {s["question_id"] for s in select_kept(cfg, path)[1]}
+    kept_now = {s["question_id"] for s in select_kept(cfg, [*samples, *added])[0]}
     return added, out | {"sample/retry_questions_kept": len(kept_now - kept),
                          "sample/retry_questions_lost": len(kept - kept_now)}
 
 
 def append_samples(path: Any, more: Any, following: dict[str, int]) -> list[dict[str, Any]]:
     """Move the rows of `more` to the end of `path`, each numbered on from its question's
-    `following` sample number (one rename: a kill leaves either file whole); returns their
-    summaries."""
+    `following` sample number (one rename: a kill leaves either file whole); returns them as
+    the filter reads them (`filter_inputs`)."""
     added = []
     with AtomicJsonl(path) as sink:
         for row in iter_jsonl(path):
@@ -193,18 +193,24 @@ def append_samples(path: Any, more: Any, following: dict[str, int]) -> list[dict
         for row in iter_jsonl(more):
             row = {**row, "sample": following[row["question_id"]] + row["sample"]}
             sink.write(row)
-            added.append(summary(row))
+            added.append(filter_input(row))
     more.unlink()
     return added
 
 
-def select_kept(cfg: SelfTrainConfig, path: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
-    """The filter's choice among the samples in `path` (`select_programs` with this run's
-    rules), made from their summaries and trace lengths."""
-    samples = [{**summary(row), "primitive_calls": primitive_calls(row)} for row in iter_jsonl(path)]
-    chosen, removed = select_programs(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question,
-                                      drop_lucky=cfg.drop_lucky, dedup_across_questions=cfg.dedup_across_questions)
-    return samples, chosen, removed
+def filter_input(row: dict[str, Any]) -> dict[str, Any]:
+    """What the filter reads of a rollout row: its summary and how many primitive calls it made."""
+    return {**summary(row), "primitive_calls": primitive_calls(row)}
+
+
+def filter_inputs(path: Any) -> list[dict[str, Any]]:
+    return [filter_input(row) for row in iter_jsonl(path)]
+
+
+def select_kept(cfg: SelfTrainConfig, samples: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The filter's choice among `samples` (`filter_inputs`): `select_programs` with this run's rules."""
+    return select_programs(samples, tau=cfg.tau, dedup=cfg.dedup, cap_per_question=cfg.cap_per_question,
+                           drop_lucky=cfg.drop_lucky, dedup_across_questions=cfg.dedup_across_questions)
 
 
 def filter_step(ctx: Context, k: int) -> dict[str, Any]:
@@ -212,7 +218,8 @@ def filter_step(ctx: Context, k: int) -> dict[str, Any]:
     question) in `kept.jsonl`: chosen from their summaries, then copied whole one row at a
     time, so no answers or traces of the whole rollout are held at once."""
     cfg, path = ctx.cfg, ctx.run.artifact(k, "samples.jsonl")
-    samples, chosen, removed = select_kept(cfg, path)
+    samples = filter_inputs(path)
+    chosen, removed = select_kept(cfg, samples)
     wanted = {(r["question_id"], r["sample"]) for r in chosen}
     with AtomicJsonl(ctx.run.artifact(k, "kept.jsonl")) as kept:
         for row in iter_jsonl(path):
