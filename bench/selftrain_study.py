@@ -10,6 +10,7 @@ mechanisms of a default run apart:
     c_lora_fewshot             the round-k adapter, few-shot, no library (round 0's prompt: the weights alone)
     d_lora_fewshot_library     the round-k adapter, few-shot + library (the default run's own evaluation)
     e_restart_fewshot_library  like d, but each round trains a fresh LoRA from the base on the whole library
+    e_restart_fewshot          like c_lora_fewshot, on that restarting run (--no-run-eval-library)
     fewshot_large              a larger frozen model, few-shot (default Qwen2.5-Coder-1.5B), once
 
 The rounds are `viprog.selftrain` runs (one continuing the adapter and one with
@@ -57,7 +58,11 @@ ARMS: dict[str, str] = {
     "d_lora_fewshot_library": "round-k adapter, few-shot + library (the default run's evaluation)",
     "e_restart_fewshot_library": "--restart-from-base: round-k adapter trained from the base on the whole library, "
                                  "few-shot + library",
+    "e_restart_fewshot": "--restart-from-base: round-k adapter trained from the base on the whole library, "
+                         "few-shot, no library (against c_lora_fewshot)",
 }
+#: the restart run's arm, by how the runs evaluate (StudyConfig.run_eval_library)
+RESTART_ARM = {True: "e_restart_fewshot_library", False: "e_restart_fewshot"}
 LARGE = "fewshot_large"
 #: the default results JSON (of the shapes study; `StudyConfig.results_path` makes it per task)
 RESULTS = "bench/results/selftrain_study.json"
@@ -164,7 +169,7 @@ def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> Self
     """The selftrain config of one seed's continuing (or restarting) run."""
     return held_out_run(study.selftrain, task=study.task, seed=seed, rounds=study.rounds, n_questions=study.n_questions,
                         runs_dir=root / "runs", run_name=f"seed{seed}-{'restart' if restart else 'continue'}",
-                        restart_from_base=restart, eval_library=study.run_eval_library or restart)
+                        restart_from_base=restart, eval_library=study.run_eval_library)
 
 
 class Study:
@@ -188,6 +193,12 @@ class Study:
         self.failed: list[dict[str, Any]] = []
         self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
         self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
+        self.restart_arm = RESTART_ARM[cfg.run_eval_library]
+        other = RESTART_ARM[not cfg.run_eval_library]
+        if other in cfg.arms and self.restart_arm not in cfg.arms:
+            raise UsageError(f"{other} is the restarting run evaluated {'with' if not cfg.run_eval_library else 'without'}"
+                             f" library programs: pass {'--run-eval-library' if not cfg.run_eval_library else '--no-run-eval-library'}"
+                             f", or ask for {self.restart_arm}")
         results = cfg.results_path()
         if cfg.restore and results and archive_path(results).exists():
             from study_summary import restore_archive
@@ -198,7 +209,8 @@ class Study:
                          archive_path(results), self.root)
         self.bars = {arm: tqdm(total=len(cfg.seeds) * len(self._rounds(arm)), desc=arm,
                                unit="cell", position=i, leave=True, dynamic_ncols=True)
-                     for i, arm in enumerate(a for a in ARMS if a in cfg.arms or a in ("a_base_fewshot", self.run_arm))}
+                     for i, arm in enumerate(a for a in ARMS if a != other
+                                             and (a in cfg.arms or a in ("a_base_fewshot", self.run_arm)))}
         for arm, bar in self.bars.items():
             bar.update(sum(rows_path(self.root, arm, s, k).exists() for s in cfg.seeds for k in self._rounds(arm)))
 
@@ -223,7 +235,7 @@ class Study:
 
         cfg = run_config(self.cfg, self.root, seed, restart)
         run_root = Path(cfg.runs_dir) / cfg.run_name
-        arms = ("e_restart_fewshot_library",) if restart else ("a_base_fewshot", self.run_arm)
+        arms = (self.restart_arm,) if restart else ("a_base_fewshot", self.run_arm)
         if all(self._done(arm, seed) for arm in arms):
             return run_root
         saved = [k for k in range(1, self.cfg.rounds + 1) if rows_path(self.root, arms[-1], seed, k).exists()]
@@ -231,8 +243,8 @@ class Study:
             raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} (restored from the archive) but no "
                              f"run folder {run_root}: a new run would mix two runs' rounds; leave the seed out, keep "
                              f"--rounds at {max(saved)}, or redo the whole study in a new --out-dir with its own --results")
-        first = Path(cfg.runs_dir) / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
-        if run_root.name != first.parent.name and (first / "eval.jsonl").exists() and not (run_root / "round_0").exists():
+        first = self.round_0(restart)
+        if first is not None and first.parent != run_root and not (run_root / "round_0").exists():
             shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
         check_eval_library(run_root, cfg.eval_library)
         self.close()  # one copy of the model at a time: the run loads its own
@@ -252,6 +264,17 @@ class Study:
             save_cell(self.root, arm, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
             self._mark(arm)
         return run_root
+
+    def round_0(self, restart: bool) -> Path | None:
+        """A finished round 0 for a new run to start from: the first seed's continuing run's,
+        or, for a restarting run when that run came from the archive (a new machine), an
+        archived round 0. Every run's round 0 is the same greedy base-model evaluation; a
+        restarting run saves no cell of it, so its metrics alone let it skip the ~10 min."""
+        first = self.root / "runs" / f"seed{self.cfg.seeds[0]}-continue" / "round_0"
+        if (first / "eval.jsonl").exists():
+            return first
+        archived = sorted(self.root.glob("archived-runs/*-continue/round_0/metrics.json"))
+        return archived[0].parent if restart and archived else None
 
     # -- arms b and c: the continuing run's adapters and libraries, evaluated here ---------------
     def _components(self, cfg: SelfTrainConfig) -> Any:
@@ -351,7 +374,7 @@ class Study:
             for seed in self.cfg.seeds:
                 run_root = self.selftrain_run(seed, restart=False)
                 self.extra_cells(seed, run_root)
-                if "e_restart_fewshot_library" in self.cfg.arms:
+                if self.restart_arm in self.cfg.arms:
                     self.selftrain_run(seed, restart=True)
             return self.large_cell()
         finally:

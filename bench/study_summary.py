@@ -97,7 +97,8 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "best_minus_1_5b": (paired_difference(scores[best[1:]], large, **est).to_json()
                             if best is not None and large is not None else None),
         "gains_vs_round_0": gains,
-        "library_effects": library_effects(cells, seeds, cfg.rounds, questions, base, est),
+        "library_effects": paired_effects(LIBRARY_PAIRS, cells, seeds, cfg.rounds, questions, base, est),
+        "restart_effects": paired_effects(RESTART_PAIRS, cells, seeds, cfg.rounds, questions, base, est),
         "by_type": by_type,
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
@@ -115,20 +116,25 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
 #: what library programs in the prompt add: (with them, without them) for the adapter and for the base
 LIBRARY_PAIRS = {"adapter": ("d_lora_fewshot_library", "c_lora_fewshot"),
                  "base": ("b_base_fewshot_library", "a_base_fewshot")}
+#: what --restart-from-base changes: (restarting, continuing), under the same evaluation prompt
+RESTART_PAIRS = {"fewshot": ("e_restart_fewshot", "c_lora_fewshot"),
+                 "fewshot_library": ("e_restart_fewshot_library", "d_lora_fewshot_library")}
 
 
-def library_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, questions: list[str],
-                    base: np.ndarray, est: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per round, the paired difference that library programs in the prompt make: to the
-    round-k adapter (d − c, on the seeds whose cells both arms have) and to the base model
-    (b − a, on b's seeds against `base`, the one greedy round-0 run every seed shares)."""
+def paired_effects(pairs: dict[str, tuple[str, str]], cells: Cells, seeds: tuple[int | None, ...], rounds: int,
+                   questions: list[str], base: np.ndarray, est: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per pair and round, the paired difference (first arm − second) on the seeds whose cells
+    both arms have: what library programs in the prompt add to the round-k adapter (d − c) and
+    to the base model (b − a, against `base`, the one greedy round-0 run every seed shares),
+    and what restarting from the base changes (e − c, e − d)."""
     out: dict[str, dict[str, Any]] = {}
-    for name, (shown, plain) in LIBRARY_PAIRS.items():
+    for name, (shown, plain) in pairs.items():
         for k in range(1, rounds + 1):
-            both = tuple(s for s in seeds if (shown, s, k) in cells and (name == "base" or (plain, s, k) in cells))
+            both = tuple(s for s in seeds if (shown, s, k) in cells
+                         and (plain == "a_base_fewshot" or (plain, s, k) in cells))
             if not both:
                 continue
-            control = base if name == "base" else matrix(cells, plain, both, k, questions)
+            control = base if plain == "a_base_fewshot" else matrix(cells, plain, both, k, questions)
             out.setdefault(name, {})[f"round_{k}"] = {
                 **paired_difference(matrix(cells, shown, both, k, questions), control, **est).to_json(),
                 "seeds": list(both), "with": shown, "without": plain}
@@ -223,10 +229,11 @@ def tables(result: dict[str, Any]) -> str:
     if result["best_selftrained"]:
         b = result["best_selftrained"]
         lines.append(f"best self-trained: {b['arm']} round {b['round']}: {estimate_text(b)}")
-    for name, per_round in (result.get("library_effects") or {}).items():
-        for r, e in per_round.items():
-            lines.append(f"library programs in the prompt, {name} ({e['with']} − {e['without']}), {r}, seeds "
-                         f"{e['seeds']}: {e['mean']:+.1%} [{e['ci95'][0]:+.1%}, {e['ci95'][1]:+.1%}]")
+    for key, what in (("library_effects", "library programs in the prompt"), ("restart_effects", "restart from base")):
+        for name, per_round in (result.get(key) or {}).items():
+            for r, e in per_round.items():
+                lines.append(f"{what}, {name} ({e['with']} − {e['without']}), {r}, seeds "
+                             f"{e['seeds']}: {e['mean']:+.1%} [{e['ci95'][0]:+.1%}, {e['ci95'][1]:+.1%}]")
     last = rounds[-1]
     shown = [(arm, r) for arm in result["by_type"] for r in ("round_0", last) if r in result["by_type"][arm]]
     type_names = sorted({t for arm, r in shown for t in result["by_type"][arm][r]})
@@ -251,7 +258,8 @@ def write_outputs(root: Path, cfg: StudyConfig, result: dict[str, Any], cells: C
     series: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for (arm, k), m in sorted(scores.items()):
         series[arm].append((k, float(m.mean())))
-    for arm in ("b_base_fewshot_library", "c_lora_fewshot", "d_lora_fewshot_library", "e_restart_fewshot_library"):
+    for arm in ("b_base_fewshot_library", "c_lora_fewshot", "d_lora_fewshot_library", "e_restart_fewshot_library",
+                "e_restart_fewshot"):
         if arm in series:  # at round 0 each of these is the base model under the base prompt
             series[arm].insert(0, (0, base))
     flat = {"a_base_fewshot": base, **({LARGE: float(large.mean())} if large is not None else {})}

@@ -93,7 +93,8 @@ def finished(guessing_model, toy_prompts, tmp_path_factory):
 def test_the_results_have_the_issues_schema(finished):
     _, _, result = finished
     assert result["n_questions"] == 24 and result["seeds"] == [0, 1]
-    assert set(result["arms"]) == set(study.ARMS)
+    # every arm but the restarting run's other evaluation (e_restart_fewshot: under --no-run-eval-library)
+    assert set(result["arms"]) == set(study.ARMS) - {"e_restart_fewshot"}
     assert set(result["arms"]["a_base_fewshot"]) == {"round_0"}
     for arm, rounds in result["arms"].items():
         for entry in rounds.values():
@@ -279,3 +280,53 @@ def test_the_library_effects_are_the_paired_differences_of_the_saved_rows(finish
     assert base["mean"] == pytest.approx(mean("b_base_fewshot_library", (0, 1), 1) - mean("a_base_fewshot", (0,), 0))
     assert adapter["ci95"][0] <= adapter["mean"] <= adapter["ci95"][1]
     assert "library programs in the prompt, adapter" in (task_root / "table.md").read_text()
+
+
+def test_restarting_runs_evaluated_without_the_library_are_their_own_arm(finished, tmp_path):
+    """--no-run-eval-library with e_restart_fewshot: the restarting run evaluates few-shot
+    without library programs, its cells are arm e_restart_fewshot, compared with c_lora_fewshot
+    in restart_effects; on a new machine (round 0 only archived) it does not redo round 0."""
+    import shutil
+
+    cfg, _, _ = finished
+    task_root = Path(cfg.out_dir) / cfg.task
+    copy = tmp_path / "study" / cfg.task
+    shutil.copytree(task_root, copy)
+    shutil.rmtree(copy / "runs" / "seed1-restart")
+    (copy / "runs" / "seed1-continue" / "round_0" / "eval.jsonl").unlink()  # only the archive's round 0 is left
+    archived = copy / "archived-runs" / "seed0-continue" / "round_0"
+    archived.mkdir(parents=True)
+    shutil.copy(copy / "runs" / "seed0-continue" / "round_0" / "metrics.json", archived)
+    args = cli(cfg)
+    args[args.index("--out-dir") + 1] = str(copy.parent)
+    args[args.index("--results") + 1] = str(tmp_path / "results.json")
+    seed = args.index("--seeds")
+    args[seed + 1:seed + 3] = ["1"]
+    with pytest.raises(UsageError, match="e_restart_fewshot_library is the restarting run evaluated with library"):
+        study.main([*args, "--no-run-eval-library", "--arms", "e_restart_fewshot_library"])
+    assert study.main([*args, "--no-run-eval-library", "--arms", "e_restart_fewshot"]) == 0
+    restart = copy / "runs" / "seed1-restart"
+    assert (restart / "round_0" / "metrics.json").exists() and not (restart / "round_0" / "eval.jsonl").exists()
+    assert json.loads((restart / "round_1" / "eval.metrics.json").read_text())["eval/library"] is False
+    e = read_jsonl(study.rows_path(copy, "e_restart_fewshot", 1, 1))
+    c = read_jsonl(study.rows_path(copy, "c_lora_fewshot", 1, 1))
+    assert [r["question_id"] for r in e] == [r["question_id"] for r in c]
+    result = json.loads((tmp_path / "results.json").read_text())
+    effect = result["restart_effects"]["fewshot"]["round_1"]
+    assert effect["seeds"] == [1] and (effect["with"], effect["without"]) == ("e_restart_fewshot", "c_lora_fewshot")
+    assert effect["mean"] == pytest.approx(np.mean([r["reward"] for r in e]) - np.mean([r["reward"] for r in c]))
+    assert "restart from base, fewshot" in (copy / "table.md").read_text()
+    # at round 1 both runs train from the base on the same kept programs: the same adapter, the same rows
+    assert [r["program"] for r in e] == [r["program"] for r in c]
+
+
+def test_the_restart_effects_of_the_default_study_pair_e_with_d(finished):
+    cfg, _, result = finished
+    task_root = Path(cfg.out_dir) / cfg.task
+    effect = result["restart_effects"]["fewshot_library"]["round_1"]
+    assert effect["seeds"] == [0, 1]
+
+    def mean(arm):
+        return np.mean([r["reward"] for s in (0, 1) for r in read_jsonl(study.rows_path(task_root, arm, s, 1))])
+
+    assert effect["mean"] == pytest.approx(mean("e_restart_fewshot_library") - mean("d_lora_fewshot_library"))
