@@ -102,7 +102,8 @@ class StudyConfig(HeldOutSettings):
     """A seeded self-training study with ablations (see the module docstring)."""
 
     arms: tuple[str, ...] = tuple(ARMS)
-    """Arms to run (a_base_fewshot, and the arm the continuing runs evaluate, come with every seed)."""
+    """Arms to run (a_base_fewshot, and the arm the continuing runs evaluate, come with every seed). The restarting
+    run is e_restart_fewshot_library when run_eval_library is True, e_restart_fewshot (no library) when False."""
     run_eval_library: bool = True
     """The continuing runs evaluate each round few-shot + library (arm d, as a default run does); False: few-shot
     alone (arm c_lora_fewshot, the weights alone) — d is then a cell of its own, run only when among the arms."""
