@@ -7,15 +7,19 @@ the same questions, which is how the default style was chosen. `--api REV` (repe
 gives an arm whose API section carries the docstrings of `primitives/api.py` and
 `primitives/patch.py` at git revision REV — `worktree`, the default, is the files as they are
 — with everything else (questions, examples, decoding) equal: how the prompt's own-words API
-text was checked against the text it replaced. `--merge` adds this run's arms to an existing
+text was checked against the text it replaced. `--seeds FILE` (repeatable; `task` is the task's own)
+gives an arm whose few-shot examples are FILE's (JSONL in the correction pool's format: "query" and
+"program" a line), everything else equal: how a change to the examples is measured before it goes
+into tasks/seeds.py. `--merge` adds this run's arms to an existing
 --json report, so arms run as separate processes at the same time land in one file.
 
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
        [--engine llamacpp|hf]   (the embedded default's engine: quantisation's cost on accuracy)
-       [--api worktree --api REV ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
+       [--api worktree --api REV ...] [--seeds task --seeds FILE ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
 The API-text comparison as committed: --n 100 --engine llamacpp --api worktree --api f873141 --json
-bench/results/prompt_text.json (about 4 min an arm here at load 2; `--engine hf` is the fp32
+bench/results/prompt_text.json; the guarded-find examples: --split test --n 300 --engine llamacpp --seeds task
+--seeds bench/data/shapes_seeds_guarded.jsonl --json bench/results/fewshot_seeds.json (about 4 min an arm here at load 2; `--engine hf` is the fp32
 reference, some 5-10 min an arm quiet, over an hour at load 20; --dry-run gives the prompt
 lengths alone).
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
@@ -35,6 +39,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from viprog.corrections import load_corrections
 from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
 from viprog.primitives.apidoc import api_section
 from viprog.rollout import execute_programs, load_images
@@ -58,6 +63,16 @@ def docstrings_at(rev: str) -> dict[str, str]:
                 if isinstance(member, (ast.FunctionDef, ast.ClassDef)) and ast.get_docstring(member):
                     docs[member.name] = ast.get_docstring(member) or ""
     return docs
+
+
+def seed_programs(task: Any, name: str, task_name: str) -> list[tuple[str, str]]:
+    """The few-shot examples of arm `name`: the task's own ("task") or the lines of the file
+    `name` that are for this task (checked as the correction pool's lines are)."""
+    if name == "task":
+        return task.seed_programs()
+    if not Path(name).is_file():
+        raise SystemExit(f"--seeds {name}: no such file (a JSONL of query/program lines, or 'task')")
+    return [(c.query, c.program) for c in load_corrections(name, task_name)]
 
 
 def per_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -86,6 +101,8 @@ def main() -> None:
     parser.add_argument("--engine", choices=("auto", "llamacpp", "hf"), help="the embedded default's engine")
     parser.add_argument("--api", action="append", default=None, metavar="REV",
                         help="an arm with the API docstrings of git revision REV, or 'worktree' (repeatable)")
+    parser.add_argument("--seeds", action="append", default=None, metavar="FILE",
+                        help="an arm with FILE's few-shot examples (JSONL: query, program), or 'task' (repeatable)")
     parser.add_argument("--json", default=None, help="write the report here too (e.g. bench/results/NAME.json)")
     parser.add_argument("--merge", action="store_true", help="add the arms to the --json report that exists")
     parser.add_argument("--dry-run", action="store_true",
@@ -95,20 +112,21 @@ def main() -> None:
     load_before = uptime()
 
     task = TASKS.get(args.task)(progress=False)
+    seed_sets = {name: seed_programs(task, name, args.task) for name in args.seeds or ["task"]}
     examples = task.examples(args.split, limit=args.n)
     images = load_images(task, examples)
     policy = load_policy(args.policy, model=args.model, batch_size=args.batch, quantize=args.quantize,
                          **({"engine": args.engine} if args.engine else {}))
     texts = {f"api@{rev}": api_section(task=args.task, docs=None if rev == "worktree" else docstrings_at(rev))
              for rev in args.api or ["worktree"]}
-    arms = [(style, api) for style in (("completion", "chat") if args.style == "both" else (args.style,))
-            for api in texts]
+    arms = [(style, api, seeds) for style in (("completion", "chat") if args.style == "both" else (args.style,))
+            for api in texts for seeds in seed_sets]
     report: dict[str, Any] = {}
     with open(args.out, "w") as out:
-        for style, api in arms:
-            arm = f"{style}/{api}" if args.api else style
+        for style, api, seeds in arms:
+            arm = "/".join([style, *([api] if args.api else []), *([f"seeds@{seeds}"] if args.seeds else [])])
             arm_load = uptime()
-            prompter = Prompter(texts[api], task.seed_programs(), style=style, tokenizer=policy.tokenizer)
+            prompter = Prompter(texts[api], seed_sets[seeds], style=style, tokenizer=policy.tokenizer)
             lengths = {"prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
                        "api_tokens": prompter.length(texts[api])}
             if args.dry_run:
@@ -128,7 +146,7 @@ def main() -> None:
             tokens = policy.stats["generated_tokens"] - tokens_before
             rows = execute_programs(task, examples, programs, profile=task.default_profile, images=images,
                                     desc=f"execute ({arm})")
-            out.writelines(json.dumps({"style": style, "api": api, **row}) + "\n" for row in rows)
+            out.writelines(json.dumps({"style": style, "api": api, "seeds": seeds, **row}) + "\n" for row in rows)
             report[arm] = {
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
                 "per_type": per_type(rows),

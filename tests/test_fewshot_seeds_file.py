@@ -1,0 +1,70 @@
+"""bench/data/shapes_seeds_guarded.jsonl, the guarded variant of the shapes few-shot examples
+that `bench/policy_accuracy.py --seeds FILE` measures against the task's own: the same
+queries, no `find(...)[0]` without an emptiness check first, and programs that run without an
+error on scenes where the examples in tasks/seeds.py crash."""
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from viprog.rollout import execute_programs, load_images
+from viprog.tasks import TASKS
+
+ROOT = Path(__file__).resolve().parents[1]
+PATH = ROOT / "bench" / "data" / "shapes_seeds_guarded.jsonl"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("policy_accuracy", ROOT / "bench" / "policy_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    sys.path.remove(str(ROOT / "bench"))
+
+
+@pytest.fixture(scope="module")
+def task():
+    return TASKS.get("shapes")(progress=False)
+
+
+def unguarded_index(program: str) -> list[int]:
+    """Lines that index a `find(...)` call's result directly."""
+    return [node.lineno for node in ast.walk(ast.parse(program)) if isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Call) and getattr(node.value.func, "attr", None) == "find"]
+
+
+def test_the_file_is_the_task_examples_guarded(bench, task):
+    guarded = bench.seed_programs(task, str(PATH), "shapes")
+    own = bench.seed_programs(task, "task", "shapes")
+    assert [q for q, _ in guarded] == [q for q, _ in own]
+    assert sum(bool(unguarded_index(p)) for _, p in own) >= 5  # what the variant is about
+    assert all(not unguarded_index(p) for _, p in guarded)
+
+
+def test_a_missing_file_is_one_clear_line(bench, task):
+    with pytest.raises(SystemExit, match="--seeds nope.jsonl: no such file"):
+        bench.seed_programs(task, "nope.jsonl", "shapes")
+
+
+def crashes(task, programs, examples):
+    """(query, question id) pairs whose program ends in an error on that example's image."""
+    images = load_images(task, examples)
+    out = set()
+    for query, program in programs:
+        rows = execute_programs(task, examples, {ex.id: [(program, program)] for ex in examples}, profile="shapes",
+                                images=images, workers=1, desc="")
+        out |= {(query, r["question_id"]) for r in rows if r["error_kind"]}
+    return out
+
+
+def test_guarded_examples_run_where_the_task_examples_crash(bench, task):
+    examples = task.examples("train", limit=12)
+    own = crashes(task, bench.seed_programs(task, "task", "shapes"), examples)
+    guarded = crashes(task, bench.seed_programs(task, str(PATH), "shapes"), examples)
+    assert own, "no scene without a seed's object: the check below would prove nothing"
+    assert not guarded
