@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from viprog.corrections import load_corrections
+from viprog.errors import DataError, UsageError
 from viprog.policy import Prompter, SamplingParams, extract_program, load_policy
 from viprog.primitives.apidoc import api_section
 from viprog.rollout import execute_programs, load_images
@@ -70,9 +71,10 @@ def seed_programs(task: Any, name: str, task_name: str) -> list[tuple[str, str]]
     `name` that are for this task (checked as the correction pool's lines are)."""
     if name == "task":
         return task.seed_programs()
-    if not Path(name).is_file():
-        raise SystemExit(f"--seeds {name}: no such file (a JSONL of query/program lines, or 'task')")
-    return [(c.query, c.program) for c in load_corrections(name, task_name)]
+    try:
+        return [(c.query, c.program) for c in load_corrections(name, task_name, option="--seeds")]
+    except (UsageError, DataError) as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def per_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -4,7 +4,7 @@ queries, no `find(...)[0]` without an emptiness check first, and programs that r
 error on scenes where the examples in tasks/seeds.py crash."""
 
 import ast
-import importlib.util
+import importlib
 import sys
 from pathlib import Path
 
@@ -15,16 +15,12 @@ from viprog.tasks import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 PATH = ROOT / "bench" / "data" / "shapes_seeds_guarded.jsonl"
+sys.path.insert(0, str(ROOT / "bench"))
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("policy_accuracy", ROOT / "bench" / "policy_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    sys.path.remove(str(ROOT / "bench"))
+    return importlib.import_module("policy_accuracy")
 
 
 @pytest.fixture(scope="module")

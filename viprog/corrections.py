@@ -91,11 +91,12 @@ def _check_line(value: Any, where: str) -> Correction:
     return Correction(**{**value, "program": program})
 
 
-def load_corrections(path: str | Path, task: str | None = None) -> list[Correction]:
-    """The corrections in the JSONL file `path` (those for `task`, when lines name a task)."""
+def load_corrections(path: str | Path, task: str | None = None, option: str = "--corrections") -> list[Correction]:
+    """The corrections in the JSONL file `path` (those for `task`, when lines name a task);
+    `option` is the flag that named the file, for the message when there is no such file."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--corrections {path}: no such file")
+        raise UsageError(f"{option} {path}: no such file (a JSONL file of query/program lines)")
     out = []
     for n, value in json_lines(path, '{"query": ..., "program": ...}'):
         correction = _check_line(value, f"{path}:{n}")
