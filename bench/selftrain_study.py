@@ -119,6 +119,14 @@ class StudyConfig(HeldOutSettings):
     metrics (NAME.rows.json.gz), from which a new machine can redo the summary."""
     restore: bool = True
     """When out_dir has no rows yet (a new machine), first restore the archive's cells: they are not run again."""
+    replay: bool = False
+    """A seed whose rows came from the archive but whose run did not (a new machine) is refused: a new run would
+    mix two runs' rounds. With --replay its run is rebuilt instead (bench/study_replay.py): the archived rounds are
+    retrained from their kept programs (not sampled or evaluated again), checked, and the later rounds run as
+    usual — e.g. --rounds 3 on top of an archived two-round study."""
+    replay_check: int = 32
+    """Held-out questions the rebuilt adapter of the last archived round must answer with the archived programs
+    (greedy) before its run is continued (0: no check)."""
     extra_rounds: tuple[int, ...] | None = None
     """Rounds at which the arms the study evaluates itself get a cell (None: every round): b, c under the training
     prompt, and whichever of c few-shot and d the runs do not evaluate (d under --no-run-eval-library, c few-shot
@@ -230,8 +238,10 @@ class Study:
             self.bars[arm].update(1)
 
     # -- selftrain runs: arms a, d (continuing) and e (restarting) ------------------------------
-    def selftrain_run(self, seed: int, restart: bool) -> Path:
-        """Run (or resume) one seed's selftrain run and save the cells it evaluated."""
+    def selftrain_run(self, seed: int, restart: bool) -> Path | None:
+        """Run (or resume) one seed's selftrain run and save the cells it evaluated; None when
+        its replay failed the check (recorded in `failed`)."""
+        from viprog.runs import read_json
         from viprog.selftrain import main as selftrain
 
         cfg = run_config(self.cfg, self.root, seed, restart)
@@ -239,11 +249,21 @@ class Study:
         arms = (self.restart_arm,) if restart else ("a_base_fewshot", self.run_arm)
         if all(self._done(arm, seed) for arm in arms):
             return run_root
+        if (run_root / "replay.json").exists() and read_json(run_root / "replay.json")["differ"]:
+            self.failed.append({"arm": arms[-1], "seed": seed, "round": None, "error": f"{run_root} is a replay that "
+                                "failed its check (replay.json): not continued"})
+            log.error("seed %d: %s", seed, self.failed[-1]["error"])
+            return None
         saved = [k for k in range(1, self.cfg.rounds + 1) if rows_path(self.root, arms[-1], seed, k).exists()]
         if saved and not (run_root / "config.json").exists():
-            raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} (restored from the archive) but no "
-                             f"run folder {run_root}: a new run would mix two runs' rounds; leave the seed out, keep "
-                             f"--rounds at {max(saved)}, or redo the whole study in a new --out-dir with its own --results")
+            if not self.cfg.replay:
+                raise UsageError(f"{arms[-1]} seed {seed} has rows for round(s) {saved} (restored from the archive) but "
+                                 f"no run folder {run_root}: a new run would mix two runs' rounds; pass --replay to "
+                                 f"retrain them from the archive's kept programs, leave the seed out, keep --rounds at "
+                                 f"{max(saved)}, or redo the whole study in a new --out-dir with its own --results")
+            if not self.replay(cfg, run_root, arms[-1], seed, saved):
+                return None
+            cfg = dataclasses.replace(cfg, resume=True)
         first = self.round_0(restart)
         if first is not None and first.parent != run_root and not (run_root / "round_0").exists():
             shutil.copytree(first, run_root / "round_0")  # round 0 is the base model, greedy: the same for every run
@@ -265,6 +285,40 @@ class Study:
             save_cell(self.root, arm, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
             self._mark(arm)
         return run_root
+
+    def replay(self, cfg: SelfTrainConfig, run_root: Path, arm: str, seed: int, saved: list[int]) -> bool:
+        """Rebuild `run_root` from the archive, retrain its rounds `saved`, and check the last
+        round's adapter against the archived rows of `arm` (StudyConfig.replay); the outcome
+        goes to run_root/replay.json. False (recorded in `failed`) when the check fails."""
+        import study_replay
+
+        from viprog.library import Library
+        from viprog.runs import Run, read_jsonl, write_json_atomic
+        from viprog.selftrain import main as selftrain
+
+        last, cells = max(saved), {k: rows_path(self.root, arm, seed, k) for k in saved}
+        study_replay.rebuild(self.root, run_root, cells, saved)
+        log.info("seed %d: replaying %s from the archive: retraining the adapters of rounds 1..%d", seed,
+                 run_root.name, last)
+        self.close()
+        selftrain(dataclasses.replace(cfg, rounds=last))
+        result: dict[str, Any] = {"rounds": saved, "questions": 0, "same_programs": 0, "differ": []}
+        n = min(self.cfg.replay_check, self.cfg.n_questions)
+        if n:
+            run, check_cfg = Run(run_root), dataclasses.replace(cfg, eval_size=n)
+            library = Library(Library.collect(run, range(1, last + 1))) if cfg.eval_library else None
+            rows = self.evaluate(check_cfg, run_root, last, "replay-check", adapter=run.latest_adapter(before=last + 1),
+                                 style="few-shot", library=library, parts=self._components(check_cfg))
+            result |= study_replay.compare(rows, read_jsonl(cells[last]))
+        write_json_atomic(run_root / "replay.json", result)
+        if result["differ"]:
+            self.failed.append({"arm": arm, "seed": seed, "round": last,
+                                "error": study_replay.check_message(run_root.name, last, result)})
+            log.error(self.failed[-1]["error"])
+            return False
+        log.info("seed %d: the replayed round-%d adapter wrote the archived program for all %d checked questions",
+                 seed, last, result["questions"])
+        return True
 
     def round_0(self, restart: bool) -> Path | None:
         """A finished round 0 for a new run to start from: the first seed's continuing run's,
@@ -374,7 +428,8 @@ class Study:
         try:
             for seed in self.cfg.seeds:
                 run_root = self.selftrain_run(seed, restart=False)
-                self.extra_cells(seed, run_root)
+                if run_root is not None:
+                    self.extra_cells(seed, run_root)
                 if self.restart_arm in self.cfg.arms:
                     self.selftrain_run(seed, restart=True)
             return self.large_cell()

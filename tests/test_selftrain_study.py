@@ -330,3 +330,32 @@ def test_the_restart_effects_of_the_default_study_pair_e_with_d(finished):
         return np.mean([r["reward"] for s in (0, 1) for r in read_jsonl(study.rows_path(task_root, arm, s, 1))])
 
     assert effect["mean"] == pytest.approx(mean("e_restart_fewshot_library") - mean("d_lora_fewshot_library"))
+
+
+def test_a_replay_retrains_the_archived_round_to_the_same_programs_and_goes_on(finished, tmp_path):
+    """--replay on a 'new machine' that has only the archive: round 1 of seed 0 is retrained
+    from its archived kept programs (not sampled again), its adapter writes the archived
+    programs for every held-out question, and round 2 is sampled, trained and evaluated on it."""
+    import shutil
+
+    from viprog.runs import read_json
+
+    cfg, root, _ = finished
+    shutil.copyfile(study.archive_path(root / "results.json"), study.archive_path(tmp_path / "results.json"))
+    args = cli(cfg)
+    for flag, value in (("--out-dir", tmp_path / "new-machine"), ("--results", tmp_path / "results.json"),
+                        ("--rounds", 2)):
+        args[args.index(flag) + 1] = str(value)
+    args[args.index("--seeds") + 1:args.index("--rounds")] = ["0"]
+    assert study.main([*args, "--arms", "a_base_fewshot", "d_lora_fewshot_library", "--replay",
+                       "--replay-check", "100"]) == 0
+    run = tmp_path / "new-machine" / cfg.task / "runs" / "seed0-continue"
+    assert read_json(run / "replay.json") == {"rounds": [1], "questions": 24, "same_programs": 24, "differ": []}
+    assert not (run / "round_1/samples.jsonl").exists() and (run / "round_1/adapter").is_dir()
+    assert read_json(run / "round_1/train.metrics.json")["train/steps"] > 0  # retrained, not copied
+    assert read_jsonl(run / "round_1/kept.jsonl") == read_jsonl(
+        Path(cfg.out_dir) / cfg.task / "runs/seed0-continue/round_1/kept.jsonl")
+    assert (run / "round_2/samples.jsonl").exists()  # round 2 is new work on the rebuilt adapter
+    assert len(read_jsonl(study.rows_path(run.parent.parent, "d_lora_fewshot_library", 0, 2))) == 24
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["arms"]["d_lora_fewshot_library"]) == {"round_1", "round_2"} and not result["meta"]["failed_cells"]

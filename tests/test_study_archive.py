@@ -2,6 +2,7 @@
 committed beside the results JSON so that a new machine, whose runs/ is empty, can redo the
 summary and skip the cells already done — without mixing two runs of one seed."""
 
+import dataclasses
 import gzip
 import importlib
 import json
@@ -135,3 +136,106 @@ def test_the_default_results_file_is_per_task():
     assert study.StudyConfig(task="shapes-hard").results_path() == "bench/results/selftrain_study_shapes-hard.json"
     assert study.StudyConfig(task="shapes-hard", results="x.json").results_path() == "x.json"
     assert study.StudyConfig(results=None).results_path() is None
+
+
+# -- --replay: a restored seed's run rebuilt from its archived kept programs ------------------------------------
+def archived_one_round(tmp_path: Path) -> "study.StudyConfig":
+    """A one-round study of seed 0 as the archive holds it, restored onto a 'new machine'
+    whose study asks for round 2; returns that new study's config (with --replay)."""
+    cfg = config(tmp_path)
+    root = Path(cfg.out_dir) / cfg.task
+    metrics = {"round": 1, "sample/programs": 8, "reward/mean": 0.5, "time/sample_s": 1.0, "filter/kept": 3,
+               "time/filter_s": 0.1, "train/steps": 4, "time/train_s": 2.0, "eval/accuracy": 0.5, "time/eval_s": 3.0}
+    files = {
+        "rows/a_base_fewshot/seed0-round0.jsonl": '{"question_id": "q1", "program": "p0", "reward": 0.0}\n',
+        "rows/c_lora_fewshot/seed0-round1.jsonl": ('{"question_id": "q1", "program": "p1", "reward": 1.0}\n'
+                                                   '{"question_id": "q2", "program": "p2", "reward": 0.0}\n'),
+        "runs/seed0-continue/round_0/metrics.json": '{"round": 0, "eval/accuracy": 0.0}\n',
+        "runs/seed0-continue/round_1/metrics.json": json.dumps(metrics),
+        "runs/seed0-continue/round_1/kept.jsonl": '{"question_id": "t1", "program": "kept"}\n',
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    summary.write_archive(root, cfg, study.archive_path(cfg.results))
+    return config(tmp_path, out_dir=str(tmp_path / "new-machine"), rounds=2, replay=True, replay_check=2)
+
+
+def test_a_replay_writes_the_archived_rounds_back_with_only_training_left_to_do(tmp_path):
+    from study_replay import MARK, rebuild
+
+    from viprog.runs import read_json, read_jsonl
+
+    cfg = archived_one_round(tmp_path)
+    s = study.Study(cfg)
+    run_root = s.root / "runs/seed0-continue"
+    cells = {1: study.rows_path(s.root, "c_lora_fewshot", 0, 1)}
+    with pytest.raises(UsageError, match=r"rounds \[2\], not 1\.\.2"):
+        rebuild(s.root, run_root, {2: cells[1]}, [2])
+    rebuild(s.root, run_root, cells, [1])
+    r1 = run_root / "round_1"
+    assert read_jsonl(r1 / "kept.jsonl") == [{"question_id": "t1", "program": "kept"}]
+    assert read_jsonl(r1 / "eval.jsonl") == read_jsonl(cells[1])
+    assert read_json(r1 / "sample.metrics.json") == {MARK: True, "sample/programs": 8, "reward/mean": 0.5,
+                                                     "time/sample_s": 1.0}
+    assert read_json(r1 / "filter.metrics.json") == {MARK: True, "filter/kept": 3, "time/filter_s": 0.1}
+    assert read_json(r1 / "eval.metrics.json") == {MARK: True, "eval/accuracy": 0.5, "time/eval_s": 3.0}
+    assert not (r1 / "train.metrics.json").exists() and not (r1 / "metrics.json").exists()  # the round is not done
+    assert read_json(run_root / "round_0/metrics.json") == {"round": 0, "eval/accuracy": 0.0}  # round 0 is
+
+    (s.root / "archived-runs/seed0-continue/round_1/kept.jsonl").unlink()
+    elsewhere = tmp_path / "elsewhere/seed0-continue"
+    with pytest.raises(UsageError, match=r"--replay needs .*seed0-continue/round_1/kept.jsonl \(and 0 more\)"):
+        rebuild(s.root, elsewhere, cells, [1])
+    assert not elsewhere.exists()  # refused before anything is written
+
+
+def stub_runs(monkeypatch, s, programs):
+    """selftrain.main recorded (and round 2 'evaluated'), the check's evaluation answering `programs`."""
+    import viprog.selftrain
+    from viprog.runs import write_json_atomic, write_jsonl_atomic
+
+    calls = []
+
+    def fake_selftrain(c):
+        calls.append((c.run_name, c.rounds, c.resume))
+        root = Path(c.runs_dir) / c.run_name
+        (root / "config.json").write_text(json.dumps({"eval_library": c.eval_library}))
+        if c.rounds == 2:
+            write_jsonl_atomic(root / "round_2/eval.jsonl", [{"question_id": "q1", "program": "p3", "reward": 1.0}])
+            write_json_atomic(root / "round_2/eval.metrics.json", {"eval/library": False})
+        return 0
+
+    monkeypatch.setattr(viprog.selftrain, "main", fake_selftrain)
+    monkeypatch.setattr(s, "_components", lambda c: None)
+    monkeypatch.setattr(s, "evaluate", lambda c, root, k, name, **kw: [
+        {"question_id": q, "program": p} for q, p in programs.items()][:c.eval_size])
+    return calls
+
+
+def test_a_replayed_run_is_checked_then_continued(tmp_path, monkeypatch):
+    from viprog.runs import read_json
+
+    cfg = archived_one_round(tmp_path)
+    refused = study.Study(dataclasses.replace(cfg, out_dir=str(tmp_path / "no-replay"), replay=False))
+    with pytest.raises(UsageError, match="pass --replay to retrain them"):
+        refused.selftrain_run(0, restart=False)
+
+    s = study.Study(cfg)
+    calls = stub_runs(monkeypatch, s, {"q1": "p1", "q2": "p2"})
+    run_root = s.selftrain_run(0, restart=False)
+    assert calls == [("seed0-continue", 1, False), ("seed0-continue", 2, True)]  # retrain round 1, then go on
+    assert read_json(run_root / "replay.json") == {"rounds": [1], "questions": 2, "same_programs": 2, "differ": []}
+    assert study.rows_path(s.root, "c_lora_fewshot", 0, 2).exists() and not s.failed
+
+
+def test_a_replay_that_writes_other_programs_is_not_continued(tmp_path, monkeypatch):
+    cfg = archived_one_round(tmp_path)
+    s = study.Study(cfg)
+    calls = stub_runs(monkeypatch, s, {"q1": "p1", "q2": "another"})
+    assert s.selftrain_run(0, restart=False) is None
+    assert calls == [("seed0-continue", 1, False)]  # round 2 was not run on an adapter the archive does not hold
+    assert "1 of the first 2 held-out questions got another program than in the archive (first: q2)" in s.failed[0][
+        "error"]
+    assert s.selftrain_run(0, restart=False) is None and "failed its check" in s.failed[1]["error"]
+    assert calls == [("seed0-continue", 1, False)] and not study.rows_path(s.root, "c_lora_fewshot", 0, 2).exists()
