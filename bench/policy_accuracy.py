@@ -19,7 +19,9 @@ Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--api worktree --api REV ...] [--seeds task --seeds FILE ...] [--json bench/results/NAME.json [--merge]] [--dry-run]
 The API-text comparison as committed: --n 100 --engine llamacpp --api worktree --api f873141 --json
 bench/results/prompt_text.json; the guarded-find examples: --split test --n 300 --engine llamacpp --seeds task
---seeds bench/data/shapes_seeds_guarded.jsonl --json bench/results/fewshot_seeds.json (about 4 min an arm here at load 2; `--engine hf` is the fp32
+--seeds bench/data/shapes_seeds_guarded.jsonl --batch 16 --max-new-tokens 96 --json bench/results/fewshot_seeds.json
+(9-13 min an arm here at load 1-4; the report pairs every arm with the first, question by question, and
+`--paired-from ROWS --json REPORT` adds that to an existing report from its --out rows); `--engine hf` is the fp32
 reference, some 5-10 min an arm quiet, over an hour at load 20; --dry-run gives the prompt
 lengths alone).
 Writes the programs and results as JSON lines to --out (default bench/policy_accuracy.jsonl),
@@ -85,6 +87,38 @@ def per_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {k: {"accuracy": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(groups.items())}
 
 
+def arm_name(style: str, api: str, seeds: str, with_api: bool, with_seeds: bool) -> str:
+    return "/".join([style, *([api] if with_api else []), *([f"seeds@{seeds}"] if with_seeds else [])])
+
+
+def paired(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each arm of `rows` (an --out file's lines) minus the first, question by question: the
+    mean difference with its 95 % bootstrap interval over the questions (`viprog.bootstrap`),
+    and how many questions it wins and loses. One greedy run an arm, so the interval is over
+    questions alone."""
+    from viprog.bootstrap import paired_difference
+
+    by_arm: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        by_arm[r["arm"]][r["question_id"]] = float(r["reward"] or 0.0)
+    first, *others = list(by_arm)
+    out = {}
+    for arm in others:
+        qs = sorted(set(by_arm[arm]) & set(by_arm[first]))
+        a, b = [[by_arm[arm][q] for q in qs]], [[by_arm[first][q] for q in qs]]
+        out[arm] = {"versus": first, "n": len(qs), **paired_difference(a, b).to_json(),
+                    "wins": sum(x > y for x, y in zip(a[0], b[0])), "losses": sum(x < y for x, y in zip(a[0], b[0]))}
+    return out
+
+
+def read_rows(path: str) -> list[dict[str, Any]]:
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def uptime() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -110,7 +144,20 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="build every arm's prompts and report their lengths; sample nothing")
     parser.add_argument("--out", default="bench/policy_accuracy.jsonl")
+    parser.add_argument("--paired-from", default=None, metavar="ROWS",
+                        help="sample nothing: add to --json each arm's paired difference from the first arm, "
+                             "computed from ROWS (an --out file, .gz allowed)")
     args = parser.parse_args()
+    if args.paired_from:
+        if not args.json or not Path(args.json).exists():
+            raise SystemExit(f"--paired-from needs --json naming the report of that run; got {args.json}")
+        if not Path(args.paired_from).exists():
+            raise SystemExit(f"--paired-from {args.paired_from}: no such file; give the --out file of the run")
+        report = json.loads(Path(args.json).read_text())
+        report["paired"] = paired(read_rows(args.paired_from))
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["paired"], indent=1))
+        return
     load_before = uptime()
 
     task = TASKS.get(args.task)(progress=False)
@@ -126,7 +173,7 @@ def main() -> None:
     report: dict[str, Any] = {}
     with open(args.out, "w") as out:
         for style, api, seeds in arms:
-            arm = "/".join([style, *([api] if args.api else []), *([f"seeds@{seeds}"] if args.seeds else [])])
+            arm = arm_name(style, api, seeds, bool(args.api), bool(args.seeds))
             arm_load = uptime()
             prompter = Prompter(texts[api], seed_sets[seeds], style=style, tokenizer=policy.tokenizer)
             lengths = {"prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
@@ -148,7 +195,8 @@ def main() -> None:
             tokens = policy.stats["generated_tokens"] - tokens_before
             rows = execute_programs(task, examples, programs, profile=task.default_profile, images=images,
                                     desc=f"execute ({arm})")
-            out.writelines(json.dumps({"style": style, "api": api, "seeds": seeds, **row}) + "\n" for row in rows)
+            out.writelines(json.dumps({"arm": arm, "style": style, "api": api, "seeds": seeds, **row}) + "\n"
+                           for row in rows)
             report[arm] = {
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
                 "per_type": per_type(rows),
@@ -169,7 +217,8 @@ def main() -> None:
         if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
             earlier = json.loads(path.read_text())
             runs, report = [*earlier["runs"], meta], {**earlier["arms"], **report}
-        path.write_text(json.dumps({"runs": runs, "arms": report}, indent=1) + "\n")
+        paired_arms = {} if args.dry_run or len(arms) < 2 else {"paired": paired(read_rows(args.out))}
+        path.write_text(json.dumps({"runs": runs, "arms": report, **paired_arms}, indent=1) + "\n")
         print(f"report written to {Path(args.json).resolve()}")
 
 

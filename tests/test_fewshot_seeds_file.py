@@ -64,3 +64,22 @@ def test_guarded_examples_run_where_the_task_examples_crash(bench, task):
     guarded = crashes(task, bench.seed_programs(task, str(PATH), "shapes"), examples)
     assert own, "no scene without a seed's object: the check below would prove nothing"
     assert not guarded
+
+
+def test_each_arm_is_paired_with_the_first_question_by_question(bench, tmp_path):
+    rewards = {"first": [1, 0, 0, 1], "other": [0, 1, 1, 1]}  # other: +1 -1 +1 0 on the same questions
+    rows = [{"arm": arm, "question_id": f"q{i}", "reward": r} for arm, rs in rewards.items() for i, r in enumerate(rs)]
+    rows.append({"arm": "other", "question_id": "q9", "reward": 1.0})  # no partner in the first arm: left out
+    out = bench.paired(rows)
+    assert list(out) == ["other"] and out["other"]["versus"] == "first" and out["other"]["n"] == 4
+    assert out["other"]["mean"] == pytest.approx(0.25) and (out["other"]["wins"], out["other"]["losses"]) == (2, 1)
+    lo, hi = out["other"]["ci95"]
+    assert lo < 0.25 < hi
+
+
+def test_paired_from_a_missing_file_is_one_clear_line(bench, tmp_path, monkeypatch):
+    report = tmp_path / "r.json"
+    report.write_text('{"runs": [], "arms": {}}')
+    monkeypatch.setattr(sys, "argv", ["policy_accuracy.py", "--paired-from", "nope.jsonl", "--json", str(report)])
+    with pytest.raises(SystemExit, match="--paired-from nope.jsonl: no such file"):
+        bench.main()
