@@ -87,10 +87,6 @@ def per_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return {k: {"accuracy": round(sum(v) / len(v), 3), "n": len(v)} for k, v in sorted(groups.items())}
 
 
-def arm_name(style: str, api: str, seeds: str, with_api: bool, with_seeds: bool) -> str:
-    return "/".join([style, *([api] if with_api else []), *([f"seeds@{seeds}"] if with_seeds else [])])
-
-
 def paired(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Each arm of `rows` (an --out file's lines) minus the first, question by question: the
     mean difference with its 95 % bootstrap interval over the questions (`viprog.bootstrap`),
@@ -171,9 +167,10 @@ def main() -> None:
     arms = [(style, api, seeds) for style in (("completion", "chat") if args.style == "both" else (args.style,))
             for api in texts for seeds in seed_sets]
     report: dict[str, Any] = {}
+    every_row: list[dict[str, Any]] = []  # this run's arms, for the paired differences
     with open(args.out, "w") as out:
         for style, api, seeds in arms:
-            arm = arm_name(style, api, seeds, bool(args.api), bool(args.seeds))
+            arm = "/".join([style, *([api] if args.api else []), *([f"seeds@{seeds}"] if args.seeds else [])])
             arm_load = uptime()
             prompter = Prompter(texts[api], seed_sets[seeds], style=style, tokenizer=policy.tokenizer)
             lengths = {"prompt_tokens": prompter.describe(examples[0].query)["prompt/few_shot_length"],
@@ -195,8 +192,9 @@ def main() -> None:
             tokens = policy.stats["generated_tokens"] - tokens_before
             rows = execute_programs(task, examples, programs, profile=task.default_profile, images=images,
                                     desc=f"execute ({arm})")
-            out.writelines(json.dumps({"arm": arm, "style": style, "api": api, "seeds": seeds, **row}) + "\n"
-                           for row in rows)
+            rows = [{"arm": arm, "style": style, "api": api, "seeds": seeds, **row} for row in rows]
+            out.writelines(json.dumps(row) + "\n" for row in rows)
+            every_row += rows
             report[arm] = {
                 "accuracy": sum(r["reward"] for r in rows) / max(len(rows), 1), "n": len(rows),
                 "per_type": per_type(rows),
@@ -217,7 +215,7 @@ def main() -> None:
         if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
             earlier = json.loads(path.read_text())
             runs, report = [*earlier["runs"], meta], {**earlier["arms"], **report}
-        paired_arms = {} if args.dry_run or len(arms) < 2 else {"paired": paired(read_rows(args.out))}
+        paired_arms = {} if args.dry_run or len(arms) < 2 else {"paired": paired(every_row)}
         path.write_text(json.dumps({"runs": runs, "arms": report, **paired_arms}, indent=1) + "\n")
         print(f"report written to {Path(args.json).resolve()}")
 

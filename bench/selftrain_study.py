@@ -297,7 +297,7 @@ class Study:
         from viprog.selftrain import main as selftrain
 
         last, cells = max(saved), {k: rows_path(self.root, arm, seed, k) for k in saved}
-        study_replay.rebuild(self.root, run_root, cells, saved)
+        study_replay.rebuild(self.root, run_root, cells)
         log.info("seed %d: replaying %s from the archive: retraining the adapters of rounds 1..%d", seed,
                  run_root.name, last)
         self.close()

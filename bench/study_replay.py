@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from study_summary import ARCHIVED_RUNS
+
 from viprog.errors import UsageError
 
 #: which archived round metrics belong to which step's metrics file (train is redone)
@@ -31,23 +33,19 @@ STEP_PREFIXES: dict[str, tuple[str, ...]] = {
 MARK = "replay/from_archive"
 
 
-def archived_run(root: Path, name: str) -> Path:
-    from study_summary import ARCHIVED_RUNS
-
-    return root / ARCHIVED_RUNS / name
-
-
-def rebuild(root: Path, run_root: Path, rows: dict[int, Path], rounds: Sequence[int]) -> None:
-    """Write the archived rounds `rounds` (1..R, each with its evaluated rows at `rows[k]`) of
-    the run named like `run_root` back into `run_root`, every step but train marked done, and
-    round 0 finished. A `UsageError` (before anything is written) when the archive lacks a file."""
+def rebuild(root: Path, run_root: Path, rows: dict[int, Path]) -> None:
+    """Write the archived rounds of the run named like `run_root` back into `run_root`: the
+    rounds are the keys of `rows` (1..R), each with its evaluated rows at `rows[k]`; every step
+    but train marked done, and round 0 finished. A `UsageError` (before anything is written)
+    when the archive lacks a file."""
     from viprog.runs import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic
 
+    rounds = sorted(rows)
     last = max(rounds)
-    if list(rounds) != list(range(1, last + 1)):
-        raise UsageError(f"{run_root.name}: the archive has rounds {list(rounds)}, not 1..{last}: a replay needs "
+    if rounds != list(range(1, last + 1)):
+        raise UsageError(f"{run_root.name}: the archive has rounds {rounds}, not 1..{last}: a replay needs "
                          "every round up to the last")
-    source = archived_run(root, run_root.name)
+    source = root / ARCHIVED_RUNS / run_root.name
     need = [source / "round_0" / "metrics.json"] + [source / f"round_{k}" / name for k in rounds
                                                      for name in ("metrics.json", "kept.jsonl")]
     missing = [p for p in need if not p.exists()]

@@ -171,8 +171,8 @@ def test_a_replay_writes_the_archived_rounds_back_with_only_training_left_to_do(
     run_root = s.root / "runs/seed0-continue"
     cells = {1: study.rows_path(s.root, "c_lora_fewshot", 0, 1)}
     with pytest.raises(UsageError, match=r"rounds \[2\], not 1\.\.2"):
-        rebuild(s.root, run_root, {2: cells[1]}, [2])
-    rebuild(s.root, run_root, cells, [1])
+        rebuild(s.root, run_root, {2: cells[1]})
+    rebuild(s.root, run_root, cells)
     r1 = run_root / "round_1"
     assert read_jsonl(r1 / "kept.jsonl") == [{"question_id": "t1", "program": "kept"}]
     assert read_jsonl(r1 / "eval.jsonl") == read_jsonl(cells[1])
@@ -186,7 +186,7 @@ def test_a_replay_writes_the_archived_rounds_back_with_only_training_left_to_do(
     (s.root / "archived-runs/seed0-continue/round_1/kept.jsonl").unlink()
     elsewhere = tmp_path / "elsewhere/seed0-continue"
     with pytest.raises(UsageError, match=r"--replay needs .*seed0-continue/round_1/kept.jsonl \(and 0 more\)"):
-        rebuild(s.root, elsewhere, cells, [1])
+        rebuild(s.root, elsewhere, cells)
     assert not elsewhere.exists()  # refused before anything is written
 
 
