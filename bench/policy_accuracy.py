@@ -11,7 +11,8 @@ text was checked against the text it replaced. `--seeds FILE` (repeatable; `task
 gives an arm whose few-shot examples are FILE's (JSONL in the correction pool's format: "query" and
 "program" a line), everything else equal: how a change to the examples is measured before it goes
 into tasks/seeds.py. `--merge` adds this run's arms to an existing
---json report, so arms run as separate processes at the same time land in one file.
+--json report, so arms run as separate processes at the same time (each with its own --out) land
+in one file, every arm paired with the report's first.
 
 Usage: python bench/policy_accuracy.py [--n 100] [--style completion|chat|both]
        [--task shapes] [--split val] [--policy qwen2.5-coder-0.5b] [--model PATH]
@@ -105,6 +106,30 @@ def paired(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[arm] = {"versus": first, "n": len(qs), **paired_difference(a, b).to_json(),
                     "wins": sum(x > y for x, y in zip(a[0], b[0])), "losses": sum(x < y for x, y in zip(a[0], b[0]))}
     return out
+
+
+def merge_report(earlier: dict[str, Any], new: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`new` (this run's report, `rows` its --out lines) added to `earlier` (another process's
+    report in the same --json file). Every arm is paired with the earlier report's first arm
+    when the rows behind it can still be read: an earlier run's --out file, recorded in its meta,
+    when it is not this run's own (which has just been rewritten). Arms whose rows are gone
+    keep the pairs their own process computed, each naming the arm it is versus."""
+    this_out = Path(new["runs"][0]["out"]).resolve()
+    readable: list[dict[str, Any]] = []
+    for run in earlier["runs"]:
+        out = run.get("out")
+        if out and not run.get("dry_run") and Path(out).exists() and Path(out).resolve() != this_out:
+            readable += [r for r in read_rows(out) if r["arm"] in earlier["arms"]]
+    arms = {**earlier["arms"], **new["arms"]}
+    pairs = {**earlier.get("paired", {}), **new.get("paired", {})}
+    every = readable + rows
+    if len({r["arm"] for r in every}) > 1:
+        pairs |= paired(sorted(every, key=lambda r: list(arms).index(r["arm"])))
+    unpaired = [a for a in arms if a not in pairs and a != next(iter(arms))]
+    if unpaired:
+        print(f"not paired (their rows were not found; rerun with --paired-from on the joined --out files): "
+              f"{', '.join(unpaired)}")
+    return {"runs": [*earlier["runs"], *new["runs"]], "arms": arms, **({"paired": pairs} if pairs else {})}
 
 
 def read_rows(path: str) -> list[dict[str, Any]]:
@@ -207,16 +232,16 @@ def main() -> None:
     print(f"programs and results written to {Path(args.out).resolve()}")
     print(json.dumps(report, indent=1))
     if args.json:
-        meta = {"dry_run": args.dry_run, "task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
+        meta = {"dry_run": args.dry_run, "out": args.out, "task": args.task, "split": args.split, "n": args.n, "policy": args.policy, "engine": args.engine,
                 "batch": args.batch, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
                 "uptime_before": load_before, "uptime_after": uptime(), "cpus": os.cpu_count()}
         path = Path(args.json)
-        runs = [meta]
+        full = {"runs": [meta], "arms": report}
+        if not args.dry_run and len(arms) > 1:
+            full["paired"] = paired(every_row)
         if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
-            earlier = json.loads(path.read_text())
-            runs, report = [*earlier["runs"], meta], {**earlier["arms"], **report}
-        paired_arms = {} if args.dry_run or len(arms) < 2 else {"paired": paired(every_row)}
-        path.write_text(json.dumps({"runs": runs, "arms": report, **paired_arms}, indent=1) + "\n")
+            full = merge_report(json.loads(path.read_text()), full, every_row)
+        path.write_text(json.dumps(full, indent=1) + "\n")
         print(f"report written to {Path(args.json).resolve()}")
 
 

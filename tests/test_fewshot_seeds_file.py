@@ -83,3 +83,34 @@ def test_paired_from_a_missing_file_is_one_clear_line(bench, tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", ["policy_accuracy.py", "--paired-from", "nope.jsonl", "--json", str(report)])
     with pytest.raises(SystemExit, match="--paired-from nope.jsonl: no such file"):
         bench.main()
+
+
+def rows_of(rewards):
+    return [{"arm": arm, "question_id": f"q{i}", "reward": r} for arm, rs in rewards.items() for i, r in enumerate(rs)]
+
+
+def test_merge_pairs_the_new_arms_with_the_earlier_report_first_arm(bench, tmp_path):
+    import json
+
+    earlier_out = tmp_path / "earlier.jsonl"
+    earlier_out.write_text("".join(json.dumps(r) + "\n" for r in rows_of({"first": [1, 0, 0, 1], "second": [1, 1, 0, 1]})))
+    earlier = {"runs": [{"out": str(earlier_out)}], "arms": {"first": {}, "second": {}},
+               "paired": bench.paired(bench.read_rows(str(earlier_out)))}
+    rows = rows_of({"third": [0, 1, 1, 1]})
+    new = {"runs": [{"out": str(tmp_path / "new.jsonl")}], "arms": {"third": {}}}
+    merged = bench.merge_report(earlier, new, rows)
+    assert list(merged["arms"]) == ["first", "second", "third"] and len(merged["runs"]) == 2
+    assert merged["paired"]["third"]["versus"] == "first" and merged["paired"]["third"]["mean"] == pytest.approx(0.25)
+    assert merged["paired"]["second"]["mean"] == pytest.approx(0.25)
+
+
+def test_merge_keeps_the_earlier_pairs_when_its_rows_are_gone(bench, tmp_path, capsys):
+    earlier = {"runs": [{"out": str(tmp_path / "overwritten.jsonl")}], "arms": {"first": {}, "second": {}},
+               "paired": {"second": {"versus": "first", "mean": 0.5}}}
+    rows = rows_of({"third": [0, 1], "fourth": [1, 1]})
+    new = {"runs": [{"out": str(tmp_path / "new.jsonl")}], "arms": {"third": {}, "fourth": {}},
+           "paired": bench.paired(rows)}
+    merged = bench.merge_report(earlier, new, rows)
+    assert merged["paired"]["second"] == {"versus": "first", "mean": 0.5}
+    assert merged["paired"]["fourth"]["versus"] == "third"
+    assert "not paired" in capsys.readouterr().out and "third" not in merged["paired"]
