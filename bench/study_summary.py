@@ -99,6 +99,7 @@ def summarise(cfg: StudyConfig, root: Path, meta: dict[str, Any]) -> dict[str, A
         "gains_vs_round_0": gains,
         "library_effects": paired_effects(LIBRARY_PAIRS, cells, seeds, cfg.rounds, questions, base, est),
         "restart_effects": paired_effects(RESTART_PAIRS, cells, seeds, cfg.rounds, questions, base, est),
+        "round_effects": round_effects(cells, seeds, cfg.rounds, questions, est),
         "by_type": by_type,
         "arm_descriptions": {**ARMS, LARGE: f"{cfg.large_policy}, few-shot prompt, frozen"},
         "runs": run_metrics(root),
@@ -138,6 +139,22 @@ def paired_effects(pairs: dict[str, tuple[str, str]], cells: Cells, seeds: tuple
             out.setdefault(name, {})[f"round_{k}"] = {
                 **paired_difference(matrix(cells, shown, both, k, questions), control, **est).to_json(),
                 "seeds": list(both), "with": shown, "without": plain}
+    return out
+
+
+def round_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, questions: list[str],
+                  est: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per arm and round k ≥ 2, round k − round k−1, paired on the seeds that have both cells:
+    whether one more round still moves an arm, or it has flattened."""
+    out: dict[str, dict[str, Any]] = {}
+    for arm in ARMS:
+        for k in range(2, rounds + 1):
+            both = tuple(s for s in seeds if (arm, s, k) in cells and (arm, s, k - 1) in cells)
+            if arm == "a_base_fewshot" or not both:
+                continue
+            out.setdefault(arm, {})[f"round_{k}"] = {
+                **paired_difference(matrix(cells, arm, both, k, questions), matrix(cells, arm, both, k - 1, questions),
+                                    **est).to_json(), "seeds": list(both), "versus": f"round_{k - 1}"}
     return out
 
 
@@ -234,6 +251,10 @@ def tables(result: dict[str, Any]) -> str:
             for r, e in per_round.items():
                 lines.append(f"{what}, {name} ({e['with']} − {e['without']}), {r}, seeds "
                              f"{e['seeds']}: {e['mean']:+.1%} [{e['ci95'][0]:+.1%}, {e['ci95'][1]:+.1%}]")
+    for arm, per_round in (result.get("round_effects") or {}).items():
+        for r, e in per_round.items():
+            lines.append(f"one more round, {arm} ({r} − {e['versus']}), seeds {e['seeds']}: "
+                         f"{e['mean']:+.1%} [{e['ci95'][0]:+.1%}, {e['ci95'][1]:+.1%}]")
     last = rounds[-1]
     shown = [(arm, r) for arm in result["by_type"] for r in ("round_0", last) if r in result["by_type"][arm]]
     type_names = sorted({t for arm, r in shown for t in result["by_type"][arm][r]})

@@ -239,3 +239,21 @@ def test_a_replay_that_writes_other_programs_is_not_continued(tmp_path, monkeypa
         "error"]
     assert s.selftrain_run(0, restart=False) is None and "failed its check" in s.failed[1]["error"]
     assert calls == [("seed0-continue", 1, False)] and not study.rows_path(s.root, "c_lora_fewshot", 0, 2).exists()
+
+
+def test_one_more_round_is_the_paired_difference_on_the_seeds_with_both_rounds():
+    questions = ["q1", "q2", "q3", "q4"]
+
+    def cell(rewards):
+        return {q: {"reward": r} for q, r in zip(questions, rewards)}
+
+    cells = {("c_lora_fewshot", 0, 1): cell([0, 0, 1, 1]), ("c_lora_fewshot", 0, 2): cell([1, 0, 1, 1]),
+             ("c_lora_fewshot", 1, 1): cell([1, 1, 1, 0]), ("c_lora_fewshot", 1, 2): cell([1, 1, 1, 1]),
+             ("c_lora_fewshot", 2, 2): cell([0, 0, 0, 0]),  # no round 1: left out of the pair
+             ("b_base_fewshot_library", 0, 2): cell([1, 1, 1, 1]),  # one round only: no entry
+             ("a_base_fewshot", 0, 0): cell([1, 1, 1, 1])}
+    out = summary.round_effects(cells, (0, 1, 2), 2, questions, {"draws": 200})
+    assert list(out) == ["c_lora_fewshot"]
+    entry = out["c_lora_fewshot"]["round_2"]
+    assert entry["seeds"] == [0, 1] and entry["versus"] == "round_1"
+    assert entry["mean"] == pytest.approx(2 / 8) and entry["ci95"][0] <= 0.25 <= entry["ci95"][1]
