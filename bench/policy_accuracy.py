@@ -121,7 +121,7 @@ def merge_report(earlier: dict[str, Any], new: dict[str, Any], rows: list[dict[s
         if out and not run.get("dry_run") and Path(out).exists() and Path(out).resolve() != this_out:
             readable += [r for r in read_rows(out) if r["arm"] in earlier["arms"]]
     arms = {**earlier["arms"], **new["arms"]}
-    pairs = {**earlier.get("paired", {}), **new.get("paired", {})}
+    pairs = dict(earlier.get("paired", {}))
     every = readable + rows
     if len({r["arm"] for r in every}) > 1:
         pairs |= paired(sorted(every, key=lambda r: list(arms).index(r["arm"])))
@@ -237,10 +237,10 @@ def main() -> None:
                 "uptime_before": load_before, "uptime_after": uptime(), "cpus": os.cpu_count()}
         path = Path(args.json)
         full = {"runs": [meta], "arms": report}
-        if not args.dry_run and len(arms) > 1:
-            full["paired"] = paired(every_row)
         if args.merge and path.exists():  # another process's arms, run alongside: keep them and its meta
             full = merge_report(json.loads(path.read_text()), full, every_row)
+        elif not args.dry_run and len(arms) > 1:
+            full["paired"] = paired(every_row)
         path.write_text(json.dumps(full, indent=1) + "\n")
         print(f"report written to {Path(args.json).resolve()}")
 

@@ -147,10 +147,10 @@ def round_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, ques
     """Per arm and round k ≥ 2, round k − round k−1, paired on the seeds that have both cells:
     whether one more round still moves an arm, or it has flattened."""
     out: dict[str, dict[str, Any]] = {}
-    for arm in ARMS:
+    for arm in (a for a in ARMS if a != "a_base_fewshot"):
         for k in range(2, rounds + 1):
             both = tuple(s for s in seeds if (arm, s, k) in cells and (arm, s, k - 1) in cells)
-            if arm == "a_base_fewshot" or not both:
+            if not both:
                 continue
             out.setdefault(arm, {})[f"round_{k}"] = {
                 **paired_difference(matrix(cells, arm, both, k, questions), matrix(cells, arm, both, k - 1, questions),
