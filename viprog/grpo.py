@@ -6,8 +6,9 @@ others sampled for the same question. GRPO samples a group of programs per quest
 runs each one through the sandboxed `Executor` against its example, and pushes the policy
 towards the programs whose reward beats their group's mean (and away from the rest).
 
-What is ours and what is TRL's: the trainer, its loss, sampling (transformers `generate`
-on the CPU, vLLM colocated on a GPU), the KL term, the optimiser and the checkpoints are
+What is ours and what is TRL's: the trainer, its loss, sampling (transformers `generate`,
+or vLLM colocated on a GPU; or the run's own engine through TRL's `rollout_func`,
+`viprog.grpo_rollout`), the KL term, the optimiser and the checkpoints are
 TRL's. This module gives it a dataset (one prompt per train question, with its
 `question_id`), a reward function (`ExecutorReward`: completion → program → sandbox →
 the task's reward, one batched `Executor` call per generation batch), a LoRA config, and
@@ -28,10 +29,9 @@ Corrections (`--corrections FILE`) reach GRPO's weights through a supervised ste
 each round's GRPO, the adapter it continues is fine-tuned on the hand-written programs
 (`viprog.finetune`, the pairs ReST would add, under the same `--train.*` settings) into
 `round_<k>/corrections_adapter/`, and GRPO continues from that. TRL's GRPOTrainer has no
-supervised term to mix them in with, and its one way to put them into a group — a custom
-`rollout_func` — is experimental, would replace TRL's own generation on the CPU, and needs a
-train example with a gold answer for every correction's reward, which a correction (a query
-and a program) need not have.
+supervised term to mix them in with, and putting them into a group through `rollout_func`
+(experimental in TRL) would score each one with the reward function, which needs a train
+example with a gold answer; a correction (a query and a program) need not have one.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ from viprog.finetune import (
     trainable_model,
     training_pairs,
 )
+from viprog.grpo_rollout import ROLLOUTS, group_sampler
 from viprog.metrics import exec_metrics, reward_metrics
 from viprog.policy import extract_program
 from viprog.rollout import check_primitives_answered, execute_programs, load_images, summary
@@ -87,6 +88,14 @@ class GrpoOptions:
     """Sample with vLLM colocated in the training process (GPU; vllm_mode="colocate")."""
     vllm_gpu_memory_utilization: float = 0.3
     """Share of the GPU vLLM may take (the rest: training and the neural primitives)."""
+    rollout: str = "auto"
+    """Who samples the groups: trl (transformers' generate, or vLLM with --grpo.use-vllm), policy
+    (the run's policy engine under the trainer's current LoRA, `viprog.grpo_rollout`), auto
+    (policy when that engine is llama.cpp and vLLM is off, else trl)."""
+    loss_prompt: str = "sampled"
+    """The prompt the loss sees each program after: sampled (the one it was sampled under:
+    exact on-policy GRPO), train (the run's --train-prompt, as ReST trains; needs the policy
+    rollout, and is ~7x cheaper per step on a CPU under the few-shot prompt)."""
 
 
 def check_options(cfg: Any) -> None:
@@ -99,6 +108,15 @@ def check_options(cfg: Any) -> None:
                          f"(--questions-per-round), got {g.questions_per_step}")
     if g.save_steps < 1:
         raise UsageError("--grpo.save-steps must be ≥ 1")
+    if g.rollout not in ROLLOUTS:
+        raise UsageError(f"--grpo.rollout must be one of {', '.join(ROLLOUTS)}, got {g.rollout!r}")
+    if g.rollout == "policy" and g.use_vllm:
+        raise UsageError("--grpo.rollout policy and --grpo.use-vllm both sample the groups; choose one")
+    if g.loss_prompt not in ("sampled", "train"):
+        raise UsageError(f"--grpo.loss-prompt must be sampled or train, got {g.loss_prompt!r}")
+    if g.loss_prompt == "train" and (g.rollout == "trl" or g.use_vllm):
+        raise UsageError("--grpo.loss-prompt train needs --grpo.rollout policy (TRL's own sampler uses the loss's "
+                         "prompt)")
     if g.use_vllm and not cfg.device.startswith("cuda"):
         raise UsageError("--grpo.use-vllm needs --device cuda (vLLM samples on the GPU)")
     if cfg.executor != "local" or cfg.train_launcher:
@@ -185,7 +203,9 @@ def grpo_settings(cfg: Any, out_dir: Path, *, steps: int, seed: int, cuda: bool,
         "bf16": bf16,
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
-        checkpointing_option(GRPOConfig): cuda,  # on a CPU memory is not what runs out
+        # on, as TRL defaults: without it the loss forward over a group of ~2,200-token few-shot
+        # prompts keeps ~0.7 GB of activations per layer of the 0.5B, ~17 GB in all
+        checkpointing_option(GRPOConfig): cfg.train.checkpointing,
     }
     if g.use_vllm:
         options |= {"use_vllm": True, "vllm_mode": "colocate", "vllm_enable_sleep_mode": True,
@@ -270,6 +290,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     drop_rows_after(partial, done)
     if checkpoint:
         log.info("round %d: GRPO resumes from %s (step %d of %d)", k, checkpoint, done, steps)
+    rollout, loss_prompt, rollout_func = group_sampler(ctx, k, examples, prompt)
     adapter_in, corrected = train_on_corrections(ctx, k, adapter_in)
     model_path = base_model_path(ctx.policy)
     tokenizer = AutoTokenizer.from_pretrained(model_path)  # its own: left padding, whatever the policy uses
@@ -277,7 +298,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model, peft_config, cuda, bf16 = trainable_model(model_path, cfg.lora, adapter_in, cfg.device)
-    dataset = Dataset.from_list([{"prompt": prompt(ex), "question_id": ex.id} for ex in examples])
+    dataset = Dataset.from_list([{"prompt": loss_prompt(ex), "question_id": ex.id} for ex in examples])
     args = GRPOConfig(**grpo_settings(cfg, out_dir, steps=steps, seed=cfg.seed + k, cuda=cuda, bf16=bf16,
                                       stop=ctx.prompter.stop()))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -286,7 +307,8 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     with Executor(ctx.parts.profile, workers=cfg.workers, timeout=cfg.timeout) as executor, Appender(partial) as sink:
         reward = ExecutorReward(ctx.parts.task, examples, images, executor, prompt_style=cfg.prompt_style, sink=sink)
         trainer = route_logs(GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=dataset,
-                                         processing_class=tokenizer, peft_config=peft_config))  # logs off stdout
+                                         processing_class=tokenizer, peft_config=peft_config,
+                                         rollout_func=rollout_func))  # logs off stdout
         with torch.enable_grad():  # a policy in this process may have turned gradients off globally
             output = trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
@@ -299,7 +321,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
             rows.append(summary(row))
     check_primitives_answered(rows, f"round {k} GRPO")
     rewards = [h["reward"] for h in history if "reward" in h]
-    stats = {"train/algo": "grpo", "train/steps": int(output.global_step), "train/questions": len(examples),
+    stats = {"train/algo": "grpo", "train/rollout": rollout, "train/loss_prompt": cfg.grpo.loss_prompt, "train/steps": int(output.global_step), "train/questions": len(examples),
              "train/seconds": round(seconds, 3), "train/loss_mean": float(output.training_loss),
              "train/reward_first": rewards[0] if rewards else None, "train/reward_last": rewards[-1] if rewards else None,
              **round_means(history), **corrected}
@@ -307,6 +329,7 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
     del trainer, model
     free_memory(cuda)
     shutil.rmtree(out_dir, ignore_errors=True)  # the adapter holds what the checkpoints did
+    shutil.rmtree(run.artifact(k, "rollout_adapters"), ignore_errors=True)  # the policy's copies, per step
     log.info("round %d: GRPO %d steps, reward %.2f → %.2f; adapter in %s", k, stats["train/steps"],
              rewards[0] if rewards else float("nan"), rewards[-1] if rewards else float("nan"),
              run.artifact(k, "adapter"))
