@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +19,7 @@ from test_selftrain_loop import tiny_model  # noqa: F401  (session fixture)
 
 from viprog.errors import UsageError
 from viprog.grpo import GrpoOptions, check_options
-from viprog.grpo_rollout import PolicyRollout, resolve_rollout
+from viprog.grpo_rollout import PolicyRollout, resolve_rollout, sampling_prompts
 from viprog.policy.base import Policy, SamplingParams
 from viprog.runs import read_jsonl
 from viprog.selftrain import main as selftrain
@@ -60,9 +61,11 @@ def tokenizer(tiny_model):  # noqa: F811
     return AutoTokenizer.from_pretrained(tiny_model)
 
 
-def trainer_at(step, tokenizer, n=2):
-    return SimpleNamespace(state=SimpleNamespace(global_step=step), num_generations=n, processing_class=tokenizer,
-                           model=SavedModel(), accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+def trainer_at(step, tokenizer, n=2, training=True):
+    model = SavedModel()
+    model.training = training
+    return SimpleNamespace(state=SimpleNamespace(global_step=step), num_generations=n, num_generations_eval=1,
+                           processing_class=tokenizer, model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
 
 
 def test_each_row_gets_its_groups_completion_as_the_trainers_tokens(tokenizer, tmp_path):
@@ -72,7 +75,7 @@ def test_each_row_gets_its_groups_completion_as_the_trainers_tokens(tokenizer, t
     rollout = PolicyRollout(policy, params, tmp_path / "adapters")
     out = rollout(["prompt A", "prompt A", "prompt B", "prompt B"], trainer_at(0, tokenizer))
     (asked, used), = policy.calls
-    assert asked == ["prompt A", "prompt B"] and used.n == 2 and used.seed == 7 and used.stop == ("\n\n",)
+    assert asked == ["prompt A", "prompt B"] and used.n == 2 and used.seed == 7 * 1_000_003 and used.stop == ("\n\n",)
     assert out["logprobs"] is None and policy.released == 1
     assert out["prompt_ids"] == [tokenizer(text=p)["input_ids"] for p in ["prompt A"] * 2 + ["prompt B"] * 2]
     eos = tokenizer.eos_token_id
@@ -88,7 +91,7 @@ def test_the_adapter_is_synced_once_per_step_and_seeds_move_on(tokenizer, tmp_pa
     for step in (0, 0, 1, 3):
         rollout(["p", "p"], trainer_at(step, tokenizer))
     assert policy.adapters == [("step0", True), ("step1", True), ("step3", True)]
-    assert [params.seed for _, params in policy.calls] == [100, 100, 101, 103]
+    assert [params.seed for _, params in policy.calls] == [(100 * 1_000_003 + step) % 2 ** 31 for step in (0, 0, 1, 3)]
     assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["step3"]  # the older copies are removed
 
 
@@ -99,6 +102,40 @@ def test_with_loss_prompt_train_the_group_is_sampled_under_its_own_prompt(tokeni
     out = rollout(["short", "short"], trainer_at(0, tokenizer))
     assert policy.calls[0][0] == ["few-shot long"]
     assert out["prompt_ids"] == [tokenizer(text="short")["input_ids"]] * 2
+
+
+def test_in_eval_mode_groups_have_the_eval_size(tokenizer, tmp_path):
+    policy = Recording(["    return 3\n"])
+    out = PolicyRollout(policy, SamplingParams(n=2), tmp_path)(["a", "b"], trainer_at(0, tokenizer, training=False))
+    assert policy.calls[0][0] == ["a", "b"] and policy.calls[0][1].n == 1 and len(out["completion_ids"]) == 2
+
+
+def test_questions_sharing_a_training_prompt_are_sampled_under_the_first_ones_prompt():
+    ex = [SimpleNamespace(id=i, query=q) for i, q in enumerate(["How many?", "What colour?", "How many?"])]
+    got = sampling_prompts(ex, lambda e: f"short {e.query}", lambda e: f"few-shot {e.query} without {e.id}")
+    assert got == {"short How many?": "few-shot How many? without 0", "short What colour?": "few-shot What colour? without 1"}
+
+
+def test_grpo_checkpoints_activations_as_the_train_settings_say(tmp_path):
+    """On by default on the CPU too (off, the 0.5B's loss forward over few-shot groups took ~17 GB)."""
+    from trl import GRPOConfig
+
+    from viprog.finetune import checkpointing_option
+    from viprog.grpo import grpo_settings
+
+    cfg = grpo_config("unused", tmp_path)
+    name = checkpointing_option(GRPOConfig)
+    assert grpo_settings(cfg, tmp_path, steps=1, seed=0, cuda=False, bf16=False)[name] is True
+    off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpointing=False))
+    assert grpo_settings(off, tmp_path, steps=1, seed=0, cuda=False, bf16=False)[name] is False
+
+
+def test_loss_prompt_train_with_trls_sampler_is_refused_before_round_0(tiny_model, tmp_path):  # noqa: F811
+    """The hf policy makes `auto` choose TRL's sampler, which cannot sample under another prompt."""
+    cfg = grpo_config(tiny_model, tmp_path, grpo=GrpoOptions(loss_prompt="train"))
+    with pytest.raises(UsageError, match="needs --grpo.rollout policy"):
+        selftrain(cfg)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_rows_that_are_not_whole_groups_are_refused(tokenizer, tmp_path):
@@ -129,16 +166,22 @@ def test_auto_takes_the_llamacpp_engine_and_bad_choices_are_refused(tmp_path):
 
 
 @needs_engine
-def test_a_grpo_run_sampled_by_llamacpp_raises_the_held_out_accuracy(tiny_model, tmp_path):  # noqa: F811
-    """The tiny policy on the llama.cpp engine, `--grpo.rollout auto`: every group is
-    sampled there (each step under that step's LoRA), and GRPO still makes the greedy policy
-    right for more shapes than the circles it starts with."""
+@pytest.mark.parametrize("loss_prompt", ["sampled", "train"])
+def test_a_grpo_run_sampled_by_llamacpp_raises_the_held_out_accuracy(loss_prompt, tiny_model, tmp_path,  # noqa: F811
+                                                                      caplog):
+    """The tiny policy on the llama.cpp engine, `--grpo.rollout auto`: every step's group is
+    sampled there under that step's LoRA, and GRPO still makes the greedy policy right for
+    more shapes than the circles it starts with. (The tiny run's prompts are all short, so
+    `train` goes through the loss-to-sampling prompt map with equal texts.)"""
     cfg = grpo_config(tiny_model, tmp_path, policy="llamacpp", rounds=1,
-                      grpo=GrpoOptions(questions_per_step=2, learning_rate=5e-3, save_steps=4))
-    assert selftrain(cfg) == 0
+                      grpo=GrpoOptions(questions_per_step=2, learning_rate=5e-3, save_steps=4, loss_prompt=loss_prompt))
+    with caplog.at_level(logging.INFO, logger="viprog.policy.llamacpp"):
+        assert selftrain(cfg) == 0
     run = tmp_path / "tiny"
+    loaded = [r.getMessage().rsplit("/", 1)[-1] for r in caplog.records if "rollout_adapters" in r.getMessage()]
+    assert loaded == [f"step{i}" for i in range(8)]  # one sync a step, in order
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert metrics[1]["train/rollout"] == "policy"
+    assert metrics[1]["train/rollout"] == "policy" and metrics[1]["train/loss_prompt"] == loss_prompt
     acc = [m["eval/accuracy"] for m in metrics]
     assert 0 < acc[0] <= 0.5 and acc[1] >= acc[0] + 0.25, acc
     samples = read_jsonl(run / "round_1" / "samples.jsonl")

@@ -7,10 +7,10 @@ runs each one through the sandboxed `Executor` against its example, and pushes t
 towards the programs whose reward beats their group's mean (and away from the rest).
 
 What is ours and what is TRL's: the trainer, its loss, sampling (transformers `generate`,
-or vLLM colocated on a GPU; or the run's own engine through TRL's `rollout_func`,
-`viprog.grpo_rollout`), the KL term, the optimiser and the checkpoints are
+or vLLM colocated on a GPU), the KL term, the optimiser and the checkpoints are
 TRL's. This module gives it a dataset (one prompt per train question, with its
-`question_id`), a reward function (`ExecutorReward`: completion → program → sandbox →
+`question_id`), optionally its own sampler (`viprog.grpo_rollout`: the run's policy engine
+through TRL's `rollout_func`), a reward function (`ExecutorReward`: completion → program → sandbox →
 the task's reward, one batched `Executor` call per generation batch), a LoRA config, and
 folds a round into the run folder that ReST writes: `round_<k>/samples.jsonl` holds every
 rewarded row the trainer sampled (with its `step`), `kept.jsonl` the rewarded programs (the
@@ -93,9 +93,9 @@ class GrpoOptions:
     (the run's policy engine under the trainer's current LoRA, `viprog.grpo_rollout`), auto
     (policy when that engine is llama.cpp and vLLM is off, else trl)."""
     loss_prompt: str = "sampled"
-    """The prompt the loss sees each program after: sampled (the one it was sampled under:
-    exact on-policy GRPO), train (the run's --train-prompt, as ReST trains; needs the policy
-    rollout, and is ~7x cheaper per step on a CPU under the few-shot prompt)."""
+    """The prompt the loss sees each program after: sampled (the one it was sampled under),
+    train (the run's --train-prompt, as ReST trains; needs the policy rollout; 6.5x faster a
+    step than TRL's sampler on the 2-core CPU under the few-shot prompt, bench/grpo_step.py)."""
 
 
 def check_options(cfg: Any) -> None:
@@ -203,8 +203,9 @@ def grpo_settings(cfg: Any, out_dir: Path, *, steps: int, seed: int, cuda: bool,
         "bf16": bf16,
         "use_cpu": not cuda,
         "dataloader_num_workers": 0,
-        # on, as TRL defaults: without it the loss forward over a group of ~2,200-token few-shot
-        # prompts keeps ~0.7 GB of activations per layer of the 0.5B, ~17 GB in all
+        # on, as TRL defaults: without it the loss's forward over a group of ~2,060-token few-shot
+        # prompts keeps the activations of every layer (~0.7 GB a layer of the 0.5B, estimated on
+        # tiny models of its width; the 17 GB of the first CPU attempts)
         checkpointing_option(GRPOConfig): cfg.train.checkpointing,
     }
     if g.use_vllm:
@@ -321,7 +322,8 @@ def train_round(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any
             rows.append(summary(row))
     check_primitives_answered(rows, f"round {k} GRPO")
     rewards = [h["reward"] for h in history if "reward" in h]
-    stats = {"train/algo": "grpo", "train/rollout": rollout, "train/loss_prompt": cfg.grpo.loss_prompt, "train/steps": int(output.global_step), "train/questions": len(examples),
+    stats = {"train/algo": "grpo", "train/rollout": rollout, "train/loss_prompt": cfg.grpo.loss_prompt,
+             "train/steps": int(output.global_step), "train/questions": len(examples),
              "train/seconds": round(seconds, 3), "train/loss_mean": float(output.training_loss),
              "train/reward_first": rewards[0] if rewards else None, "train/reward_last": rewards[-1] if rewards else None,
              **round_means(history), **corrected}

@@ -59,8 +59,9 @@ class PolicyRollout:
     TRL hands over the batch's prompts with each one repeated `num_generations` times in a
     row (one group per question) and expects one completion per row, in that order. The
     adapter is synced once per optimiser step (the weights change only there), and TRL
-    generates once per step (one iteration, no accumulation), so the seed is `params.seed`
-    plus the step: a resumed round samples its remaining steps as an unbroken one would.
+    generates once per step (one iteration, no accumulation), so the seed is drawn from
+    `params.seed` and the step: a resumed round samples its remaining steps as an unbroken
+    one would.
 
     With `sample_prompts` (`--grpo.loss-prompt train`), TRL's prompts are the ones the loss
     is computed under, and each group is sampled under `sample_prompts[prompt]` instead.
@@ -86,7 +87,7 @@ class PolicyRollout:
         self.synced_step = step
 
     def __call__(self, prompts: Sequence[Any], trainer: Any) -> dict[str, Any]:
-        n = int(trainer.num_generations)
+        n = int(trainer.num_generations if trainer.model.training else trainer.num_generations_eval)
         if not prompts or len(prompts) % n:
             raise RuntimeError(f"rollout: {len(prompts)} prompts are not whole groups of {n}")
         groups = [prompts[i:i + n] for i in range(0, len(prompts), n)]
@@ -95,7 +96,7 @@ class PolicyRollout:
                                f"{n} times (its sampler changed?); use --grpo.rollout trl")
         self.sync(trainer)
         step = self.synced_step or 0
-        seed = None if self.params.seed is None else self.params.seed + step
+        seed = None if self.params.seed is None else (self.params.seed * 1_000_003 + step) % 2 ** 31
         asked = [g[0] if self.sample_prompts is None else self.sample_prompts[g[0]] for g in groups]
         texts = self.policy.sample(asked, replace(self.params, n=n, seed=seed))
         self.policy.release_caches()  # its KV cache, for the loss's forward and backward
@@ -108,11 +109,22 @@ class PolicyRollout:
                 raise RuntimeError(f"rollout: the policy returned {len(outs)} completions for a group of {n}")
             for text in outs:
                 tokens = list(tok(text=text, add_special_tokens=False)["input_ids"])[:limit]
-                if len(tokens) < limit:  # the program ended (a stop string): say so as TRL's generate does
-                    tokens.append(tok.eos_token_id)
+                # shorter than the limit: the program ended at a stop string (the engines return text, not
+                # why they stopped, so a program that ends on exactly the last token counts as cut)
+                if len(tokens) < limit:
+                    tokens.append(tok.eos_token_id)  # as TRL's generate ends one
                 prompt_ids.append(ids)
                 completion_ids.append(tokens)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+def check_rollout(cfg: Any, policy: Policy) -> None:
+    """A `UsageError`, before round 0, when `--grpo.loss-prompt train` meets a rollout that
+    resolves to TRL's sampler for this policy."""
+    if cfg.algo == "grpo" and cfg.grpo.loss_prompt == "train" \
+            and resolve_rollout(cfg.grpo.rollout, policy, cfg.grpo.use_vllm) != "policy":
+        raise UsageError(f"--grpo.loss-prompt train needs --grpo.rollout policy; {cfg.grpo.rollout} chooses trl "
+                         f"for the {policy.name} policy")
 
 
 def group_sampler(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[Any], str]
@@ -121,10 +133,8 @@ def group_sampler(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[A
     `policy`, the prompt function of TRL's dataset (what the loss sees), and the
     `rollout_func` to hand the trainer (None: TRL samples). `prompt` is the sampling prompt."""
     cfg = ctx.cfg
+    check_rollout(cfg, ctx.policy)
     rollout = resolve_rollout(cfg.grpo.rollout, ctx.policy, cfg.grpo.use_vllm)
-    if cfg.grpo.loss_prompt == "train" and rollout != "policy":
-        raise UsageError(f"--grpo.loss-prompt train needs --grpo.rollout policy; {cfg.grpo.rollout} chose trl "
-                         f"for the {ctx.policy.name} policy")
     if rollout == "trl":
         return rollout, prompt, None
     loss_prompt = prompt
@@ -136,6 +146,23 @@ def group_sampler(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[A
     params = SamplingParams(n=cfg.sampling.n, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                             max_new_tokens=cfg.max_new_tokens, stop=tuple(ctx.prompter.stop()),
                             seed=cfg.seed + 1000 * k)
-    sample_prompts = None if loss_prompt is prompt else {loss_prompt(ex): prompt(ex) for ex in examples}
+    sample_prompts = None if loss_prompt is prompt else sampling_prompts(examples, loss_prompt, prompt)
     return rollout, loss_prompt, PolicyRollout(ctx.policy, params, ctx.run.artifact(k, "rollout_adapters"),
                                                sample_prompts)
+
+
+def sampling_prompts(examples: Sequence[Any], loss_prompt: Callable[[Any], str], prompt: Callable[[Any], str]
+                     ) -> dict[str, str]:
+    """Each loss prompt's sampling prompt. Two questions with the same query share a short
+    prompt, and their few-shot prompts can differ by a library example (each leaves its own
+    question out); the first question's is used for both, and how many differed is logged."""
+    mapping: dict[str, str] = {}
+    differed = 0
+    for ex in examples:
+        key, value = loss_prompt(ex), prompt(ex)
+        differed += key in mapping and mapping[key] != value
+        mapping.setdefault(key, value)
+    if differed:
+        log.info("%d questions share their training prompt with an earlier one but not its few-shot prompt; "
+                 "they are sampled under the earlier one's", differed)
+    return mapping

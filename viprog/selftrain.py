@@ -37,6 +37,7 @@ from viprog.errors import DataError, UsageError
 from viprog.filtering import filter_stats, primitive_calls, select_programs
 from viprog.finetune import base_model_path, finetune, training_pairs
 from viprog.grpo import train_round
+from viprog.grpo_rollout import check_rollout
 from viprog.launch import launched
 from viprog.library import Library
 from viprog.metrics import (
@@ -330,6 +331,7 @@ def main(cfg: SelfTrainConfig) -> int:
     corrections = library_rows(cfg.corrections, cfg.task, eval_set)  # checked before any work
     parts = build(cfg, task=task)  # the profile's models load (and are checked) here, before any round
     with parts.closed_on_error():  # a refused run folder must not leave the models loaded (a Ray cluster's)
+        check_rollout(cfg, parts.policy)
         run = Run.open(f"{cfg.runs_dir}/{cfg.run_name}", resume=cfg.resume, overwrite=cfg.overwrite)
     write_json_atomic(run.config_path, dataclasses.asdict(cfg))
     log.info("run folder %s (task %s, profile %s, policy %s, %d rounds)", run.root, cfg.task, parts.profile_name,

@@ -191,6 +191,7 @@ class LlamaCppPolicy(Policy):
             new = lib.llama_adapter_lora_init(self._model, str(path).encode())
             if not new:
                 raise UsageError(f"llama.cpp rejected the LoRA adapter {self._adapter} (converted to {path})")
+            Path(path).unlink(missing_ok=True)  # loaded; GRPO's policy rollout converts one per step
         self._apply(new)
         if self._lora is not None:
             lib.llama_adapter_lora_free(self._lora)
