@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,13 @@ def completion_for(prompt: str, program: str) -> str:
 def training_pairs(prompter: Any, style: str, rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     """(prompt, program) pairs of `rows` (each with its `query` and `program`) under the
     prompt `style` they are trained with: `short` (the query alone) or the few-shot prompt."""
-    prompt = prompter.short if style == "short" else prompter.few_shot
+    prompt = style_prompt(prompter, style)
     return [(prompt(row["query"]), row["program"]) for row in rows]
+
+
+def style_prompt(prompter: Any, style: str) -> Callable[[str], str]:
+    """The prompt of a training style as a function of the query: `short` or few-shot."""
+    return prompter.short if style == "short" else prompter.few_shot
 
 
 def base_model_path(policy: Any) -> str:

@@ -21,7 +21,7 @@ TRL does whenever generation and optimisation are aligned (one iteration per gen
 `--grpo.loss-prompt train` goes one step further, as ReST does: the groups are sampled under
 the few-shot prompt but the loss sees each program after the run's `--train-prompt` (the
 short prompt, the query alone). On the CPU that is what makes a step affordable: the
-forward and backward passes over ~2,200 prompt tokens per program, not the sampling, are
+forward and backward passes over ~2,060 prompt tokens per program, not the sampling, are
 most of a step. The gradient is then that of the training prompt's policy, the one the
 self-trained model is used with, weighted by advantages the few-shot policy earned.
 """
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from viprog.errors import UsageError
+from viprog.finetune import style_prompt
 from viprog.policy.base import Policy, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -132,14 +133,13 @@ def group_sampler(ctx: Any, k: int, examples: Sequence[Any], prompt: Callable[[A
     """Round k's choice of sampler as `(rollout, loss_prompt, rollout_func)`: `trl` or
     `policy`, the prompt function of TRL's dataset (what the loss sees), and the
     `rollout_func` to hand the trainer (None: TRL samples). `prompt` is the sampling prompt."""
-    cfg = ctx.cfg
-    check_rollout(cfg, ctx.policy)
+    cfg = ctx.cfg  # `check_rollout` ran before round 0: `train` has the policy rollout here
     rollout = resolve_rollout(cfg.grpo.rollout, ctx.policy, cfg.grpo.use_vllm)
     if rollout == "trl":
         return rollout, prompt, None
     loss_prompt = prompt
     if cfg.grpo.loss_prompt == "train":
-        style = ctx.prompter.short if cfg.train_prompt == "short" else ctx.prompter.few_shot
+        style = style_prompt(ctx.prompter, cfg.train_prompt)
 
         def loss_prompt(ex: Any) -> str:
             return style(ex.query)
