@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selftrain_compare import VARIANTS, CompareConfig
+from selftrain_compare import TRAINED, VARIANTS, CompareConfig, arms
 from selftrain_study import rows_path
 from study_summary import estimate_text, html_page, matrix
 
@@ -33,7 +33,7 @@ RUN_METRICS = ("sample/programs", "reward/mean", "filter/kept", "train/examples"
 def load_cells(cfg: CompareConfig, root: Path) -> Cells:
     """(variant, seed, round) → {question id: row} for every saved cell."""
     cells: Cells = {}
-    for variant in cfg.variants:
+    for variant in arms(cfg):
         for seed in cfg.seeds:
             for k in range(cfg.rounds + 1):
                 path = rows_path(root, variant, seed, k)
@@ -82,8 +82,9 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
     questions = sorted(cells[first])
     types = {q: cells[first][q].get("question_type") or "?" for q in questions}
     seeds, draws, base = cfg.seeds, cfg.draws, cfg.variants[0]
+    names = arms(cfg)
     variants: dict[str, dict[str, Any]] = {}
-    for variant in cfg.variants:
+    for variant in names:
         for k in range(cfg.rounds + 1):
             m = matrix(cells, variant, seeds, k, questions)
             if m is not None:
@@ -94,9 +95,16 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
         return {f"round_{k}": d for k in range(1, cfg.rounds + 1)
                 if (d := paired(cells, control(k), (treated, k), seeds, questions, draws))}
 
-    differences = {f"{v} - {base}": per_round(lambda k: (base, k), v) for v in cfg.variants[1:]}
-    gains = {v: per_round(lambda k, v=v: (v, 0), v) for v in cfg.variants}
-    steps = {v: per_round(lambda k, v=v: (v, k - 1), v) for v in cfg.variants}
+    def untrained(arm: str) -> str:  # an @train arm's round 0 is its variant's, the shared few-shot one
+        return arm.removesuffix(TRAINED)
+
+    def control(arm: str) -> str:  # what each arm is compared with at the same round
+        return base + TRAINED if arm.endswith(TRAINED) else base
+
+    differences = {f"{v} - {control(v)}": per_round(lambda k, v=v: (control(v), k), v)
+                   for v in names if v != control(v)}
+    gains = {v: per_round(lambda k, v=v: (untrained(v), 0), v) for v in names}
+    steps = {v: per_round(lambda k, v=v: (v, k - 1) if k > 1 else (untrained(v), 0), v) for v in names}
     last = max((k for (_, _, k) in cells), default=0)
     runs = run_metrics(cfg, root)
     result: dict[str, Any] = {
@@ -109,12 +117,15 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
         "gains_vs_round_0": gains,
         "round_over_round": steps,
         "by_type_round": last,
-        "by_type": by_type(cells, cfg.variants, seeds, last, questions, types),
+        "by_type": by_type(cells, tuple(names), seeds, last, questions, types),
         "budget": budget(budgets, runs),
         "protocol": "each round evaluated greedily on the first n_questions of the task's evaluation split, "
-                    "few-shot prompt without library programs, the same for every variant; round 0 is the base "
-                    "model, evaluated once and shared",
-        "variant_descriptions": {v: VARIANTS[v][0] for v in cfg.variants},
+                    "few-shot prompt without library programs, the same for every variant (the @train arms: each "
+                    "round's adapter under the prompt it was trained on); round 0 is the base model few-shot, "
+                    "evaluated once and shared",
+        "variant_descriptions": {v: VARIANTS[untrained(v)][0] + (", each round's adapter under the prompt it was "
+                                                                 "trained on, no library" if v != untrained(v) else "")
+                                 for v in names},
         "corrections": cfg.corrections,
         "runs": runs,
         "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()

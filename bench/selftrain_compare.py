@@ -22,6 +22,12 @@ The variants sample the same number of programs per round (questions_per_round Ã
 sampling.n): checked before anything runs, and the programs each round really sampled are
 recorded beside it.
 
+With --eval-train-prompt each round's adapter is also evaluated under the prompt it was trained
+on (the study's arm c under the training prompt: ViReP's protocol), as the cells
+<variant>@train: ReST trains under --selftrain.train-prompt, GRPO too with --grpo.loss-prompt
+train (with `sampled` it trained under the few-shot prompt, so its @train cells are its
+few-shot ones). Their round 0 is the shared few-shot one, the base model's best prompt.
+
     python bench/selftrain_compare.py --variants rest grpo                       # shapes, 3 seeds x 3 rounds
     python bench/selftrain_compare.py --task shapes-hard --variants plain corrections --rounds 6 \\
         --corrections bench/data/shapes_hard_corrections.jsonl
@@ -37,12 +43,20 @@ import logging
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selftrain_study import HeldOutSettings, check_coverage, held_out_run, machine_load, rows_path, save_cell
+from selftrain_study import (
+    HeldOutSettings,
+    check_coverage,
+    evaluate_cell,
+    held_out_run,
+    machine_load,
+    rows_path,
+    save_cell,
+)
 
 from viprog.errors import UsageError
 from viprog.selftrain_config import SelfTrainConfig
@@ -68,6 +82,8 @@ class CompareConfig(HeldOutSettings):
     """Variants to run, in order: the differences are each later one minus the first."""
     corrections: str | None = None
     """The corrections file of the *corrections variants (JSONL, `viprog corrections suggest`)."""
+    eval_train_prompt: bool = False
+    """Also evaluate each round's adapter under the prompt it was trained on, no library (cells <variant>@train)."""
     name: str | None = None
     """Name of the results file bench/results/selftrain_compare_<name>.json (None: the variants joined by _)."""
     out_dir: str = "runs/compare"
@@ -78,6 +94,23 @@ class CompareConfig(HeldOutSettings):
     @property
     def results_name(self) -> str:
         return self.name or "_".join(v.replace("-", "_") for v in self.variants)
+
+
+#: suffix of the arms that evaluate a variant's adapters under the prompt they were trained on
+TRAINED = "@train"
+
+
+def arms(cfg: CompareConfig) -> list[str]:
+    """The arms the summary reads: the variants, then their @train arms when asked for."""
+    return [*cfg.variants, *([v + TRAINED for v in cfg.variants] if cfg.eval_train_prompt else [])]
+
+
+def trained_style(run: SelfTrainConfig) -> str:
+    """The prompt style `run`'s adapters were trained under: --train-prompt, except for GRPO
+    with --grpo.loss-prompt sampled, whose loss is taken under the prompt it samples with."""
+    if run.algo == "grpo" and run.grpo.loss_prompt == "sampled":
+        return run.tuned_prompt
+    return run.train_prompt
 
 
 def variant_config(cfg: CompareConfig, root: Path, variant: str, seed: int) -> SelfTrainConfig:
@@ -131,6 +164,7 @@ class Compare:
         self.root = Path(cfg.out_dir) / cfg.task
         self.budgets = check_budgets({v: variant_config(cfg, self.root, v, cfg.seeds[0]) for v in cfg.variants})
         self.failed: list[dict[str, Any]] = []
+        self.parts: Any = None  # the components the @train cells are evaluated with, built once
 
     def done(self, variant: str, seed: int) -> bool:
         return all(rows_path(self.root, variant, seed, k).exists() for k in range(self.cfg.rounds + 1))
@@ -161,20 +195,60 @@ class Compare:
             if not rows_path(self.root, variant, seed, k).exists():
                 save_cell(self.root, variant, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
 
+    def trained_cells(self, variant: str, seed: int) -> None:
+        """Save the cells <variant>@train of one run: each evaluated round's adapter under the
+        prompt it was trained on (a copy of the few-shot cell when that is the prompt)."""
+        from viprog.rollout import build
+        from viprog.runs import Run, read_jsonl
+
+        run = variant_config(self.cfg, self.root, variant, seed)
+        run_root, style, arm = Path(run.runs_dir) / run.run_name, trained_style(run), variant + TRAINED
+        for k in range(1, self.cfg.rounds + 1):
+            if rows_path(self.root, arm, seed, k).exists() or not rows_path(self.root, variant, seed, k).exists():
+                continue
+            adapter = Run(run_root).latest_adapter(before=k + 1)
+            if style == "few-shot":
+                rows = read_jsonl(rows_path(self.root, variant, seed, k))
+            elif adapter is None:
+                raise FileNotFoundError(f"{run_root}: no adapter of round {k} or earlier to evaluate as {arm}")
+            else:
+                if self.parts is None:
+                    self.parts = build(run)
+                log.info("%s, seed %d, round %d: %s under the %s prompt", arm, seed, k, adapter, style)
+                rows = evaluate_cell(run, run_root, k, f"compare-{arm}", adapter=adapter, style=style, library=None,
+                                     parts=self.parts)
+            save_cell(self.root, arm, seed, k, rows)
+
+    def close(self) -> None:
+        if self.parts is not None:
+            self.parts.close()
+            self.parts = None
+
+    def guarded(self, variant: str, seed: int, fn: Callable[[str, int], None]) -> None:
+        """Run one step of one variant and seed; a failure is recorded (the next call retries
+        it), not fatal: the other runs go on."""
+        try:
+            fn(variant, seed)
+        except Exception as exc:  # noqa: BLE001 - recorded in the results and in the log
+            log.error("%s seed %d failed: %s: %s", variant, seed, type(exc).__name__, exc)
+            self.failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+
     def run(self) -> None:
         from tqdm.auto import tqdm
 
         check_coverage(self.cfg)
         todo = [(v, s) for s in self.cfg.seeds for v in self.cfg.variants]  # seed by seed: pairs complete early
-        with tqdm(total=len(todo), desc="compare runs", unit="run", dynamic_ncols=True) as bar:
-            for variant, seed in todo:
-                if not self.done(variant, seed):
-                    try:
-                        self.one_run(variant, seed)
-                    except Exception as exc:  # noqa: BLE001 - recorded and retried by the next call; the other runs go on
-                        log.error("%s seed %d failed: %s: %s", variant, seed, type(exc).__name__, exc)
-                        self.failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
-                bar.update()
+        try:
+            with tqdm(total=len(todo), desc="compare runs", unit="run", dynamic_ncols=True) as bar:
+                for variant, seed in todo:
+                    if not self.done(variant, seed):
+                        self.close()  # the run loads its own policy
+                        self.guarded(variant, seed, self.one_run)
+                    if self.cfg.eval_train_prompt:
+                        self.guarded(variant, seed, self.trained_cells)
+                    bar.update()
+        finally:
+            self.close()
 
 
 def run_compare(cfg: CompareConfig) -> int:

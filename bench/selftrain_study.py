@@ -174,6 +174,26 @@ def held_out_run(selftrain: SelfTrainConfig, *, task: str, seed: int, rounds: in
                                overwrite=False, report=False, preset=None, **options)
 
 
+def evaluate_cell(cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
+                  style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
+    """Greedy rows of the eval set under one (adapter, prompt, library), through the run's
+    own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
+    from viprog.rollout import greedy_params, prompt_fn
+    from viprog.runs import Run
+    from viprog.selftrain import Context, round_rollout
+
+    cfg = resolve_config(cfg, parts.task)
+    eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)
+    ctx = Context(cfg, Run(run_root), parts, [], eval_set)
+    ctx.run.round_dir(k).mkdir(parents=True, exist_ok=True)
+    parts.policy.load_adapter(adapter)
+    prompt = prompt_fn(parts.prompter, style, library, cfg.library_shots)
+    rows, _ = round_rollout(ctx, k, eval_set, prompt, greedy_params(parts.prompter, cfg.max_new_tokens,
+                                                                    seed=cfg.seed), name)
+    ctx.run.artifact(k, f"{name}.partial.jsonl").unlink(missing_ok=True)
+    return rows
+
+
 def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> SelfTrainConfig:
     """The selftrain config of one seed's continuing (or restarting) run."""
     return held_out_run(study.selftrain, task=study.task, seed=seed, rounds=study.rounds, n_questions=study.n_questions,
@@ -307,7 +327,7 @@ class Study:
         if n:
             run, check_cfg = Run(run_root), dataclasses.replace(cfg, eval_size=n)
             library = Library(Library.collect(run, range(1, last + 1))) if cfg.eval_library else None
-            rows = self.evaluate(check_cfg, run_root, last, "replay-check", adapter=run.latest_adapter(before=last + 1),
+            rows = evaluate_cell(check_cfg, run_root, last, "replay-check", adapter=run.latest_adapter(before=last + 1),
                                  style="few-shot", library=library, parts=self._components(check_cfg))
             result |= study_replay.compare(rows, read_jsonl(cells[last]))
         write_json_atomic(run_root / "replay.json", result)
@@ -339,25 +359,6 @@ class Study:
             self.parts = build(cfg)
         return self.parts
 
-    def evaluate(self, cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
-                 style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
-        """Greedy rows of the eval set under one (adapter, prompt, library), through the run's
-        own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
-        from viprog.rollout import greedy_params, prompt_fn
-        from viprog.runs import Run
-        from viprog.selftrain import Context, round_rollout
-
-        cfg = resolve_config(cfg, parts.task)
-        eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)
-        ctx = Context(cfg, Run(run_root), parts, [], eval_set)
-        ctx.run.round_dir(k).mkdir(parents=True, exist_ok=True)
-        parts.policy.load_adapter(adapter)
-        prompt = prompt_fn(parts.prompter, style, library, cfg.library_shots)
-        rows, _ = round_rollout(ctx, k, eval_set, prompt, greedy_params(parts.prompter, cfg.max_new_tokens,
-                                                                        seed=cfg.seed), name)
-        ctx.run.artifact(k, f"{name}.partial.jsonl").unlink(missing_ok=True)
-        return rows
-
     def extra_cells(self, seed: int, run_root: Path) -> None:
         from viprog.library import Library
         from viprog.runs import Run
@@ -380,7 +381,7 @@ class Study:
                 library = Library(Library.collect(run, range(1, k + 1))) if with_library else None
                 adapter = run.latest_adapter(before=k + 1) if tuned else None
                 self.guarded(arm, seed, k, functools.partial(
-                    self.evaluate, cfg, run_root, k, f"study-{arm}", adapter=adapter, style=style, library=library,
+                    evaluate_cell, cfg, run_root, k, f"study-{arm}", adapter=adapter, style=style, library=library,
                     parts=self._components(cfg)))
 
     def guarded(self, arm: str, seed: int | None, k: int, fn: Callable[[], list[dict[str, Any]]]) -> None:
@@ -411,7 +412,7 @@ class Study:
             log.warning("the large policy %s is not evaluated: %s", self.cfg.large_policy, exc)
             return str(exc)
         try:
-            self.guarded(LARGE, None, 0, functools.partial(self.evaluate, cfg, self.root / "runs" / "large-fewshot", 0,
+            self.guarded(LARGE, None, 0, functools.partial(evaluate_cell, cfg, self.root / "runs" / "large-fewshot", 0,
                                                            "study-large", adapter=None, style="few-shot",
                                                            library=None, parts=parts))
         finally:

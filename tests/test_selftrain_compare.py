@@ -117,6 +117,37 @@ def test_a_rerun_runs_nothing_that_is_done(rest_grpo, monkeypatch):
     assert again["variants"] == result["variants"] and again["differences"] == result["differences"]
 
 
+@pytest.mark.slow
+def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_grpo, tmp_path, monkeypatch):
+    """--eval-train-prompt on finished runs: no run again; ReST's round-1 adapter is evaluated
+    under the short prompt it was trained on, and GRPO's (loss taken under the sampling prompt)
+    cell is its few-shot one; the summary compares the @train arms with each other and with
+    the shared round 0."""
+    cfg, _ = rest_grpo
+    cfg = dataclasses.replace(cfg, eval_train_prompt=True, results_dir=str(tmp_path))
+    root = Path(cfg.out_dir) / cfg.task
+    import viprog.selftrain
+
+    monkeypatch.setattr(viprog.selftrain, "main", lambda run: pytest.fail(f"{run.runs_dir} run again"))
+    calls, real = [], compare.evaluate_cell
+    monkeypatch.setattr(compare, "evaluate_cell", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    assert compare.run_compare(cfg) == 0
+    assert [(Path(a[1]).parent.name, kw["style"], Path(kw["adapter"]).parent.name, kw["library"]) for a, kw in calls] \
+        == [("rest", "short", "round_1", None)] * len(cfg.seeds)
+    assert len(read_jsonl(compare.rows_path(root, "rest@train", 0, 1))) == 24
+    assert rewards(cfg, "grpo@train", 1).tolist() == rewards(cfg, "grpo", 1).tolist()
+    result = json.loads((tmp_path / "selftrain_compare_rest_grpo.json").read_text())
+    assert set(result["variants"]["rest@train"]) == {"round_1"}  # its round 0 is the shared few-shot one
+    diff = result["differences"]["grpo@train - rest@train"]["round_1"]
+    assert diff["mean"] == pytest.approx((rewards(cfg, "grpo@train", 1) - rewards(cfg, "rest@train", 1)).mean(),
+                                         abs=1e-6)
+    gain = result["gains_vs_round_0"]["rest@train"]["round_1"]["mean"]
+    assert gain == pytest.approx((rewards(cfg, "rest@train", 1) - rewards(cfg, "rest", 0)).mean(), abs=1e-6)
+    assert "| rest@train |" in (root / "table.md").read_text()
+    calls.clear()
+    assert compare.run_compare(cfg) == 0 and calls == []  # the cells are saved: nothing is evaluated twice
+
+
 @pytest.mark.slow  # two 2-round selftrain runs of the tiny model
 def test_corrections_against_plain_self_training(guessing_model, toy_prompts, tmp_path):  # noqa: F811
     """The corrections variant trains each round on the file's program as well (one more

@@ -208,7 +208,7 @@ def stub_runs(monkeypatch, s, programs):
 
     monkeypatch.setattr(viprog.selftrain, "main", fake_selftrain)
     monkeypatch.setattr(s, "_components", lambda c: None)
-    monkeypatch.setattr(s, "evaluate", lambda c, root, k, name, **kw: [
+    monkeypatch.setattr(study, "evaluate_cell", lambda c, root, k, name, **kw: [
         {"question_id": q, "program": p} for q, p in programs.items()][:c.eval_size])
     return calls
 
