@@ -95,7 +95,7 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
         return {f"round_{k}": d for k in range(1, cfg.rounds + 1)
                 if (d := paired(cells, control(k), (treated, k), seeds, questions, draws))}
 
-    def untrained(arm: str) -> str:  # an @train arm's round 0 is its variant's, the shared few-shot one
+    def untrained(arm: str) -> str:  # an @train arm's gains are against the shared few-shot round 0
         return arm.removesuffix(TRAINED)
 
     def control(arm: str) -> str:  # what each arm is compared with at the same round
@@ -104,7 +104,7 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
     differences = {f"{v} - {control(v)}": per_round(lambda k, v=v: (control(v), k), v)
                    for v in names if v != control(v)}
     gains = {v: per_round(lambda k, v=v: (untrained(v), 0), v) for v in names}
-    steps = {v: per_round(lambda k, v=v: (v, k - 1) if k > 1 else (untrained(v), 0), v) for v in names}
+    steps = {v: per_round(lambda k, v=v: (v, k - 1), v) for v in names}  # an @train arm: from the base under its prompt
     last = max((k for (_, _, k) in cells), default=0)
     runs = run_metrics(cfg, root)
     result: dict[str, Any] = {

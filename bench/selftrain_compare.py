@@ -26,7 +26,8 @@ With --eval-train-prompt each round's adapter is also evaluated under the prompt
 on (the study's arm c under the training prompt: ViReP's protocol), as the cells
 <variant>@train: ReST trains under --selftrain.train-prompt, GRPO too with --grpo.loss-prompt
 train (with `sampled` it trained under the few-shot prompt, so its @train cells are its
-few-shot ones). Their round 0 is the shared few-shot one, the base model's best prompt.
+few-shot ones). Their round 0 is the base model under that prompt (evaluated once for all);
+their gains are taken against the shared few-shot round 0, the base model's best prompt.
 
     python bench/selftrain_compare.py --variants rest grpo                       # shapes, 3 seeds x 3 rounds
     python bench/selftrain_compare.py --task shapes-hard --variants plain corrections --rounds 6 \\
@@ -203,13 +204,16 @@ class Compare:
 
         run = variant_config(self.cfg, self.root, variant, seed)
         run_root, style, arm = Path(run.runs_dir) / run.run_name, trained_style(run), variant + TRAINED
-        for k in range(1, self.cfg.rounds + 1):
+        for k in range(self.cfg.rounds + 1):
             if rows_path(self.root, arm, seed, k).exists() or not rows_path(self.root, variant, seed, k).exists():
                 continue
-            adapter = Run(run_root).latest_adapter(before=k + 1)
+            adapter = Run(run_root).latest_adapter(before=k + 1) if k else None
+            shared = self.base_cell(style) if k == 0 else None
             if style == "few-shot":
                 rows = read_jsonl(rows_path(self.root, variant, seed, k))
-            elif adapter is None:
+            elif shared is not None:  # round 0: the base model under this prompt, evaluated once for all
+                rows = read_jsonl(shared)
+            elif k and adapter is None:
                 raise FileNotFoundError(f"{run_root}: no adapter of round {k} or earlier to evaluate as {arm}")
             else:
                 if self.parts is None:
@@ -218,6 +222,17 @@ class Compare:
                 rows = evaluate_cell(run, run_root, k, f"compare-{arm}", adapter=adapter, style=style, library=None,
                                      parts=self.parts)
             save_cell(self.root, arm, seed, k, rows)
+
+    def base_cell(self, style: str) -> Path | None:
+        """A saved round-0 @train cell under `style` (the base model, greedy: the same for every
+        seed and variant that trains under that prompt), or None."""
+        for variant in self.cfg.variants:
+            if trained_style(variant_config(self.cfg, self.root, variant, self.cfg.seeds[0])) != style:
+                continue
+            for seed in self.cfg.seeds:
+                if (path := rows_path(self.root, variant + TRAINED, seed, 0)).exists():
+                    return path
+        return None
 
     def close(self) -> None:
         if self.parts is not None:

@@ -132,17 +132,23 @@ def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_
     calls, real = [], compare.evaluate_cell
     monkeypatch.setattr(compare, "evaluate_cell", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
     assert compare.run_compare(cfg) == 0
-    assert [(Path(a[1]).parent.name, kw["style"], Path(kw["adapter"]).parent.name, kw["library"]) for a, kw in calls] \
-        == [("rest", "short", "round_1", None)] * len(cfg.seeds)
+    evaluated = [(Path(a[1]).parent.name, a[2], kw["style"], kw["adapter"] and Path(kw["adapter"]).parent.name,
+                  kw["library"]) for a, kw in calls]
+    assert evaluated == [("rest", 0, "short", None, None), ("rest", 1, "short", "round_1", None),
+                         ("rest", 1, "short", "round_1", None)]  # the base under the short prompt once, for all seeds
     assert len(read_jsonl(compare.rows_path(root, "rest@train", 0, 1))) == 24
-    assert rewards(cfg, "grpo@train", 1).tolist() == rewards(cfg, "grpo", 1).tolist()
+    assert rewards(cfg, "rest@train", 0)[0].tolist() == rewards(cfg, "rest@train", 0)[1].tolist()
+    for k in (0, 1):
+        assert rewards(cfg, "grpo@train", k).tolist() == rewards(cfg, "grpo", k).tolist()
     result = json.loads((tmp_path / "selftrain_compare_rest_grpo.json").read_text())
-    assert set(result["variants"]["rest@train"]) == {"round_1"}  # its round 0 is the shared few-shot one
+    assert set(result["variants"]["rest@train"]) == {"round_0", "round_1"}
     diff = result["differences"]["grpo@train - rest@train"]["round_1"]
     assert diff["mean"] == pytest.approx((rewards(cfg, "grpo@train", 1) - rewards(cfg, "rest@train", 1)).mean(),
                                          abs=1e-6)
-    gain = result["gains_vs_round_0"]["rest@train"]["round_1"]["mean"]
+    gain = result["gains_vs_round_0"]["rest@train"]["round_1"]["mean"]  # against the few-shot base
     assert gain == pytest.approx((rewards(cfg, "rest@train", 1) - rewards(cfg, "rest", 0)).mean(), abs=1e-6)
+    step = result["round_over_round"]["rest@train"]["round_1"]["mean"]  # against the base under its own prompt
+    assert step == pytest.approx((rewards(cfg, "rest@train", 1) - rewards(cfg, "rest@train", 0)).mean(), abs=1e-6)
     assert "| rest@train |" in (root / "table.md").read_text()
     calls.clear()
     assert compare.run_compare(cfg) == 0 and calls == []  # the cells are saved: nothing is evaluated twice
