@@ -157,7 +157,9 @@ def tables(result: dict[str, Any]) -> str:
     rounds = [f"round_{k}" for k in range(result["rounds"] + 1)]
     b = result["budget"]
     lines = [(f"n = {result['n_questions']} held-out questions × seeds {result['seeds']} ({result['task']}); greedy, "
-              "few-shot prompt without library programs, the same for every variant"),
+              "few-shot prompt without library programs, the same for every variant"
+              + ("; the @train arms: under the prompt each adapter was trained on" if any(
+                  v.endswith(TRAINED) for v in result["variants"]) else "")),
              "programs sampled per round: " + ", ".join(f"{v} {n}" for v, n in b["per_round"].items())
              + f" (equal: {'yes' if b['equal'] else 'NO'}; as sampled: {'yes' if b['sampled_equal'] else 'NO'})",
              "", "| variant | " + " | ".join(rounds) + " |", "|---" * (len(rounds) + 1) + "|"]

@@ -25,8 +25,9 @@ recorded beside it.
 With --eval-train-prompt each round's adapter is also evaluated under the prompt it was trained
 on (the study's arm c under the training prompt: ViReP's protocol), as the cells
 <variant>@train: ReST trains under --selftrain.train-prompt, GRPO too with --grpo.loss-prompt
-train (with `sampled` it trained under the few-shot prompt, so its @train cells are its
-few-shot ones). Their round 0 is the base model under that prompt (evaluated once for all);
+train (with `sampled` its loss is the sampling prompt's: few-shot here, with library
+programs from round 2 on when --selftrain.library-shots > 0, so its @train cells are its
+few-shot ones, without library, and are exact only where no library was in its prompts). Their round 0 is the base model under that prompt (evaluated once for all);
 their gains are taken against the shared few-shot round 0, the base model's best prompt.
 
     python bench/selftrain_compare.py --variants rest grpo                       # shapes, 3 seeds x 3 rounds
@@ -108,7 +109,8 @@ def arms(cfg: CompareConfig) -> list[str]:
 
 def trained_style(run: SelfTrainConfig) -> str:
     """The prompt style `run`'s adapters were trained under: --train-prompt, except for GRPO
-    with --grpo.loss-prompt sampled, whose loss is taken under the prompt it samples with."""
+    with --grpo.loss-prompt sampled, whose loss is taken under the prompt it samples with
+    (the tuned prompt; any library programs in it are not part of the style)."""
     if run.algo == "grpo" and run.grpo.loss_prompt == "sampled":
         return run.tuned_prompt
     return run.train_prompt
@@ -245,8 +247,10 @@ class Compare:
         try:
             fn(variant, seed)
         except Exception as exc:  # noqa: BLE001 - recorded in the results and in the log
-            log.error("%s seed %d failed: %s: %s", variant, seed, type(exc).__name__, exc)
-            self.failed.append({"variant": variant, "seed": seed, "error": f"{type(exc).__name__}: {exc}"})
+            step = getattr(fn, "__name__", "run")  # one_run (the selftrain run) or trained_cells
+            log.error("%s seed %d, %s failed: %s: %s", variant, seed, step, type(exc).__name__, exc)
+            self.failed.append({"variant": variant, "seed": seed, "step": step,
+                                "error": f"{type(exc).__name__}: {exc}"})
 
     def run(self) -> None:
         from tqdm.auto import tqdm
