@@ -147,6 +147,8 @@ def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_
                                          abs=1e-6)
     gain = result["gains_vs_round_0"]["rest@train"]["round_1"]["mean"]  # against the few-shot base
     assert gain == pytest.approx((rewards(cfg, "rest@train", 1) - rewards(cfg, "rest", 0)).mean(), abs=1e-6)
+    # the two controls differ on the toy (it knows only the few-shot prompt), so a swap of them would show
+    assert rewards(cfg, "rest@train", 0).mean() != rewards(cfg, "rest", 0).mean()
     step = result["round_over_round"]["rest@train"]["round_1"]["mean"]  # against the base under its own prompt
     assert step == pytest.approx((rewards(cfg, "rest@train", 1) - rewards(cfg, "rest@train", 0)).mean(), abs=1e-6)
     assert "| rest@train |" in (root / "table.md").read_text()
