@@ -27,8 +27,9 @@ on (the study's arm c under the training prompt: ViReP's protocol), as the cells
 <variant>@train: ReST trains under --selftrain.train-prompt, GRPO too with --grpo.loss-prompt
 train (with `sampled` its loss is the sampling prompt's: few-shot here, with library
 programs from round 2 on when --selftrain.library-shots > 0, so its @train cells are its
-few-shot ones, without library, and are exact only where no library was in its prompts). Their round 0 is the base model under that prompt (evaluated once for all);
-their gains are taken against the shared few-shot round 0, the base model's best prompt.
+few-shot ones, without library, exact only where no library was in its prompts). Their
+round 0 is the base model under that prompt (evaluated once for all); their gains are taken
+against the shared few-shot round 0, the base model's best prompt.
 
     python bench/selftrain_compare.py --variants rest grpo                       # shapes, 3 seeds x 3 rounds
     python bench/selftrain_compare.py --task shapes-hard --variants plain corrections --rounds 6 \\
