@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from selftrain_compare import TRAINED, VARIANTS, CompareConfig, arms
-from selftrain_study import rows_path
+from heldout import rows_path
+from selftrain_compare import TRAINED, VARIANTS, CompareConfig, arms, untrained
 from study_summary import estimate_text, html_page, matrix
 
 from viprog.bootstrap import bootstrap_ci, paired_difference
@@ -94,9 +94,6 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
     def per_round(control: Callable[[int], tuple[str, int]], treated: str) -> dict[str, Any]:
         return {f"round_{k}": d for k in range(1, cfg.rounds + 1)
                 if (d := paired(cells, control(k), (treated, k), seeds, questions, draws))}
-
-    def untrained(arm: str) -> str:  # an @train arm's gains are against the shared few-shot round 0
-        return arm.removesuffix(TRAINED)
 
     def control(arm: str) -> str:  # what each arm is compared with at the same round
         return base + TRAINED if arm.endswith(TRAINED) else base

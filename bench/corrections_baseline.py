@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from selftrain_study import machine_load
+from heldout import machine_load
 
 from viprog.selftrain_config import SelfTrainConfig, embedded
 

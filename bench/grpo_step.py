@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selftrain_study import machine_load
+from heldout import machine_load
 
 log = logging.getLogger("viprog.bench.grpo_step")
 

@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selftrain_study import (
+from heldout import (
+    Components,
     HeldOutSettings,
     check_coverage,
     evaluate_cell,
@@ -101,6 +102,11 @@ class CompareConfig(HeldOutSettings):
 
 #: suffix of the arms that evaluate a variant's adapters under the prompt they were trained on
 TRAINED = "@train"
+
+
+def untrained(arm: str) -> str:
+    """The variant an arm belongs to: `arm` without its @train suffix."""
+    return arm.removesuffix(TRAINED)
 
 
 def arms(cfg: CompareConfig) -> list[str]:
@@ -168,7 +174,7 @@ class Compare:
         self.root = Path(cfg.out_dir) / cfg.task
         self.budgets = check_budgets({v: variant_config(cfg, self.root, v, cfg.seeds[0]) for v in cfg.variants})
         self.failed: list[dict[str, Any]] = []
-        self.parts: Any = None  # the components the @train cells are evaluated with, built once
+        self.components = Components()  # what the @train cells are evaluated with
 
     def done(self, variant: str, seed: int) -> bool:
         return all(rows_path(self.root, variant, seed, k).exists() for k in range(self.cfg.rounds + 1))
@@ -202,7 +208,6 @@ class Compare:
     def trained_cells(self, variant: str, seed: int) -> None:
         """Save the cells <variant>@train of one run: each evaluated round's adapter under the
         prompt it was trained on (a copy of the few-shot cell when that is the prompt)."""
-        from viprog.rollout import build
         from viprog.runs import Run, read_jsonl
 
         run = variant_config(self.cfg, self.root, variant, seed)
@@ -219,11 +224,9 @@ class Compare:
             elif k and adapter is None:
                 raise FileNotFoundError(f"{run_root}: no adapter of round {k} or earlier to evaluate as {arm}")
             else:
-                if self.parts is None:
-                    self.parts = build(run)
                 log.info("%s, seed %d, round %d: %s under the %s prompt", arm, seed, k, adapter, style)
                 rows = evaluate_cell(run, run_root, k, f"compare-{arm}", adapter=adapter, style=style, library=None,
-                                     parts=self.parts)
+                                     parts=self.components.get(run))
             save_cell(self.root, arm, seed, k, rows)
 
     def base_cell(self, style: str) -> Path | None:
@@ -238,9 +241,7 @@ class Compare:
         return None
 
     def close(self) -> None:
-        if self.parts is not None:
-            self.parts.close()
-            self.parts = None
+        self.components.close()
 
     def guarded(self, variant: str, seed: int, fn: Callable[[str, int], None]) -> None:
         """Run one step of one variant and seed; a failure is recorded (the next call retries

@@ -37,16 +37,26 @@ import functools
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from heldout import (
+    Components,
+    HeldOutSettings,
+    check_coverage,
+    evaluate_cell,
+    held_out_run,
+    machine_load,
+    rows_path,
+    save_cell,
+)
+
 from viprog.errors import UsageError
-from viprog.selftrain_config import SelfTrainConfig, embedded, resolve_config
+from viprog.selftrain_config import SelfTrainConfig
 
 log = logging.getLogger("viprog.study")
 
@@ -73,28 +83,6 @@ EXTRA: dict[str, tuple[bool, str, bool]] = {
     "c_lora_fewshot": (True, "few-shot", False),
     "d_lora_fewshot_library": (True, "few-shot", True),
 }
-
-
-@dataclass
-class HeldOutSettings:
-    """What the study and the benches built on it share: a task, its held-out set, seeds,
-    rounds, the bootstrap and the settings of every selftrain run."""
-
-    task: str = "shapes"
-    """Task (shapes, shapes-hard, or any other with train and test splits)."""
-    n_questions: int = 300
-    """Held-out questions: the first N of the evaluation split (they must cover all its question types)."""
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Seeds of the self-training runs (question order, sampling, training)."""
-    rounds: int = 3
-    """Self-training rounds after round 0."""
-    draws: int = 10_000
-    """Bootstrap resamples."""
-    summary_only: bool = False
-    """Run nothing: summarise the cells saved so far (tables, report, results JSON)."""
-    selftrain: SelfTrainConfig = field(default_factory=embedded)
-    """Settings of each run (the embedded preset's by default); the bench sets task, seed, rounds,
-    eval set and prompt, run folders (and what it compares) itself."""
 
 
 @dataclass
@@ -141,57 +129,10 @@ class StudyConfig(HeldOutSettings):
 
 
 # -- the cells ---------------------------------------------------------------------------------
-def rows_path(root: Path, arm: str, seed: int | None, k: int) -> Path:
-    return root / "rows" / arm / (f"round{k}.jsonl" if seed is None else f"seed{seed}-round{k}.jsonl")
-
-
 def archive_path(results: str | Path) -> Path:
     """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
     results = Path(results)
     return results.with_name(f"{results.stem}.rows.json.gz")
-
-
-def cell_rows(rows: Sequence[dict[str, Any]], arm: str, seed: int | None, k: int) -> list[dict[str, Any]]:
-    """The per-question record of one cell: what the statistics and the analysis read."""
-    keep = ("question_id", "question_type", "reward", "error_kind", "program", "answer")
-    return [{"arm": arm, "seed": seed, "round": k, **{key: r.get(key) for key in keep}} for r in rows]
-
-
-def save_cell(root: Path, arm: str, seed: int | None, k: int, rows: Sequence[dict[str, Any]]) -> None:
-    from viprog.runs import write_jsonl_atomic
-
-    write_jsonl_atomic(rows_path(root, arm, seed, k), cell_rows(rows, arm, seed, k))
-
-
-def held_out_run(selftrain: SelfTrainConfig, *, task: str, seed: int, rounds: int, n_questions: int,
-                 runs_dir: Path, run_name: str, **options: Any) -> SelfTrainConfig:
-    """`selftrain` as one run of a study: evaluated each round on the first `n_questions` of
-    the task's evaluation split under the few-shot prompt, in runs_dir/run_name (resumed when
-    that folder holds a run), no report of its own; `options` set the rest (e.g. the algorithm)."""
-    return dataclasses.replace(selftrain, task=task, seed=seed, rounds=rounds, eval_size=n_questions, eval_split=None,
-                               base_prompt="few-shot", tuned_prompt="few-shot", run_name=run_name,
-                               runs_dir=str(runs_dir), resume=(runs_dir / run_name / "config.json").exists(),
-                               overwrite=False, report=False, preset=None, **options)
-
-
-def evaluate_cell(cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
-                  style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
-    """Greedy rows of the eval set under one (adapter, prompt, library), through the run's
-    own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
-    from viprog.rollout import greedy_params, prompt_fn
-    from viprog.runs import Run
-    from viprog.selftrain import Context, round_rollout
-
-    cfg = resolve_config(cfg, parts.task)
-    eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)
-    ctx = Context(cfg, Run(run_root), parts, [], eval_set)
-    ctx.run.round_dir(k).mkdir(parents=True, exist_ok=True)
-    parts.policy.load_adapter(adapter)
-    prompt = prompt_fn(parts.prompter, style, library, cfg.library_shots)
-    rows, _ = round_rollout(ctx, k, eval_set, prompt, greedy_params(parts.prompter, cfg.max_new_tokens,
-                                                                    seed=cfg.seed), name)
-    ctx.run.artifact(k, f"{name}.partial.jsonl").unlink(missing_ok=True)
-    return rows
 
 
 def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> SelfTrainConfig:
@@ -220,7 +161,7 @@ class Study:
         self.cfg = cfg
         self.root = Path(cfg.out_dir) / cfg.task
         self.failed: list[dict[str, Any]] = []
-        self.parts: Any = None  # the 0.5B's components for the extra arms, built on first use
+        self.components = Components()  # the 0.5B's, for the extra arms
         self.run_arm = "d_lora_fewshot_library" if cfg.run_eval_library else "c_lora_fewshot"
         self.restart_arm = RESTART_ARM[cfg.run_eval_library]
         other = RESTART_ARM[not cfg.run_eval_library]
@@ -353,11 +294,7 @@ class Study:
 
     # -- arms b and c: the continuing run's adapters and libraries, evaluated here ---------------
     def _components(self, cfg: SelfTrainConfig) -> Any:
-        from viprog.rollout import build
-
-        if self.parts is None:
-            self.parts = build(cfg)
-        return self.parts
+        return self.components.get(cfg)
 
     def extra_cells(self, seed: int, run_root: Path) -> None:
         from viprog.library import Library
@@ -420,9 +357,7 @@ class Study:
         return None
 
     def close(self) -> None:
-        if self.parts is not None:
-            self.parts.close()
-            self.parts = None
+        self.components.close()
 
     def run(self) -> str | None:
         check_coverage(self.cfg)
@@ -448,26 +383,6 @@ def check_eval_library(run_root: Path, wanted: bool) -> None:
     if saved != wanted:
         raise UsageError(f"{run_root} evaluates its rounds {'with' if saved else 'without'} library programs; "
                          f"pass {'--run-eval-library' if saved else '--no-run-eval-library'} or use another --out-dir")
-
-
-def check_coverage(cfg: HeldOutSettings) -> None:
-    """A `UsageError` when the first n_questions of the evaluation split miss a question type."""
-    from viprog.tasks import TASKS
-
-    task = TASKS.get(cfg.task)(data_dir=cfg.selftrain.data_dir)
-    split = task.default_splits[1]
-    every = {ex.question_type for ex in task.examples(split)}
-    held_out = task.examples(split, limit=cfg.n_questions)
-    missing = sorted(every - {ex.question_type for ex in held_out})
-    if missing:
-        raise UsageError(f"the first {cfg.n_questions} {split} questions of {cfg.task} miss the question type(s) "
-                         f"{', '.join(missing)}; raise --n-questions")
-    log.info("held-out set: %d %s questions of %s covering all %d question types", len(held_out), split, cfg.task,
-             len(every))
-
-
-def machine_load() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

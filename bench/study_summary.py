@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from selftrain_study import ARMS, LARGE, StudyConfig, rows_path
+from heldout import rows_path
+from selftrain_study import ARMS, LARGE, StudyConfig
 
 from viprog.bootstrap import bootstrap_ci, paired_difference
 from viprog.runs import read_json, read_jsonl, write_bytes_atomic, write_jsonl_atomic, write_text_atomic

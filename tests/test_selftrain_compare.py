@@ -8,6 +8,7 @@ policy on a correction pool's own questions."""
 import dataclasses
 import importlib
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -117,20 +118,35 @@ def test_a_rerun_runs_nothing_that_is_done(rest_grpo, monkeypatch):
     assert again["variants"] == result["variants"] and again["differences"] == result["differences"]
 
 
+def trained_arms_of(rest_grpo, tmp_path, **grpo):
+    """The fixture's finished comparison, copied into tmp_path (the module's folder stays as the
+    other tests expect it), with --eval-train-prompt and the given GRPO options."""
+    cfg, _ = rest_grpo
+    shutil.copytree(cfg.out_dir, tmp_path / "compare")
+    selftrain = dataclasses.replace(cfg.selftrain, grpo=dataclasses.replace(cfg.selftrain.grpo, **grpo))
+    return dataclasses.replace(cfg, eval_train_prompt=True, out_dir=str(tmp_path / "compare"),
+                               results_dir=str(tmp_path / "results"), selftrain=selftrain)
+
+
+def record_cells(monkeypatch):
+    """No selftrain run may start; every evaluate_cell call is recorded, then made."""
+    import viprog.selftrain
+
+    monkeypatch.setattr(viprog.selftrain, "main", lambda run: pytest.fail(f"{run.runs_dir} run again"))
+    calls, real = [], compare.evaluate_cell
+    monkeypatch.setattr(compare, "evaluate_cell", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    return calls
+
+
 @pytest.mark.slow
 def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_grpo, tmp_path, monkeypatch):
     """--eval-train-prompt on finished runs: no run again; ReST's round-1 adapter is evaluated
     under the short prompt it was trained on, and GRPO's (loss taken under the sampling prompt)
     cell is its few-shot one; the summary compares the @train arms with each other and with
     the shared round 0."""
-    cfg, _ = rest_grpo
-    cfg = dataclasses.replace(cfg, eval_train_prompt=True, results_dir=str(tmp_path))
+    cfg = trained_arms_of(rest_grpo, tmp_path)
     root = Path(cfg.out_dir) / cfg.task
-    import viprog.selftrain
-
-    monkeypatch.setattr(viprog.selftrain, "main", lambda run: pytest.fail(f"{run.runs_dir} run again"))
-    calls, real = [], compare.evaluate_cell
-    monkeypatch.setattr(compare, "evaluate_cell", lambda *a, **kw: calls.append((a, kw)) or real(*a, **kw))
+    calls = record_cells(monkeypatch)
     assert compare.run_compare(cfg) == 0
     evaluated = [(Path(a[1]).parent.name, a[2], kw["style"], kw["adapter"] and Path(kw["adapter"]).parent.name,
                   kw["library"]) for a, kw in calls]
@@ -140,7 +156,7 @@ def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_
     assert rewards(cfg, "rest@train", 0)[0].tolist() == rewards(cfg, "rest@train", 0)[1].tolist()
     for k in (0, 1):
         assert rewards(cfg, "grpo@train", k).tolist() == rewards(cfg, "grpo", k).tolist()
-    result = json.loads((tmp_path / "selftrain_compare_rest_grpo.json").read_text())
+    result = json.loads((tmp_path / "results" / "selftrain_compare_rest_grpo.json").read_text())
     assert set(result["variants"]["rest@train"]) == {"round_0", "round_1"}
     diff = result["differences"]["grpo@train - rest@train"]["round_1"]
     assert diff["mean"] == pytest.approx((rewards(cfg, "grpo@train", 1) - rewards(cfg, "rest@train", 1)).mean(),
@@ -154,6 +170,28 @@ def test_adapters_are_also_evaluated_under_the_prompt_they_were_trained_on(rest_
     assert "| rest@train |" in (root / "table.md").read_text()
     calls.clear()
     assert compare.run_compare(cfg) == 0 and calls == []  # the cells are saved: nothing is evaluated twice
+
+
+@pytest.mark.slow
+def test_grpo_trained_under_the_short_prompt_shares_the_base_cell_with_rest(rest_grpo, tmp_path, monkeypatch):
+    """With --grpo.loss-prompt train, GRPO's adapters are trained under the short prompt as
+    ReST's are: the base model under it is evaluated once for both variants and both seeds,
+    each round-1 adapter once. (The fixture's GRPO runs took their loss under the sampling
+    prompt; what is checked is which cells are evaluated and shared, not what was learned.)"""
+    cfg = trained_arms_of(rest_grpo, tmp_path, loss_prompt="train")
+    calls = record_cells(monkeypatch)
+    assert compare.run_compare(cfg) == 0
+    evaluated = [(Path(a[1]).parent.name, Path(a[1]).name, a[2], kw["style"]) for a, kw in calls]
+    assert evaluated == [("rest", "seed0", 0, "short"), ("rest", "seed0", 1, "short"), ("grpo", "seed0", 1, "short"),
+                         ("rest", "seed1", 1, "short"), ("grpo", "seed1", 1, "short")]
+    grpo_adapters = {Path(kw["adapter"]).parent.parent.name for a, kw in calls if Path(a[1]).parent.name == "grpo"}
+    assert grpo_adapters == {"seed0", "seed1"}  # each seed's own GRPO adapter, not ReST's
+    for seed in cfg.seeds:
+        assert rewards(cfg, "grpo@train", 0, [seed]).tolist() == rewards(cfg, "rest@train", 0, [0]).tolist()
+    result = json.loads((tmp_path / "results" / "selftrain_compare_rest_grpo.json").read_text())
+    diff = result["differences"]["grpo@train - rest@train"]["round_1"]
+    assert diff["mean"] == pytest.approx((rewards(cfg, "grpo@train", 1) - rewards(cfg, "rest@train", 1)).mean(),
+                                         abs=1e-6)
 
 
 @pytest.mark.slow  # two 2-round selftrain runs of the tiny model

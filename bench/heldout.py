@@ -1,0 +1,134 @@
+"""The held-out set that the self-training benches share, and its cells.
+
+`bench/selftrain_study.py` (arms of one run) and `bench/selftrain_compare.py` (whole variants
+of the run) measure on the same questions the same way: the first `n_questions` of the task's
+evaluation split, checked to cover every question type; each (arm, seed, round) cell is the
+greedy per-question rows saved under rows/<arm>/, written whole so a killed bench resumes at
+the first missing cell. This module is that common ground, so neither bench imports the other's
+machinery.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from viprog.errors import UsageError
+from viprog.selftrain_config import SelfTrainConfig, embedded, resolve_config
+
+log = logging.getLogger("viprog.heldout")
+
+
+@dataclass
+class HeldOutSettings:
+    """What the study and the benches built on it share: a task, its held-out set, seeds,
+    rounds, the bootstrap and the settings of every selftrain run."""
+
+    task: str = "shapes"
+    """Task (shapes, shapes-hard, or any other with train and test splits)."""
+    n_questions: int = 300
+    """Held-out questions: the first N of the evaluation split (they must cover all its question types)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the self-training runs (question order, sampling, training)."""
+    rounds: int = 3
+    """Self-training rounds after round 0."""
+    draws: int = 10_000
+    """Bootstrap resamples."""
+    summary_only: bool = False
+    """Run nothing: summarise the cells saved so far (tables, report, results JSON)."""
+    selftrain: SelfTrainConfig = field(default_factory=embedded)
+    """Settings of each run (the embedded preset's by default); the bench sets task, seed, rounds,
+    eval set and prompt, run folders (and what it compares) itself."""
+
+
+def rows_path(root: Path, arm: str, seed: int | None, k: int) -> Path:
+    return root / "rows" / arm / (f"round{k}.jsonl" if seed is None else f"seed{seed}-round{k}.jsonl")
+
+
+def cell_rows(rows: Sequence[dict[str, Any]], arm: str, seed: int | None, k: int) -> list[dict[str, Any]]:
+    """The per-question record of one cell: what the statistics and the analysis read."""
+    keep = ("question_id", "question_type", "reward", "error_kind", "program", "answer")
+    return [{"arm": arm, "seed": seed, "round": k, **{key: r.get(key) for key in keep}} for r in rows]
+
+
+def save_cell(root: Path, arm: str, seed: int | None, k: int, rows: Sequence[dict[str, Any]]) -> None:
+    from viprog.runs import write_jsonl_atomic
+
+    write_jsonl_atomic(rows_path(root, arm, seed, k), cell_rows(rows, arm, seed, k))
+
+
+def held_out_run(selftrain: SelfTrainConfig, *, task: str, seed: int, rounds: int, n_questions: int,
+                 runs_dir: Path, run_name: str, **options: Any) -> SelfTrainConfig:
+    """`selftrain` as one run of a study: evaluated each round on the first `n_questions` of
+    the task's evaluation split under the few-shot prompt, in runs_dir/run_name (resumed when
+    that folder holds a run), no report of its own; `options` set the rest (e.g. the algorithm)."""
+    return dataclasses.replace(selftrain, task=task, seed=seed, rounds=rounds, eval_size=n_questions, eval_split=None,
+                               base_prompt="few-shot", tuned_prompt="few-shot", run_name=run_name,
+                               runs_dir=str(runs_dir), resume=(runs_dir / run_name / "config.json").exists(),
+                               overwrite=False, report=False, preset=None, **options)
+
+
+def evaluate_cell(cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
+                  style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
+    """Greedy rows of the eval set under one (adapter, prompt, library), through the run's
+    own rollout (its partial file under run_root/round_k makes a killed cell resume)."""
+    from viprog.rollout import greedy_params, prompt_fn
+    from viprog.runs import Run
+    from viprog.selftrain import Context, round_rollout
+
+    cfg = resolve_config(cfg, parts.task)
+    eval_set = parts.task.examples(cfg.eval_split, limit=cfg.eval_size)
+    ctx = Context(cfg, Run(run_root), parts, [], eval_set)
+    ctx.run.round_dir(k).mkdir(parents=True, exist_ok=True)
+    parts.policy.load_adapter(adapter)
+    prompt = prompt_fn(parts.prompter, style, library, cfg.library_shots)
+    rows, _ = round_rollout(ctx, k, eval_set, prompt, greedy_params(parts.prompter, cfg.max_new_tokens,
+                                                                    seed=cfg.seed), name)
+    ctx.run.artifact(k, f"{name}.partial.jsonl").unlink(missing_ok=True)
+    return rows
+
+
+class Components:
+    """The policy and primitives that cells outside a selftrain run are evaluated with: built
+    from the first config asked for, then reused; closed before a run loads its own policy, so
+    two copies of the model never sit in memory at once."""
+
+    def __init__(self) -> None:
+        self.parts: Any = None
+
+    def get(self, cfg: SelfTrainConfig) -> Any:
+        from viprog.rollout import build
+
+        if self.parts is None:
+            self.parts = build(cfg)
+        return self.parts
+
+    def close(self) -> None:
+        if self.parts is not None:
+            self.parts.close()
+            self.parts = None
+
+
+def check_coverage(cfg: HeldOutSettings) -> None:
+    """A `UsageError` when the first n_questions of the evaluation split miss a question type."""
+    from viprog.tasks import TASKS
+
+    task = TASKS.get(cfg.task)(data_dir=cfg.selftrain.data_dir)
+    split = task.default_splits[1]
+    every = {ex.question_type for ex in task.examples(split)}
+    held_out = task.examples(split, limit=cfg.n_questions)
+    missing = sorted(every - {ex.question_type for ex in held_out})
+    if missing:
+        raise UsageError(f"the first {cfg.n_questions} {split} questions of {cfg.task} miss the question type(s) "
+                         f"{', '.join(missing)}; raise --n-questions")
+    log.info("held-out set: %d %s questions of %s covering all %d question types", len(held_out), split, cfg.task,
+             len(every))
+
+
+def machine_load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
