@@ -11,11 +11,14 @@ rise?) — are paired on the same questions and seeds, over the seeds both sides
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import html
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import heldout
 from heldout import rows_path
 from selftrain_compare import TRAINED, VARIANTS, CompareConfig, arms, untrained
 from study_summary import estimate_text, html_page, matrix
@@ -54,14 +57,42 @@ def paired(cells: Cells, control: tuple[str, int], treated: tuple[str, int], see
 
 
 def run_metrics(cfg: CompareConfig, root: Path) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """variant → seed<s> → round_k → the round's RUN_METRICS (what exists of them)."""
+    """variant → seed<s> → round_k → the round's RUN_METRICS (what exists of them), from this
+    machine's runs and, for the runs it does not have, the archive's."""
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     for variant in cfg.variants:
-        for path in sorted((root / variant).glob("seed*/round_*/metrics.json")):
+        for path in heldout.run_files(root, "", f"{variant}/seed*/round_*/metrics.json"):
             metrics = read_json(path)
             out.setdefault(variant, {}).setdefault(path.parent.parent.name, {})[path.parent.name] = {
                 key: metrics[key] for key in RUN_METRICS if key in metrics}
     return out
+
+
+def run_settings(cfg: CompareConfig) -> dict[str, Any]:
+    """The selftrain settings every variant's runs share (less what the bench sets per run)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
+            if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "algo", "corrections")}
+
+
+def archive_key(cfg: CompareConfig) -> dict[str, Any]:
+    """What must match for an archive's cells to belong to this comparison: the task, the
+    held-out set, the corrections file's content and the runs' settings."""
+    digest = None
+    if cfg.corrections is not None and Path(cfg.corrections).exists():
+        digest = hashlib.sha256(Path(cfg.corrections).read_bytes()).hexdigest()
+    return {"task": cfg.task, "n_questions": cfg.n_questions, "corrections_sha256": digest,
+            "settings": json.loads(json.dumps(run_settings(cfg), default=str))}
+
+
+def archive(cfg: CompareConfig, root: Path, path: Path) -> Path:
+    """Every cell's rows and every run's round metrics and kept programs at `path`."""
+    patterns = [f"{v}/seed*/round_*/{name}" for v in VARIANTS for name in ("metrics.json", "kept.jsonl")]
+    return heldout.write_archive(root, path, archive_key(cfg), patterns, runs="")
+
+
+def restore(cfg: CompareConfig, root: Path, path: Path) -> int:
+    """The archive at `path` back into a comparison folder without rows (a new machine)."""
+    return heldout.restore_archive(root, path, archive_key(cfg), runs="", own="--name")
 
 
 def budget(budgets: dict[str, int], runs: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
@@ -125,9 +156,7 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
                                  for v in names},
         "corrections": cfg.corrections,
         "runs": runs,
-        "settings": {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
-                     if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "algo",
-                                  "corrections")},
+        "settings": run_settings(cfg),
         "meta": meta,
         "note": "bootstrap over questions and seeds; accuracies in [0, 1]; differences are paired",
     }

@@ -132,3 +132,85 @@ def check_coverage(cfg: HeldOutSettings) -> None:
 
 def machine_load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+
+
+# -- the archive: a bench's cells and run metrics, committed beside its results JSON ------------
+#: where restored run files go: beside, not inside, the run folders selftrain resumes from
+ARCHIVED_RUNS = "archived-runs"
+
+
+def archive_path(results: str | Path) -> Path:
+    """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
+    results = Path(results)
+    return results.with_name(f"{results.stem}.rows.json.gz")
+
+
+def write_archive(root: Path, path: Path, key: dict[str, Any], run_patterns: Sequence[str], runs: str) -> Path:
+    """Every cell's rows under `root`, with the run files matching `run_patterns` (relative to
+    root; metrics and kept programs, never adapters), as one gzipped JSON at `path`.
+
+    Why: cells and runs live under an out_dir that is not committed and is gone on a new
+    machine; with this file (a few hundred KB) the summary can be redone there, and the cells
+    it holds are not evaluated again. `runs` is the folder under root that holds the run
+    folders ("" when they sit in root itself); files restored earlier (archived-runs/) go back
+    under it, so an archive never loses what it once held. No gzip timestamp and sorted keys:
+    on the same zlib an unchanged bench writes the same bytes."""
+    import gzip
+    import json
+
+    from viprog.runs import write_bytes_atomic
+
+    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
+             for pattern in ("rows/*/*.jsonl", *run_patterns) for p in sorted(root.glob(pattern))}
+    for p in sorted((root / ARCHIVED_RUNS).glob("**/round_*/*")):
+        if p.is_file():
+            files.setdefault(str(Path(runs) / p.relative_to(root / ARCHIVED_RUNS)), p.read_text(encoding="utf-8"))
+    blob = json.dumps({**key, "files": files}, sort_keys=True, default=str).encode()
+    write_bytes_atomic(path, gzip.compress(blob, mtime=0))
+    return path
+
+
+def restore_archive(root: Path, path: Path, key: dict[str, Any], runs: str, own: str) -> int:
+    """Bring the archive at `path` back into a folder that has no rows yet (a new machine); how
+    many files. Rows go to rows/, run files to archived-runs/ — read by the summary, never taken
+    by selftrain for finished rounds, so restored cells are not continued by a new run unawares
+    (the benches refuse that). A folder with rows is this machine's own work and is left alone;
+    an archive whose `key` (task, held-out size, settings) differs is refused, naming `own`, the
+    option that gives this bench an archive of its own."""
+    import gzip
+    import json
+
+    from viprog.runs import write_text_atomic
+
+    if (root / "rows").exists():
+        return 0
+    saved = json.loads(gzip.decompress(path.read_bytes()))
+    theirs = saved.get("settings", {})
+    differ = [k for k in key if k != "settings" and saved.get(k) != key[k]]
+    differ += [f"--selftrain.{k.replace('_', '-')}" for k in sorted(set(key.get("settings", {})) | set(theirs))
+               if key.get("settings", {}).get(k) != theirs.get(k)]
+    if differ:
+        raise UsageError(f"{path} holds cells with another {differ[0]} ({len(differ)} setting(s) differ); pass "
+                         f"{own} of its own here, or --no-restore")
+    targets = {}
+    for rel in saved["files"]:
+        parts = Path(rel).parts
+        inside = not Path(rel).is_absolute() and ".." not in parts and len(parts) > 1
+        if inside and parts[0] == "rows":
+            targets[rel] = root / rel
+        elif inside and (parts[0] == runs if runs else parts[0] not in ("rows", ARCHIVED_RUNS)):
+            targets[rel] = root / ARCHIVED_RUNS / Path(*parts[1 if runs else 0:])
+        else:
+            raise UsageError(f"{path}: {rel!r} is not a rows or runs file of the bench's folder")
+    for rel, text in saved["files"].items():
+        write_text_atomic(targets[rel], text)
+    return len(saved["files"])
+
+
+def run_files(root: Path, runs: str, pattern: str) -> list[Path]:
+    """`pattern` (e.g. "seed*/round_*/metrics.json") under root/runs and, for the runs and rounds
+    this machine does not have, under archived-runs/ (what `restore_archive` brought back)."""
+    local = sorted((root / runs).glob(pattern))
+    have = {p.relative_to(root / runs) for p in local}
+    return local + [p for p in sorted((root / ARCHIVED_RUNS).glob(pattern))
+                    if p.relative_to(root / ARCHIVED_RUNS) not in have]

@@ -52,8 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from heldout import (
+    ARCHIVED_RUNS,
     Components,
     HeldOutSettings,
+    archive_path,
     check_coverage,
     evaluate_cell,
     held_out_run,
@@ -93,11 +95,17 @@ class CompareConfig(HeldOutSettings):
     out_dir: str = "runs/compare"
     """Where the runs, rows, table and report go (a folder per task)."""
     results_dir: str | None = "bench/results"
-    """Also write the results JSON into this folder (None: only under out_dir)."""
+    """Also write the results JSON into this folder, and beside it the archive of every cell's rows and the runs'
+    round metrics (None: only the summary under out_dir)."""
+    restore: bool = True
+    """When out_dir has no rows yet (a new machine), first restore the archive's cells: they are not run again."""
 
     @property
     def results_name(self) -> str:
         return self.name or "_".join(v.replace("-", "_") for v in self.variants)
+
+    def results_path(self) -> Path | None:
+        return Path(self.results_dir) / f"selftrain_compare_{self.results_name}.json" if self.results_dir else None
 
 
 #: suffix of the arms that evaluate a variant's adapters under the prompt they were trained on
@@ -175,21 +183,48 @@ class Compare:
         self.budgets = check_budgets({v: variant_config(cfg, self.root, v, cfg.seeds[0]) for v in cfg.variants})
         self.failed: list[dict[str, Any]] = []
         self.components = Components()  # what the @train cells are evaluated with
+        results = cfg.results_path()
+        if cfg.restore and results and archive_path(results).exists():
+            from compare_summary import restore
+
+            restored = restore(cfg, self.root, archive_path(results))
+            if restored:
+                log.info("restored %d files from %s into %s (rows/, %s/)", restored, archive_path(results), self.root,
+                         ARCHIVED_RUNS)
 
     def done(self, variant: str, seed: int) -> bool:
         return all(rows_path(self.root, variant, seed, k).exists() for k in range(self.cfg.rounds + 1))
 
     def share_round_0(self, run_root: Path) -> None:
         """Copy a finished round 0 (the base model, greedy, under the common prompt) into a new
-        run, so it is evaluated once for all."""
+        run, so it is evaluated once for all (also one the archive restored)."""
         if (run_root / "round_0").exists():
             return
+        for folder in (self.root, self.root / ARCHIVED_RUNS):
+            for variant in self.cfg.variants:
+                for seed in self.cfg.seeds:
+                    source = folder / variant / f"seed{seed}" / "round_0"
+                    if (source / "metrics.json").exists():
+                        shutil.copytree(source, run_root / "round_0")
+                        return
+
+    def check_restored(self) -> None:
+        """A `UsageError` when a seed's cells came from the archive (its run is not on this
+        machine) but cells of it are still to do: a new run would mix two runs' rounds, and an
+        @train cell needs the run's adapters."""
         for variant in self.cfg.variants:
             for seed in self.cfg.seeds:
-                source = self.root / variant / f"seed{seed}" / "round_0"
-                if (source / "metrics.json").exists():
-                    shutil.copytree(source, run_root / "round_0")
-                    return
+                run_root = self.root / variant / f"seed{seed}"
+                if (run_root / "config.json").exists() or not rows_path(self.root, variant, seed, 1).exists():
+                    continue
+                arms = [variant, *([variant + TRAINED] if self.cfg.eval_train_prompt else [])]
+                todo = [f"{arm} round {k}" for arm in arms for k in range(self.cfg.rounds + 1)
+                        if not rows_path(self.root, arm, seed, k).exists()]
+                if todo:
+                    raise UsageError(f"{variant} seed {seed}: its cells came from the archive but its run is not in "
+                                     f"{run_root}, and {todo[0]} is still to do; a new run would mix two runs' rounds: "
+                                     f"keep --rounds at what the archive holds, leave the seed out, or use another "
+                                     f"--out-dir with --no-restore")
 
     def one_run(self, variant: str, seed: int) -> None:
         """Run (or resume) one variant for one seed and save the cells it evaluated."""
@@ -258,6 +293,7 @@ class Compare:
         from tqdm.auto import tqdm
 
         check_coverage(self.cfg)
+        self.check_restored()
         todo = [(v, s) for s in self.cfg.seeds for v in self.cfg.variants]  # seed by seed: pairs complete early
         try:
             with tqdm(total=len(todo), desc="compare runs", unit="run", dynamic_ncols=True) as bar:
@@ -283,11 +319,15 @@ def run_compare(cfg: CompareConfig) -> int:
     meta = {"load_before": load_before, "load_after": machine_load(),
             "wall_s_this_process": round(time.perf_counter() - start, 1), "failed_runs": compare.failed}
     summary = summarise(cfg, compare.root, compare.budgets, meta)
-    if cfg.results_dir:
+    results = cfg.results_path()
+    if results:
+        from compare_summary import archive
+
         from viprog.runs import write_json_atomic
 
-        path = write_json_atomic(Path(cfg.results_dir) / f"selftrain_compare_{cfg.results_name}.json", summary)
-        log.info("results written to %s", path)
+        write_json_atomic(results, summary)
+        log.info("results written to %s, rows and run metrics to %s", results,
+                 archive(cfg, compare.root, archive_path(results)))
     log.info("table, report and rows written under %s", compare.root)
     return 1 if compare.failed else 0
 

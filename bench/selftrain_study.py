@@ -47,6 +47,7 @@ from typing import Any
 from heldout import (
     Components,
     HeldOutSettings,
+    archive_path,
     check_coverage,
     evaluate_cell,
     held_out_run,
@@ -129,12 +130,6 @@ class StudyConfig(HeldOutSettings):
 
 
 # -- the cells ---------------------------------------------------------------------------------
-def archive_path(results: str | Path) -> Path:
-    """Where the archive of `results` (bench/results/NAME.json) goes: NAME.rows.json.gz beside it."""
-    results = Path(results)
-    return results.with_name(f"{results.stem}.rows.json.gz")
-
-
 def run_config(study: StudyConfig, root: Path, seed: int, restart: bool) -> SelfTrainConfig:
     """The selftrain config of one seed's continuing (or restarting) run."""
     return held_out_run(study.selftrain, task=study.task, seed=seed, rounds=study.rounds, n_questions=study.n_questions,

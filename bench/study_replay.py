@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from study_summary import ARCHIVED_RUNS
+from heldout import ARCHIVED_RUNS
 
 from viprog.errors import UsageError
 

@@ -19,12 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import heldout
 import numpy as np
 from heldout import rows_path
 from selftrain_study import ARMS, LARGE, StudyConfig
 
 from viprog.bootstrap import bootstrap_ci, paired_difference
-from viprog.runs import read_json, read_jsonl, write_bytes_atomic, write_jsonl_atomic, write_text_atomic
+from viprog.runs import read_json, read_jsonl, write_jsonl_atomic, write_text_atomic
 
 Cells = dict[tuple[str, int | None, int], dict[str, dict[str, Any]]]
 #: where the lucky-guess and dedup rules' counts, and the truncation count, are read from
@@ -167,12 +168,8 @@ def run_settings(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def run_files(root: Path, pattern: str) -> list[Path]:
-    """`pattern` (e.g. "seed*/round_*/metrics.json") under the study's runs/ and, for the runs and
-    rounds this machine does not have, under archived-runs/ (what `restore_archive` brought back)."""
-    local = sorted((root / "runs").glob(pattern))
-    have = {p.relative_to(root / "runs") for p in local}
-    return local + [p for p in sorted((root / ARCHIVED_RUNS).glob(pattern)) if p.relative_to(root / ARCHIVED_RUNS)
-                    not in have]
+    """`pattern` under the study's runs/, then what the archive restored (`heldout.run_files`)."""
+    return heldout.run_files(root, "runs", pattern)
 
 
 def run_metrics(root: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -309,11 +306,8 @@ def html_page(title: str, body: str) -> str:
 
 
 # -- the archive: what a summary needs, committed beside the results JSON ------------------------
-#: where restored run files go: not runs/, where selftrain would take their rounds for done
-ARCHIVED_RUNS = "archived-runs"
-#: files under a study's folder that the summary reads: the cells' rows and the runs' round
-#: metrics and kept programs (the analysis); never adapters, which are large
-ARCHIVED = ("rows/*/*.jsonl", "runs/*/round_*/metrics.json", "runs/*/round_*/kept.jsonl")
+#: the run files the summary reads: the round metrics and kept programs (the analysis)
+ARCHIVED = ("runs/*/round_*/metrics.json", "runs/*/round_*/kept.jsonl")
 
 
 def archive_key(cfg: StudyConfig) -> dict[str, Any]:
@@ -324,49 +318,11 @@ def archive_key(cfg: StudyConfig) -> dict[str, Any]:
 
 
 def write_archive(root: Path, cfg: StudyConfig, path: Path) -> Path:
-    """Every file under `root` that the summary reads, as one gzipped JSON at `path`.
-
-    Why: the rows and run metrics live under runs/, which is not committed and is gone on a
-    new machine; with this file (a few hundred KB) the summary can be redone there, and the
-    cells it holds are not run again (`restore_archive`). Files restored earlier (under
-    archived-runs/) go back in under runs/, so an archive never loses what it once held.
-    No gzip timestamp and sorted keys: on the same zlib an unchanged study writes the same bytes."""
-    import gzip
-
-    files = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
-             for pattern in ARCHIVED for p in sorted(root.glob(pattern))}
-    for p in sorted((root / ARCHIVED_RUNS).glob("*/round_*/*")):
-        files.setdefault(str(Path("runs") / p.relative_to(root / ARCHIVED_RUNS)), p.read_text(encoding="utf-8"))
-    blob = json.dumps({**archive_key(cfg), "files": files}, sort_keys=True, default=str).encode()
-    write_bytes_atomic(path, gzip.compress(blob, mtime=0))
-    return path
+    """The study's rows and its runs' metrics and kept programs at `path` (`heldout.write_archive`)."""
+    return heldout.write_archive(root, path, archive_key(cfg), ARCHIVED, runs="runs")
 
 
 def restore_archive(root: Path, cfg: StudyConfig, path: Path) -> int:
-    """Bring the archive at `path` back into a study folder that has no rows yet (a new
-    machine); how many files. Rows go to rows/, run files to archived-runs/ — read by the
-    summary, never taken by selftrain for finished rounds, so a seed's restored rows cannot be
-    continued by a new run (`Study.selftrain_run` refuses that). A folder with rows is this
-    machine's own work and is left alone; an archive of another study (task, held-out size,
-    settings) is refused."""
-    import gzip
-
-    from viprog.errors import UsageError
-
-    if (root / "rows").exists():
-        return 0
-    saved = json.loads(gzip.decompress(path.read_bytes()))
-    want = archive_key(cfg)
-    differ = [k for k in want if k != "settings" and saved.get(k) != want[k]]
-    differ += [f"--selftrain.{k.replace('_', '-')}" for k in sorted(set(want["settings"]) | set(saved.get("settings", {})))
-               if want["settings"].get(k) != saved.get("settings", {}).get(k)]
-    if differ:
-        raise UsageError(f"{path} holds a study with another {differ[0]} ({len(differ)} setting(s) differ); pass a "
-                         f"--results of its own for this study, or --no-restore")
-    for rel in saved["files"]:
-        if ".." in Path(rel).parts or Path(rel).is_absolute() or Path(rel).parts[0] not in ("rows", "runs"):
-            raise UsageError(f"{path}: {rel!r} is not a rows or runs file of the study folder")
-    for rel, text in saved["files"].items():
-        parts = Path(rel).parts
-        write_text_atomic(root / (Path(ARCHIVED_RUNS, *parts[1:]) if parts[0] == "runs" else Path(rel)), text)
-    return len(saved["files"])
+    """The archive at `path` back into a study folder without rows (`heldout.restore_archive`);
+    a seed's restored rows are not continued by a new run (`Study.selftrain_run` refuses that)."""
+    return heldout.restore_archive(root, path, archive_key(cfg), runs="runs", own="--results")

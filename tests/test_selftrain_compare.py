@@ -194,6 +194,33 @@ def test_grpo_trained_under_the_short_prompt_shares_the_base_cell_with_rest(rest
                                          abs=1e-6)
 
 
+@pytest.mark.slow
+def test_a_new_machine_restores_the_comparison_from_its_archive(rest_grpo, tmp_path, monkeypatch):
+    """The archive beside the results JSON brings a finished comparison back into an empty
+    out_dir: nothing runs or is evaluated, the summary and the round metrics are the same, and
+    the archive written again is the same bytes. More rounds on a restored seed (its run is not
+    on this machine) and an archive of other settings are refused."""
+    cfg, result = rest_grpo
+    archive = compare.archive_path(cfg.results_path())
+    results = tmp_path / "results"
+    shutil.copytree(cfg.results_dir, results)
+    fresh = dataclasses.replace(cfg, out_dir=str(tmp_path / "fresh"), results_dir=str(results))
+    calls = record_cells(monkeypatch)
+    assert compare.run_compare(fresh) == 0 and calls == []
+    again = json.loads((results / "selftrain_compare_rest_grpo.json").read_text())
+    for key in ("variants", "differences", "gains_vs_round_0", "runs", "budget", "by_type"):
+        assert again[key] == result[key], key
+    assert (results / archive.name).read_bytes() == archive.read_bytes()
+    assert not (tmp_path / "fresh" / cfg.task / "rest" / "seed0").exists()  # restored beside the run folders
+    with pytest.raises(UsageError, match="came from the archive"):
+        compare.run_compare(dataclasses.replace(fresh, rounds=2))
+    with pytest.raises(UsageError, match="came from the archive"):
+        compare.run_compare(dataclasses.replace(fresh, eval_train_prompt=True))  # @train cells need the adapters
+    other = dataclasses.replace(cfg.selftrain, grpo=dataclasses.replace(cfg.selftrain.grpo, learning_rate=1e-3))
+    with pytest.raises(UsageError, match="another --selftrain.grpo"):
+        compare.run_compare(dataclasses.replace(fresh, out_dir=str(tmp_path / "other"), selftrain=other))
+
+
 @pytest.mark.slow  # two 2-round selftrain runs of the tiny model
 def test_corrections_against_plain_self_training(guessing_model, toy_prompts, tmp_path):  # noqa: F811
     """The corrections variant trains each round on the file's program as well (one more
