@@ -68,10 +68,14 @@ def run_metrics(cfg: CompareConfig, root: Path) -> dict[str, dict[str, dict[str,
     return out
 
 
+#: selftrain settings the bench sets for each run itself (`held_out_run`, `variant_config`)
+SET_PER_RUN = ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "algo", "corrections",
+               "eval_size", "eval_split", "eval_library", "base_prompt", "tuned_prompt", "report", "preset")
+
+
 def run_settings(cfg: CompareConfig) -> dict[str, Any]:
     """The selftrain settings every variant's runs share (less what the bench sets per run)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
-            if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "algo", "corrections")}
+    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items() if k not in SET_PER_RUN}
 
 
 def archive_key(cfg: CompareConfig) -> dict[str, Any]:
@@ -86,12 +90,19 @@ def archive_key(cfg: CompareConfig) -> dict[str, Any]:
 
 def archive(cfg: CompareConfig, root: Path, path: Path) -> Path:
     """Every cell's rows and every run's round metrics and kept programs at `path`."""
-    patterns = [f"{v}/seed*/round_*/{name}" for v in VARIANTS for name in ("metrics.json", "kept.jsonl")]
+    patterns = [f"{v}/seed*/round_*/{name}" for v in VARIANTS for name in heldout.ARCHIVED_FILES]
     return heldout.write_archive(root, path, archive_key(cfg), patterns, runs="")
 
 
 def restore(cfg: CompareConfig, root: Path, path: Path) -> int:
-    """The archive at `path` back into a comparison folder without rows (a new machine)."""
+    """The archive at `path` back into a comparison folder without rows (a new machine). A
+    folder with runs of its own but no rows yet (its first run was killed) is refused: the
+    archive's cells and its runs would mix, and the archive rewritten from it would lose cells."""
+    from viprog.errors import UsageError
+
+    if not (root / "rows").exists() and (ran := sorted(root.glob("*/seed*/config.json"))):
+        raise UsageError(f"{ran[0].parent} is a run of this machine, but {path} holds the comparison's cells: finish "
+                         f"it in another --out-dir with --no-restore and a --name of its own, or remove {root}")
     return heldout.restore_archive(root, path, archive_key(cfg), runs="", own="--name")
 
 

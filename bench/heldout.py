@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -137,6 +138,10 @@ def machine_load() -> str:
 # -- the archive: a bench's cells and run metrics, committed beside its results JSON ------------
 #: where restored run files go: beside, not inside, the run folders selftrain resumes from
 ARCHIVED_RUNS = "archived-runs"
+#: the run files an archive keeps of each round: its metrics and kept programs (never adapters)
+ARCHIVED_FILES = ("metrics.json", "kept.jsonl")
+#: where restored rows are written before they become rows/ in one rename
+RESTORING = "rows.restoring"
 
 
 def archive_path(results: str | Path) -> Path:
@@ -162,8 +167,8 @@ def write_archive(root: Path, path: Path, key: dict[str, Any], run_patterns: Seq
 
     files = {str(p.relative_to(root)): p.read_text(encoding="utf-8")
              for pattern in ("rows/*/*.jsonl", *run_patterns) for p in sorted(root.glob(pattern))}
-    for p in sorted((root / ARCHIVED_RUNS).glob("**/round_*/*")):
-        if p.is_file():
+    for name in ARCHIVED_FILES:
+        for p in sorted((root / ARCHIVED_RUNS).glob(f"**/round_*/{name}")):
             files.setdefault(str(Path(runs) / p.relative_to(root / ARCHIVED_RUNS)), p.read_text(encoding="utf-8"))
     blob = json.dumps({**key, "files": files}, sort_keys=True, default=str).encode()
     write_bytes_atomic(path, gzip.compress(blob, mtime=0))
@@ -190,20 +195,23 @@ def restore_archive(root: Path, path: Path, key: dict[str, Any], runs: str, own:
     differ += [f"--selftrain.{k.replace('_', '-')}" for k in sorted(set(key.get("settings", {})) | set(theirs))
                if key.get("settings", {}).get(k) != theirs.get(k)]
     if differ:
-        raise UsageError(f"{path} holds cells with another {differ[0]} ({len(differ)} setting(s) differ); pass "
-                         f"{own} of its own here, or --no-restore")
+        raise UsageError(f"{path} holds cells with another {differ[0]} ({len(differ)} setting(s) differ); give this "
+                         f"one {own} of its own (--no-restore with the same {own} would overwrite that archive)")
     targets = {}
     for rel in saved["files"]:
         parts = Path(rel).parts
         inside = not Path(rel).is_absolute() and ".." not in parts and len(parts) > 1
         if inside and parts[0] == "rows":
-            targets[rel] = root / rel
-        elif inside and (parts[0] == runs if runs else parts[0] not in ("rows", ARCHIVED_RUNS)):
+            targets[rel] = root / RESTORING / Path(*parts[1:])
+        elif inside and (parts[0] == runs if runs else parts[0] not in ("rows", RESTORING, ARCHIVED_RUNS)):
             targets[rel] = root / ARCHIVED_RUNS / Path(*parts[1 if runs else 0:])
         else:
             raise UsageError(f"{path}: {rel!r} is not a rows or runs file of the bench's folder")
+    shutil.rmtree(root / RESTORING, ignore_errors=True)  # what a killed restore left
     for rel, text in saved["files"].items():
         write_text_atomic(targets[rel], text)
+    (root / RESTORING).mkdir(parents=True, exist_ok=True)
+    (root / RESTORING).rename(root / "rows")  # the rows appear whole or not at all
     return len(saved["files"])
 
 

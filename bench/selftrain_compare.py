@@ -210,21 +210,24 @@ class Compare:
 
     def check_restored(self) -> None:
         """A `UsageError` when a seed's cells came from the archive (its run is not on this
-        machine) but cells of it are still to do: a new run would mix two runs' rounds, and an
-        @train cell needs the run's adapters."""
+        machine) but cells of it are still to do that need the run: a new run would mix two
+        runs' rounds, and an @train cell past round 0 needs the run's adapters (unless it is a
+        copy of the few-shot cell)."""
         for variant in self.cfg.variants:
             for seed in self.cfg.seeds:
                 run_root = self.root / variant / f"seed{seed}"
                 if (run_root / "config.json").exists() or not rows_path(self.root, variant, seed, 1).exists():
                     continue
-                arms = [variant, *([variant + TRAINED] if self.cfg.eval_train_prompt else [])]
-                todo = [f"{arm} round {k}" for arm in arms for k in range(self.cfg.rounds + 1)
-                        if not rows_path(self.root, arm, seed, k).exists()]
-                if todo:
+                missing = [k for k in range(self.cfg.rounds + 1) if not rows_path(self.root, variant, seed, k).exists()]
+                adapters = trained_style(variant_config(self.cfg, self.root, variant, seed)) != "few-shot"
+                trained = [k for k in range(1, self.cfg.rounds + 1) if self.cfg.eval_train_prompt and adapters
+                           and not rows_path(self.root, variant + TRAINED, seed, k).exists()]
+                if missing or trained:
+                    cell, fix = ((f"{variant} round {missing[0]}", "keep --rounds at what the archive holds") if missing
+                                 else (f"{variant}{TRAINED} round {trained[0]}", "leave out --eval-train-prompt"))
                     raise UsageError(f"{variant} seed {seed}: its cells came from the archive but its run is not in "
-                                     f"{run_root}, and {todo[0]} is still to do; a new run would mix two runs' rounds: "
-                                     f"keep --rounds at what the archive holds, leave the seed out, or use another "
-                                     f"--out-dir with --no-restore")
+                                     f"{run_root}, and {cell} is still to do, which needs that run: {fix}, leave the "
+                                     f"seed out, or start another --out-dir with --no-restore and a --name of its own")
 
     def one_run(self, variant: str, seed: int) -> None:
         """Run (or resume) one variant for one seed and save the cells it evaluated."""
@@ -238,7 +241,19 @@ class Compare:
         selftrain(run)
         for k in range(self.cfg.rounds + 1):
             if not rows_path(self.root, variant, seed, k).exists():
-                save_cell(self.root, variant, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
+                rows = run_root / f"round_{k}" / "eval.jsonl"
+                if k == 0 and not rows.exists():  # round 0 was shared from a run whose rows are archived
+                    rows = self.round_0_rows()
+                save_cell(self.root, variant, seed, k, read_jsonl(rows))
+
+    def round_0_rows(self) -> Path:
+        """A saved round-0 cell of any variant and seed: the base model under the common prompt,
+        the same for all."""
+        for variant in self.cfg.variants:
+            for seed in self.cfg.seeds:
+                if (path := rows_path(self.root, variant, seed, 0)).exists():
+                    return path
+        raise FileNotFoundError(f"{self.root}: round 0 has neither its eval.jsonl nor a saved cell to share")
 
     def trained_cells(self, variant: str, seed: int) -> None:
         """Save the cells <variant>@train of one run: each evaluated round's adapter under the

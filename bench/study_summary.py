@@ -307,7 +307,7 @@ def html_page(title: str, body: str) -> str:
 
 # -- the archive: what a summary needs, committed beside the results JSON ------------------------
 #: the run files the summary reads: the round metrics and kept programs (the analysis)
-ARCHIVED = ("runs/*/round_*/metrics.json", "runs/*/round_*/kept.jsonl")
+ARCHIVED = tuple(f"runs/*/round_*/{name}" for name in heldout.ARCHIVED_FILES)
 
 
 def archive_key(cfg: StudyConfig) -> dict[str, Any]:

@@ -221,6 +221,30 @@ def test_a_new_machine_restores_the_comparison_from_its_archive(rest_grpo, tmp_p
         compare.run_compare(dataclasses.replace(fresh, out_dir=str(tmp_path / "other"), selftrain=other))
 
 
+@pytest.mark.slow
+def test_a_restored_comparison_grows_by_a_seed(rest_grpo, tmp_path, monkeypatch):
+    """On a new machine the archive's seeds stay as they are and a new seed runs: its round 0
+    is the shared one (taken from the archive, not evaluated again), its round 1 is its own."""
+    cfg, _ = rest_grpo
+    results = tmp_path / "results"
+    shutil.copytree(cfg.results_dir, results)
+    grown = dataclasses.replace(cfg, variants=("rest",), seeds=(0, 1, 2), out_dir=str(tmp_path / "fresh"),
+                                results_dir=str(results), name="rest_grpo")
+    import viprog.selftrain
+
+    runs, real = [], viprog.selftrain.main
+    monkeypatch.setattr(viprog.selftrain, "main", lambda run: runs.append(run.run_name) or real(run))
+    assert compare.run_compare(grown) == 0
+    assert runs == ["seed2"]
+    root = Path(grown.out_dir) / cfg.task
+    assert not (root / "rest" / "seed2" / "round_0" / "eval.jsonl").exists()  # shared, not evaluated again
+    assert rewards(grown, "rest", 0, [2]).tolist() == rewards(grown, "rest", 0, [0]).tolist()
+    assert len(read_jsonl(compare.rows_path(root, "rest", 2, 1))) == 24
+    result = json.loads((results / "selftrain_compare_rest_grpo.json").read_text())
+    assert result["variants"]["rest"]["round_1"]["seeds"] == 3
+    assert set(result["runs"]["rest"]) == {"seed0", "seed1", "seed2"}
+
+
 @pytest.mark.slow  # two 2-round selftrain runs of the tiny model
 def test_corrections_against_plain_self_training(guessing_model, toy_prompts, tmp_path):  # noqa: F811
     """The corrections variant trains each round on the file's program as well (one more
