@@ -157,6 +157,8 @@ def summarise(cfg: CompareConfig, root: Path, budgets: dict[str, int], meta: dic
         "round_over_round": steps,
         "by_type_round": last,
         "by_type": by_type(cells, tuple(names), seeds, last, questions, types),
+        "by_type_per_round": {f"round_{k}": by_type(cells, tuple(names), seeds, k, questions, types)
+                              for k in range(last + 1)},
         "budget": budget(budgets, runs),
         "protocol": "each round evaluated greedily on the first n_questions of the task's evaluation split, "
                     "few-shot prompt without library programs, the same for every variant (the @train arms: each "

@@ -67,6 +67,10 @@ def test_every_number_is_the_mean_of_its_saved_rows(rest_grpo):
     assert result["round_over_round"]["grpo"]["round_1"]["mean"] == pytest.approx(
         result["gains_vs_round_0"]["grpo"]["round_1"]["mean"])
     assert set(result["by_type"]) == set(F.SHAPES) and result["by_type"]["circle"]["n"] == 6
+    assert result["by_type_per_round"]["round_1"] == result["by_type"]
+    for k in (0, 1):  # each round's types, weighted by their questions, give that round's accuracy
+        per_type = result["by_type_per_round"][f"round_{k}"].values()
+        assert sum(t["rest"] * t["n"] for t in per_type) / 24 == pytest.approx(rewards(cfg, "rest", k).mean(), abs=1e-5)
     assert result["meta"]["failed_runs"] == [] and "load average" in result["meta"]["load_before"]
 
 
