@@ -195,18 +195,26 @@ class Compare:
     def done(self, variant: str, seed: int) -> bool:
         return all(rows_path(self.root, variant, seed, k).exists() for k in range(self.cfg.rounds + 1))
 
-    def share_round_0(self, run_root: Path) -> None:
-        """Copy a finished round 0 (the base model, greedy, under the common prompt) into a new
-        run, so it is evaluated once for all (also one the archive restored)."""
-        if (run_root / "round_0").exists():
-            return
-        for folder in (self.root, self.root / ARCHIVED_RUNS):
-            for variant in self.cfg.variants:
-                for seed in self.cfg.seeds:
-                    source = folder / variant / f"seed{seed}" / "round_0"
-                    if (source / "metrics.json").exists():
-                        shutil.copytree(source, run_root / "round_0")
-                        return
+    def share_round_0(self, variant: str, seed: int, run_root: Path) -> None:
+        """Give a new run the finished round 0 (the base model, greedy, under the common prompt)
+        so it is evaluated once for all: the round's folder from a run of this machine or of the
+        archive, and its cell, which the archive's folders cannot rebuild (they hold no
+        eval.jsonl)."""
+        if not (run_root / "round_0").exists():
+            sources = [folder / v / f"seed{s}" / "round_0" for folder in (self.root, self.root / ARCHIVED_RUNS)
+                       for v in self.cfg.variants for s in self.cfg.seeds]
+            if source := next((p for p in sources if (p / "metrics.json").exists()), None):
+                shutil.copytree(source, run_root / "round_0")
+        shared = self.first_cell(self.cfg.variants, 0)
+        if shared is not None and not rows_path(self.root, variant, seed, 0).exists():
+            from viprog.runs import read_jsonl
+
+            save_cell(self.root, variant, seed, 0, read_jsonl(shared))
+
+    def first_cell(self, arms: Sequence[str], k: int) -> Path | None:
+        """The first saved round-k cell of `arms` over the seeds, or None."""
+        paths = (rows_path(self.root, arm, seed, k) for arm in arms for seed in self.cfg.seeds)
+        return next((p for p in paths if p.exists()), None)
 
     def check_restored(self) -> None:
         """A `UsageError` when a seed's cells came from the archive (its run is not on this
@@ -236,24 +244,12 @@ class Compare:
 
         run = variant_config(self.cfg, self.root, variant, seed)  # now: whether to resume depends on the folder
         run_root = Path(run.runs_dir) / run.run_name
-        self.share_round_0(run_root)
+        self.share_round_0(variant, seed, run_root)
         log.info("%s, seed %d: run in %s", variant, seed, run_root)
         selftrain(run)
         for k in range(self.cfg.rounds + 1):
             if not rows_path(self.root, variant, seed, k).exists():
-                rows = run_root / f"round_{k}" / "eval.jsonl"
-                if k == 0 and not rows.exists():  # round 0 was shared from a run whose rows are archived
-                    rows = self.round_0_rows()
-                save_cell(self.root, variant, seed, k, read_jsonl(rows))
-
-    def round_0_rows(self) -> Path:
-        """A saved round-0 cell of any variant and seed: the base model under the common prompt,
-        the same for all."""
-        for variant in self.cfg.variants:
-            for seed in self.cfg.seeds:
-                if (path := rows_path(self.root, variant, seed, 0)).exists():
-                    return path
-        raise FileNotFoundError(f"{self.root}: round 0 has neither its eval.jsonl nor a saved cell to share")
+                save_cell(self.root, variant, seed, k, read_jsonl(run_root / f"round_{k}" / "eval.jsonl"))
 
     def trained_cells(self, variant: str, seed: int) -> None:
         """Save the cells <variant>@train of one run: each evaluated round's adapter under the
@@ -282,13 +278,9 @@ class Compare:
     def base_cell(self, style: str) -> Path | None:
         """A saved round-0 @train cell under `style` (the base model, greedy: the same for every
         seed and variant that trains under that prompt), or None."""
-        for variant in self.cfg.variants:
-            if trained_style(variant_config(self.cfg, self.root, variant, self.cfg.seeds[0])) != style:
-                continue
-            for seed in self.cfg.seeds:
-                if (path := rows_path(self.root, variant + TRAINED, seed, 0)).exists():
-                    return path
-        return None
+        same = [v + TRAINED for v in self.cfg.variants
+                if trained_style(variant_config(self.cfg, self.root, v, self.cfg.seeds[0])) == style]
+        return self.first_cell(same, 0)
 
     def close(self) -> None:
         self.components.close()
