@@ -218,26 +218,33 @@ def tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(root: Path, cfg: CompareConfig, result: dict[str, Any], cells: Cells) -> None:
-    """compare.json, table.md, rows.jsonl (every cell's rows) and report.html under `root`."""
+def plot(result: dict[str, Any]) -> str:
+    """The mean held-out accuracy of every arm per round, as an SVG, from the results dict alone:
+    report.html shows it, and the bench writes it beside a committed results file, so the docs
+    can show the plot of a comparison whose run folders are gone."""
     from viprog.report import svg_plot
 
+    series = {v: sorted((int(r.removeprefix("round_")), e["mean"]) for r, e in result["variants"][v].items())
+              for v in sorted(result["variants"])}  # the results file sorts its keys: the same plot from either
+    seeds = result["seeds"]
+    return svg_plot(series, width=760, height=340,
+                    title=f"{result['task']}: held-out accuracy per round ({result['n_questions']} questions, "
+                          f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''})")
+
+
+def write_outputs(root: Path, cfg: CompareConfig, result: dict[str, Any], cells: Cells) -> None:
+    """compare.json, table.md, rows.jsonl (every cell's rows) and report.html under `root`."""
     write_json_atomic(root / "compare.json", result)
     table = tables(result)
     write_text_atomic(root / "table.md", table)
     write_jsonl_atomic(root / "rows.jsonl", (row for key in sorted(cells) for row in cells[key].values()))
-    series = {v: [(int(r.removeprefix("round_")), e["mean"]) for r, e in per_round.items()]
-              for v, per_round in result["variants"].items()}
-    plot = svg_plot(series, width=760, height=340,
-                    title=f"{' vs '.join(cfg.variants)} on {cfg.task}: held-out accuracy per round "
-                          f"({result['n_questions']} questions)")
     described = "".join(f"<li><b>{html.escape(v)}</b>: {html.escape(d)}</li>"
                         for v, d in result["variant_descriptions"].items())
     write_text_atomic(root / "report.html", html_page(
         f"viprog compare {cfg.task}",
         f"<h1>Self-training variants: <code>{html.escape(cfg.task)}</code></h1>"
         f"<p>{result['n_questions']} held-out questions, seeds {result['seeds']}, {cfg.rounds} round(s); "
-        f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot}"
+        f"load {html.escape(str(result['meta'].get('load_before')))}</p>{plot(result)}"
         f"<p>Means over questions and seeds; the tables give the 95 % bootstrap intervals and the paired "
         f"differences.</p><ul>{described}</ul><pre>{html.escape(table)}</pre>"))
 

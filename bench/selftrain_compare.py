@@ -328,12 +328,13 @@ def run_compare(cfg: CompareConfig) -> int:
     summary = summarise(cfg, compare.root, compare.budgets, meta)
     results = cfg.results_path()
     if results:
-        from compare_summary import archive
+        from compare_summary import archive, plot
 
-        from viprog.runs import write_json_atomic
+        from viprog.runs import write_json_atomic, write_text_atomic
 
         write_json_atomic(results, summary)
-        log.info("results written to %s, rows and run metrics to %s", results,
+        write_text_atomic(results.with_suffix(".svg"), plot(summary) + "\n")
+        log.info("results written to %s (plot: .svg beside it), rows and run metrics to %s", results,
                  archive(cfg, compare.root, archive_path(results)))
     log.info("table, report and rows written under %s", compare.root)
     return 1 if compare.failed else 0

@@ -23,6 +23,7 @@ from viprog.runs import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 compare = importlib.import_module("selftrain_compare")
+compare_summary = importlib.import_module("compare_summary")
 
 
 def toy_compare(model, root, **overrides):
@@ -103,9 +104,12 @@ def test_every_run_is_evaluated_under_one_prompt_and_round_0_runs_once(rest_grpo
 
 @pytest.mark.slow
 def test_outputs_a_table_a_plot_and_all_rows(rest_grpo):
-    cfg, _ = rest_grpo
+    cfg, result = rest_grpo
     root = Path(cfg.out_dir) / cfg.task
     assert (root / "report.html").read_text().count('class="series"') == 2
+    svg = cfg.results_path().with_suffix(".svg").read_text()  # beside the results file, for the docs
+    assert svg.startswith("<svg") and svg.count('class="series"') == 2 and "24 questions, 2 seeds" in svg
+    assert svg.strip() == compare_summary.plot(result)  # made from the results alone
     table = (root / "table.md").read_text()
     assert "| rest |" in table and "| grpo - rest |" in table and "rest 64, grpo 64 (equal: yes" in table
     assert len(read_jsonl(root / "rows.jsonl")) == 24 * 2 * 2 * 2  # questions × variants × seeds × rounds
