@@ -10,7 +10,6 @@ rise?) — are paired on the same questions and seeds, over the seeds both sides
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import html
 import json
@@ -75,7 +74,7 @@ SET_PER_RUN = ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "over
 
 def run_settings(cfg: CompareConfig) -> dict[str, Any]:
     """The selftrain settings every variant's runs share (less what the bench sets per run)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items() if k not in SET_PER_RUN}
+    return heldout.shared_settings(cfg.selftrain, SET_PER_RUN)
 
 
 def archive_key(cfg: CompareConfig) -> dict[str, Any]:

@@ -74,6 +74,13 @@ def held_out_run(selftrain: SelfTrainConfig, *, task: str, seed: int, rounds: in
                                overwrite=False, report=False, preset=None, **options)
 
 
+def shared_settings(selftrain: SelfTrainConfig, set_per_run: Sequence[str]) -> dict[str, Any]:
+    """The selftrain settings all of a bench's runs share: every field less `set_per_run`, what
+    the bench sets for each run itself. It goes into the results and into the archive's key,
+    so each bench keeps its own list (a changed list would refuse the archives it wrote)."""
+    return {k: v for k, v in dataclasses.asdict(selftrain).items() if k not in set_per_run}
+
+
 def evaluate_cell(cfg: SelfTrainConfig, run_root: Path, k: int, name: str, *, adapter: Path | None,
                   style: str, library: Any, parts: Any) -> list[dict[str, Any]]:
     """Greedy rows of the eval set under one (adapter, prompt, library), through the run's

@@ -12,7 +12,6 @@ every seed of the arm they are compared with.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import json
 from collections import defaultdict
@@ -160,11 +159,14 @@ def round_effects(cells: Cells, seeds: tuple[int | None, ...], rounds: int, ques
     return out
 
 
+#: selftrain settings the study sets for each run itself (`held_out_run`, its arms)
+SET_PER_RUN = ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "eval_size", "eval_split",
+               "eval_library", "base_prompt", "tuned_prompt", "restart_from_base")
+
+
 def run_settings(cfg: StudyConfig) -> dict[str, Any]:
     """The selftrain settings of the study's runs, less what the study sets itself."""
-    return {k: v for k, v in dataclasses.asdict(cfg.selftrain).items()
-            if k not in ("task", "seed", "rounds", "run_name", "runs_dir", "resume", "overwrite", "eval_size",
-                         "eval_split", "eval_library", "base_prompt", "tuned_prompt", "restart_from_base")}
+    return heldout.shared_settings(cfg.selftrain, SET_PER_RUN)
 
 
 def run_files(root: Path, pattern: str) -> list[Path]:
