@@ -82,7 +82,9 @@ def test_grpo_raises_the_held_out_accuracy(grpo_run):
     acc = [m["eval/accuracy"] for m in metrics]
     assert 0 < acc[0] <= 0.5
     assert max(acc[1:]) >= acc[0] + 0.25, acc
-    assert metrics[2]["reward/mean"] > 0.35  # the base policy's expected reward: (0.8 + 3 x 0.2) / 4
+    # round 2 samples 64 programs from round 1's adapter; the base policy's expected reward is
+    # (0.8 + 3 x 0.2) / 4 = 0.35, with a standard error of 0.06 over 64: it reaches 0.5 by chance < 1 % of the time
+    assert metrics[2]["reward/mean"] > 0.5, metrics[2]["reward/mean"]
 
 
 def test_a_grpo_round_writes_the_run_folder(grpo_run):
