@@ -26,10 +26,11 @@ from viprog.bootstrap import bootstrap_ci, paired_difference
 from viprog.runs import read_json, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 Cells = dict[tuple[str, int, int], dict[str, dict[str, Any]]]
-#: what each run's round metrics contribute: the budget, what was kept and trained, seconds
-RUN_METRICS = ("sample/programs", "reward/mean", "filter/kept", "train/examples", "train/steps",
-               "corrections/examples", "corrections/steps", "time/round_s", "time/sample_s", "time/train_s",
-               "time/eval_s")
+#: what each run's round metrics contribute: the budget, what was kept and trained, seconds, memory,
+#: and for GRPO the share of groups whose rewards were all equal (no advantage, no gradient)
+RUN_METRICS = ("sample/programs", "reward/mean", "exec/error_rate", "filter/kept", "train/examples", "train/steps",
+               "corrections/examples", "corrections/steps", "grpo/frac_reward_zero_std", "grpo/kl",
+               "time/round_s", "time/sample_s", "time/train_s", "time/eval_s", "memory/peak_rss_mb")
 
 
 def load_cells(cfg: CompareConfig, root: Path) -> Cells:

@@ -83,6 +83,9 @@ def test_the_budgets_are_equal_and_recorded(rest_grpo):
     assert budget["per_round"] == {"rest": 64, "grpo": 64} and budget["equal"] and budget["sampled_equal"]
     assert budget["sampled"] == {v: {f"seed{s}": {"round_1": 64} for s in (0, 1)} for v in ("rest", "grpo")}
     assert result["runs"]["grpo"]["seed0"]["round_1"]["train/steps"] == 8  # GRPO: 2 questions per step
+    grpo, rest = result["runs"]["grpo"]["seed0"]["round_1"], result["runs"]["rest"]["seed0"]["round_1"]
+    assert 0.0 <= grpo["grpo/frac_reward_zero_std"] <= 1.0 and "grpo/frac_reward_zero_std" not in rest
+    assert grpo["memory/peak_rss_mb"] > 0 and rest["memory/peak_rss_mb"] > 0  # the cost claims are in the file
 
 
 @pytest.mark.slow
