@@ -11,6 +11,7 @@ machinery.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import subprocess
@@ -182,6 +183,26 @@ def write_archive(root: Path, path: Path, key: dict[str, Any], run_patterns: Seq
     return path
 
 
+def settings_that_differ(ours: dict[str, Any], theirs: dict[str, Any]) -> list[str]:
+    """The selftrain settings (top-level names) in which an archive's runs differ from ours.
+    A setting the archive lacks was added after it was written: it matches when ours is at its
+    default (the behaviour the old runs had); inside a nested group (grpo, train, ...) the same
+    holds per field. GRPO's group does not count when both sides' runs all train with ReST (their
+shared settings say algo "rest"): it is unread."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(SelfTrainConfig()), default=str))
+    both_rest = ours.get("algo") == theirs.get("algo") == "rest"  # a bench that sets algo per run has none here
+
+    def same(mine: Any, saved: Any, default: Any) -> bool:
+        if isinstance(mine, dict) and isinstance(saved, dict):
+            default = default if isinstance(default, dict) else {}
+            return all(same(mine.get(k), saved[k], default.get(k)) if k in saved else mine.get(k) == default.get(k)
+                       for k in set(mine) | set(saved))
+        return mine == saved
+
+    return [k for k in sorted(set(ours) | set(theirs)) if not (k == "grpo" and both_rest)
+            and not (same(ours.get(k), theirs[k], defaults.get(k)) if k in theirs else ours.get(k) == defaults.get(k))]
+
+
 def restore_archive(root: Path, path: Path, key: dict[str, Any], runs: str, own: str) -> int:
     """Bring the archive at `path` back into a folder that has no rows yet (a new machine); how
     many files. Rows go to rows/, run files to archived-runs/ — read by the summary, never taken
@@ -190,7 +211,6 @@ def restore_archive(root: Path, path: Path, key: dict[str, Any], runs: str, own:
     an archive whose `key` (task, held-out size, settings) differs is refused, naming `own`, the
     option that gives this bench an archive of its own."""
     import gzip
-    import json
 
     from viprog.runs import write_text_atomic
 
@@ -199,8 +219,7 @@ def restore_archive(root: Path, path: Path, key: dict[str, Any], runs: str, own:
     saved = json.loads(gzip.decompress(path.read_bytes()))
     theirs = saved.get("settings", {})
     differ = [k for k in key if k != "settings" and saved.get(k) != key[k]]
-    differ += [f"--selftrain.{k.replace('_', '-')}" for k in sorted(set(key.get("settings", {})) | set(theirs))
-               if key.get("settings", {}).get(k) != theirs.get(k)]
+    differ += [f"--selftrain.{k.replace('_', '-')}" for k in settings_that_differ(key.get("settings", {}), theirs)]
     if differ:
         raise UsageError(f"{path} holds cells with another {differ[0]} ({len(differ)} setting(s) differ); give this "
                          f"one {own} of its own (--no-restore with the same {own} would overwrite that archive)")

@@ -119,8 +119,12 @@ def test_every_number_is_the_mean_of_its_saved_rows(finished):
     assert result["fewshot_1_5b"]["mean"] == pytest.approx(np.mean(large), abs=1e-6)
     base = [r["reward"] for r in read_jsonl(study.rows_path(root, "a_base_fewshot", 0, 0))]
     assert large == base  # the same frozen model and prompt: the "large" arm here is the tiny base again
-    c = [r["reward"] for s in cfg.seeds for r in read_jsonl(study.rows_path(root, "c_lora_fewshot", s, 1))]
-    assert result["gain_lora_only"]["mean"] == pytest.approx(np.mean(c) - np.mean(base), abs=1e-6)
+    gain = result["gain_lora_only"]  # the best arm-c cell (both prompts; this study has round 1 only)
+    c = {arm: [r["reward"] for s in cfg.seeds for r in read_jsonl(study.rows_path(root, arm, s, 1))]
+         for arm in ("c_lora_train_prompt", "c_lora_fewshot")}
+    assert set(gain["selected_from"]) == {f"{arm} round_1" for arm in c} and gain["round"] == 1
+    assert gain["mean"] == pytest.approx(np.mean(c[gain["arm"]]) - np.mean(base), abs=1e-6)
+    assert gain["mean"] == pytest.approx(max(np.mean(v) for v in c.values()) - np.mean(base), abs=1e-6)
 
 
 def test_the_arms_differ_where_they_should(finished):

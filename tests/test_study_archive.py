@@ -257,3 +257,34 @@ def test_one_more_round_is_the_paired_difference_on_the_seeds_with_both_rounds()
     entry = out["c_lora_fewshot"]["round_2"]
     assert entry["seeds"] == [0, 1] and entry["versus"] == "round_1"
     assert entry["mean"] == pytest.approx(2 / 8) and entry["ci95"][0] <= 0.25 <= entry["ci95"][1]
+
+
+def test_the_lora_only_gain_is_the_best_arm_c_cell_at_round_2_or_3_and_names_what_it_chose_from():
+    def g(mean):
+        return {"mean": mean, "ci95": [mean - 0.05, mean + 0.05]}
+    gains = {"c_lora_train_prompt": {"round_1": g(0.30), "round_2": g(0.07), "round_3": g(0.15), "round_4": g(0.17)},
+             "c_lora_fewshot": {"round_2": g(0.05), "round_3": g(0.04), "round_4": g(0.20)},
+             "d_lora_fewshot_library": {"round_2": g(0.50)}}  # has library programs: not LoRA only
+    gain = summary.lora_only_gain(gains)
+    assert (gain["arm"], gain["round"], gain["mean"]) == ("c_lora_train_prompt", 3, 0.15)
+    assert sorted(gain["selected_from"]) == ["c_lora_fewshot round_2", "c_lora_fewshot round_3",
+                                             "c_lora_train_prompt round_2", "c_lora_train_prompt round_3"]
+    only_round_1 = summary.lora_only_gain({"c_lora_fewshot": {"round_1": g(0.02)}})
+    assert (only_round_1["round"], only_round_1["mean"]) == (1, 0.02)  # a study with fewer rounds
+    assert summary.lora_only_gain({"b_base_fewshot_library": {"round_2": g(0.1)}}) is None
+
+
+def test_an_archive_from_before_a_setting_existed_matches_only_while_that_setting_is_at_its_default():
+    import heldout
+
+    cfg = config(Path("/unused"))
+    ours = json.loads(json.dumps(summary.run_settings(cfg), default=str))
+    old = json.loads(json.dumps(ours))
+    del old["grpo"]["loss_prompt"], old["drop_lucky"]  # written before those settings existed
+    assert heldout.settings_that_differ(ours, old) == []
+    assert heldout.settings_that_differ({**ours, "drop_lucky": not ours["drop_lucky"]}, old) == ["drop_lucky"]
+    assert heldout.settings_that_differ({**ours, "questions_per_round": 48}, old) == ["questions_per_round"]
+    other_grpo = {**ours, "grpo": {**ours["grpo"], "learning_rate": 1.0}}
+    assert heldout.settings_that_differ(other_grpo, old) == []  # ReST on both sides: GRPO's group is unread
+    grpo = {**other_grpo, "algo": "grpo"}
+    assert heldout.settings_that_differ(grpo, {**old, "algo": "grpo"}) == ["grpo"]
